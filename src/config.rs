@@ -1,0 +1,217 @@
+//! Command-line flags and environment variables.
+//!
+//! Every flag `--some-flag VALUE` can also be set as the environment variable
+//! `BARE_SSE_SOME_FLAG=VALUE` (flags win), so the server can be configured
+//! the 12-factor way under systemd or in a container. The flags live in one
+//! table, [`FLAGS`], from which parsing and `--help` are both derived.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use crate::conn::Limits;
+
+/// Everything the server needs to know to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Bounds on requests.
+    pub limits: Limits,
+    /// Most open connections; slots for them are reserved (not touched) at
+    /// start.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            limits: Limits::default(),
+            max_connections: 16 * 1024,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// One flag: its name (without `--`), the kind of value, what it does, and how
+/// to apply a value to the config.
+pub struct Flag {
+    pub name: &'static str,
+    pub value: &'static str,
+    pub help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+impl Flag {
+    /// The environment variable that sets this flag.
+    pub fn env_var(&self) -> String {
+        format!("BARE_SSE_{}", self.name.to_ascii_uppercase().replace('-', "_"))
+    }
+}
+
+/// Every flag bare-sse takes.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        name: "listen",
+        value: "ADDR",
+        help: "address to listen on, host:port [default: 127.0.0.1:3000]",
+        apply: |c, v| {
+            c.listen = resolve(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "max-head-bytes",
+        value: "BYTES",
+        help: "longest request head (request line + headers); longer gets 431 [default: 16384]",
+        apply: |c, v| positive(v).map(|n| c.limits.max_head_bytes = n),
+    },
+    Flag {
+        name: "max-body-bytes",
+        value: "BYTES",
+        help: "longest request body; longer gets 413 [default: 65536]",
+        apply: |c, v| positive(v).map(|n| c.limits.max_body_bytes = n),
+    },
+    Flag {
+        name: "max-connections",
+        value: "N",
+        help: "most open connections [default: 16384]",
+        apply: |c, v| positive(v).map(|n| c.max_connections = n),
+    },
+];
+
+/// Parses the command line (`args` without the program name), falling back on
+/// environment variables looked up with `env`.
+pub fn parse<I, E>(args: I, env: E) -> Result<Command, String>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
+    let mut config = Config::default();
+    // Environment first, so flags override it.
+    for flag in FLAGS {
+        let var = flag.env_var();
+        if let Some(value) = env(&var) {
+            (flag.apply)(&mut config, &value).map_err(|why| format!("{var}={value:?}: {why}"))?;
+        }
+    }
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            return Err(format!("unexpected argument {arg:?}"));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_owned())),
+            None => (body, None),
+        };
+        let flag = FLAGS.iter().find(|f| f.name == name).ok_or_else(|| format!("unknown flag --{name}"))?;
+        let value = inline.or_else(|| args.next()).ok_or_else(|| format!("--{name} needs a value ({})", flag.value))?;
+        (flag.apply)(&mut config, &value).map_err(|why| format!("--{name} {value:?}: {why}"))?;
+    }
+    Ok(Command::Run(config))
+}
+
+/// The `--help` text.
+pub fn help() -> String {
+    let mut text = format!(
+        "bare-sse {}: a lean Server-Sent Events broadcast server\n\n\
+         Usage: bare-sse [FLAGS]\n\n\
+         Subscribe:  curl -N http://127.0.0.1:3000/events\n\
+         Publish:    curl -d '{{\"message\":\"hello\"}}' http://127.0.0.1:3000/send-event\n\n\
+         Flags (each can also be set in the environment variable shown):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for flag in FLAGS {
+        let left = format!("  --{} {}", flag.name, flag.value);
+        text.push_str(&format!("{left:<28} {}\n{:<28} env: {}\n", flag.help, "", flag.env_var()));
+    }
+    text.push_str(&format!("{:<28} print this help\n{:<28} print the version\n", "  -h, --help", "  -V, --version"));
+    text
+}
+
+fn resolve(value: &str) -> Result<SocketAddr, String> {
+    let mut addrs = value.to_socket_addrs().map_err(|e| format!("not an address: {e}"))?;
+    addrs.next().ok_or_else(|| "resolves to no address".to_owned())
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a positive whole number".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(args.iter().map(|s| s.to_string()), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match run(args, env) {
+            Ok(Command::Run(config)) => config,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(config(&[], &[]), Config::default());
+        assert_eq!(Config::default().listen.to_string(), "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn flags_both_spellings() {
+        let c = config(&["--listen", "127.0.0.1:0", "--max-body-bytes=10"], &[]);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.limits.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn environment_and_precedence() {
+        let env = [("BARE_SSE_MAX_BODY_BYTES", "7"), ("BARE_SSE_LISTEN", "127.0.0.1:9")];
+        assert_eq!(config(&[], &env).limits.max_body_bytes, 7);
+        assert_eq!(config(&["--listen", "127.0.0.1:8"], &env).listen.port(), 8);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for (args, env, needle) in [
+            (&["--nope"][..], &[][..], "unknown flag --nope"),
+            (&["--listen"], &[], "needs a value"),
+            (&["--listen", "nowhere"], &[], "not an address"),
+            (&["--max-body-bytes", "-1"], &[], "positive whole number"),
+            (&["extra"], &[], "unexpected argument"),
+            (&[], &[("BARE_SSE_MAX_HEAD_BYTES", "x")], "BARE_SSE_MAX_HEAD_BYTES"),
+        ] {
+            let err = run(args, env).unwrap_err();
+            assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(run(&["--help"], &[]), Ok(Command::Help));
+        assert_eq!(run(&["-V"], &[]), Ok(Command::Version));
+        let text = help();
+        for flag in FLAGS {
+            assert!(text.contains(flag.name) && text.contains(&flag.env_var()));
+        }
+    }
+}

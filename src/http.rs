@@ -1,0 +1,768 @@
+//! HTTP/1.1 for the requests bare-sse serves: parsing and validating a request
+//! head, decoding a request body, and writing a response head.
+//!
+//! Read this first: RFC 9112 (HTTP/1.1 message syntax), sections 2-7, and RFC
+//! 9110 for the meaning of status codes. Everything here is pure: functions
+//! over byte slices that say how much they used. No sockets.
+//!
+//! The parser is deliberately strict where leniency has led to request
+//! smuggling: a request with both `Content-Length` and `Transfer-Encoding`, two
+//! different lengths, a transfer coding other than `chunked`, or a malformed
+//! chunk line is rejected, and the connection is closed afterwards because its
+//! framing can no longer be trusted. "Incomplete" ([`Ok(None)`]) is always
+//! kept apart from "invalid" ([`Err`]), and both are bounded: a head can never
+//! grow past the configured limit, a body past its own.
+
+use std::fmt::Write as _;
+
+/// Most header fields we accept in one request head (431 beyond). Real clients
+/// send about a dozen; httparse needs a fixed-size array.
+pub const MAX_HEADERS: usize = 64;
+
+/// Longest chunk-size line extension we skip, in bytes (RFC 9112 7.1.1 lets us
+/// bound it). Extensions carry nothing we use.
+pub const MAX_CHUNK_EXT_BYTES: usize = 256;
+
+/// Most bytes of trailer fields after a chunked body; they are read and dropped.
+pub const MAX_TRAILER_BYTES: usize = 4096;
+
+/// Why a request was refused. Each maps to one status in [`Error::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a valid HTTP/1.x request; the reason is for humans.
+    Malformed(&'static str),
+    /// The request head is longer than the limit.
+    HeadTooLarge,
+    /// More than [`MAX_HEADERS`] header fields.
+    TooManyHeaders,
+    /// The body is longer than the limit.
+    BodyTooLarge,
+    /// A request that needs a body came without `Content-Length` or chunked.
+    LengthRequired,
+    /// A transfer coding we do not implement (only `chunked` is).
+    UnsupportedTransferCoding,
+    /// An `Expect` other than `100-continue`.
+    UnsupportedExpectation,
+    /// An HTTP version other than 1.0 and 1.1.
+    UnsupportedVersion,
+}
+
+impl Error {
+    /// The response status for this error.
+    pub fn status(self) -> Status {
+        match self {
+            Error::Malformed(_) => Status::BAD_REQUEST,
+            Error::HeadTooLarge | Error::TooManyHeaders => Status::HEADERS_TOO_LARGE,
+            Error::BodyTooLarge => Status::PAYLOAD_TOO_LARGE,
+            Error::LengthRequired => Status::LENGTH_REQUIRED,
+            Error::UnsupportedTransferCoding => Status::NOT_IMPLEMENTED,
+            Error::UnsupportedExpectation => Status::EXPECTATION_FAILED,
+            Error::UnsupportedVersion => Status::VERSION_NOT_SUPPORTED,
+        }
+    }
+
+    /// A short explanation for the response body and the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Error::Malformed(why) => why,
+            Error::HeadTooLarge => "request head too large",
+            Error::TooManyHeaders => "too many header fields",
+            Error::BodyTooLarge => "request body too large",
+            Error::LengthRequired => "Content-Length or chunked body required",
+            Error::UnsupportedTransferCoding => "only the chunked transfer coding is supported",
+            Error::UnsupportedExpectation => "only Expect: 100-continue is supported",
+            Error::UnsupportedVersion => "only HTTP/1.0 and HTTP/1.1 are supported",
+        }
+    }
+}
+
+/// A response status code with its reason phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u16);
+
+impl Status {
+    pub const CONTINUE: Status = Status(100);
+    pub const OK: Status = Status(200);
+    pub const NO_CONTENT: Status = Status(204);
+    pub const BAD_REQUEST: Status = Status(400);
+    pub const UNAUTHORIZED: Status = Status(401);
+    pub const NOT_FOUND: Status = Status(404);
+    pub const METHOD_NOT_ALLOWED: Status = Status(405);
+    pub const REQUEST_TIMEOUT: Status = Status(408);
+    pub const LENGTH_REQUIRED: Status = Status(411);
+    pub const PAYLOAD_TOO_LARGE: Status = Status(413);
+    pub const EXPECTATION_FAILED: Status = Status(417);
+    pub const HEADERS_TOO_LARGE: Status = Status(431);
+    pub const INTERNAL_ERROR: Status = Status(500);
+    pub const NOT_IMPLEMENTED: Status = Status(501);
+    pub const SERVICE_UNAVAILABLE: Status = Status(503);
+    pub const VERSION_NOT_SUPPORTED: Status = Status(505);
+
+    /// The standard reason phrase (RFC 9110 section 15).
+    pub fn reason(self) -> &'static str {
+        match self.0 {
+            100 => "Continue",
+            200 => "OK",
+            204 => "No Content",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            411 => "Length Required",
+            413 => "Content Too Large",
+            417 => "Expectation Failed",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            501 => "Not Implemented",
+            503 => "Service Unavailable",
+            505 => "HTTP Version Not Supported",
+            _ => "",
+        }
+    }
+}
+
+/// Request methods bare-sse routes on; anything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Options,
+    Other,
+}
+
+/// How the request body is framed (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Neither `Content-Length` nor `Transfer-Encoding`: no body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What bare-sse needs from a request head, copied out of the read buffer so
+/// the buffer can be reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// Path of the request target, without the query (`/events`).
+    pub path: String,
+    /// Query of the request target, without the `?` (may be empty).
+    pub query: String,
+    /// True for HTTP/1.1, false for HTTP/1.0.
+    pub http11: bool,
+    pub body: BodyFraming,
+    /// Whether the client allows the connection to be reused after this
+    /// request (HTTP/1.1 default, or `Connection: keep-alive` in 1.0).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent (only honoured for HTTP/1.1).
+    pub expect_continue: bool,
+    /// The `Last-Event-ID` header, if any.
+    pub last_event_id: Option<String>,
+}
+
+/// Finds the end of a request head in `buf`: the index just past the blank line
+/// (`\r\n\r\n`, or `\n\n` which RFC 9112 section 2.2 lets us accept), searching
+/// from `from` (so a head arriving byte by byte is scanned once, not once per
+/// byte).
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    // Step back so a terminator split across two reads is still found.
+    let start = from.saturating_sub(3);
+    let tail = buf.get(start..)?;
+    let lf = tail.iter().enumerate().filter(|&(_, &b)| b == b'\n').map(|(i, _)| start + i);
+    for at in lf {
+        // `at` is an LF; the head ends here if the previous line was empty.
+        let before = &buf[..at];
+        if before.ends_with(b"\n") || before.ends_with(b"\n\r") {
+            return Some(at + 1);
+        }
+    }
+    None
+}
+
+/// Parses a complete request head (`buf` must end where [`find_head_end`]
+/// said). Returns the head, or why it is refused.
+pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(Error::UnsupportedVersion),
+        Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
+        Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
+        Err(httparse::Error::Token) => return Err(Error::Malformed("invalid method")),
+        Err(_) => return Err(Error::Malformed("malformed request line")),
+    }
+    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+        return Err(Error::Malformed("malformed request line"));
+    };
+    let http11 = version == 1;
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let (path, query) = split_target(target, method)?;
+
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    let mut last_event_id = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        let value = std::str::from_utf8(header.value).map(str::trim);
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = value.ok().and_then(parse_content_length).ok_or(Error::Malformed("invalid Content-Length"))?;
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(Error::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = value.map_err(|_| Error::Malformed("invalid Transfer-Encoding"))?;
+            // Only a single `chunked` is acceptable; `chunked` must be the last
+            // coding, and any other coding is one we do not implement.
+            if transfer_encoding {
+                return Err(Error::UnsupportedTransferCoding);
+            }
+            transfer_encoding = true;
+            let mut codings = value.split(',').map(str::trim);
+            let last = codings.next_back().unwrap_or("");
+            if !last.eq_ignore_ascii_case("chunked") {
+                return Err(Error::Malformed("chunked must be the final transfer coding"));
+            }
+            if codings.next().is_some() {
+                return Err(Error::UnsupportedTransferCoding);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.unwrap_or("").split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            match value {
+                Ok(v) if v.eq_ignore_ascii_case("100-continue") => expect_continue = true,
+                _ => return Err(Error::UnsupportedExpectation),
+            }
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            let value = value.map_err(|_| Error::Malformed("invalid Last-Event-ID"))?;
+            last_event_id = Some(value.to_owned());
+        }
+    }
+
+    // RFC 9112 3.2: a 1.1 request without exactly one Host is a 400.
+    if http11 && hosts != 1 {
+        return Err(Error::Malformed("HTTP/1.1 request needs exactly one Host header"));
+    }
+    let body = match (content_length, chunked) {
+        (Some(_), true) => return Err(Error::Malformed("both Content-Length and Transfer-Encoding")),
+        // RFC 9112 6.1: Transfer-Encoding in a 1.0 request means broken framing.
+        (None, true) if !http11 => return Err(Error::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
+        (None, true) => BodyFraming::Chunked,
+        (None, false) => BodyFraming::None,
+        (Some(n), false) => BodyFraming::Length(n),
+    };
+    Ok(RequestHead {
+        method,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        http11,
+        body,
+        keep_alive: if http11 { !close } else { keep_alive_token && !close },
+        expect_continue: expect_continue && http11,
+        last_event_id,
+    })
+}
+
+/// Splits a request target into path and query (RFC 9112 3.2). Accepts
+/// origin-form (`/p?q`), absolute-form (`http://host/p?q`) and, for OPTIONS,
+/// asterisk-form (`*`).
+fn split_target(target: &str, method: Method) -> Result<(&str, &str), Error> {
+    let origin_form = if target.starts_with('/') {
+        target
+    } else if target == "*" && method == Method::Options {
+        return Ok(("*", ""));
+    } else if let Some(rest) = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))
+    {
+        rest.find('/').map_or("/", |at| &rest[at..])
+    } else {
+        return Err(Error::Malformed("invalid request target"));
+    };
+    Ok(origin_form.split_once('?').unwrap_or((origin_form, "")))
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+}
+
+/// `Content-Length = 1*DIGIT`: no sign, no spaces inside, no list, no overflow.
+fn parse_content_length(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// Decodes a request body, bounded by `max_bytes`, as its bytes arrive.
+#[derive(Debug, Clone)]
+pub enum BodyDecoder {
+    /// A `Content-Length` body with this many bytes still to come.
+    Length(u64),
+    /// A chunked body.
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyDecoder {
+    /// A decoder for `framing`, or an error if the declared length is already
+    /// over `max_bytes` (so a client can be refused before it sends the body).
+    pub fn new(framing: BodyFraming, max_bytes: usize) -> Result<BodyDecoder, Error> {
+        match framing {
+            BodyFraming::None => Ok(BodyDecoder::Length(0)),
+            BodyFraming::Length(n) if n > max_bytes as u64 => Err(Error::BodyTooLarge),
+            BodyFraming::Length(n) => Ok(BodyDecoder::Length(n)),
+            BodyFraming::Chunked => Ok(BodyDecoder::Chunked(ChunkedDecoder::new(max_bytes))),
+        }
+    }
+
+    /// Consumes body bytes from `input`, appending the payload to `out`.
+    /// Returns how many bytes of `input` were used; bytes after the end of the
+    /// body are left for the next request.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        match self {
+            BodyDecoder::Length(remaining) => {
+                let take = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                out.extend_from_slice(&input[..take]);
+                *remaining -= take as u64;
+                Ok(take)
+            }
+            BodyDecoder::Chunked(decoder) => decoder.decode(input, out),
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        match self {
+            BodyDecoder::Length(remaining) => *remaining == 0,
+            BodyDecoder::Chunked(decoder) => decoder.is_done(),
+        }
+    }
+}
+
+/// A streaming decoder for the chunked transfer coding (RFC 9112 section 7.1):
+///
+/// ```text
+/// chunked-body = *chunk last-chunk trailer-section CRLF
+/// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+/// last-chunk   = 1*("0") [ chunk-ext ] CRLF
+/// ```
+///
+/// It is fed arbitrary slices and keeps its place between them. Line endings
+/// inside the chunk framing must be CRLF (a bare LF here is a known smuggling
+/// vector), the size has at most 16 hex digits, extensions and trailers are
+/// bounded and skipped, and the total payload is bounded.
+///
+/// ```
+/// use bare_sse::http::ChunkedDecoder;
+/// let mut decoder = ChunkedDecoder::new(1024);
+/// let mut body = Vec::new();
+/// let used = decoder.decode(b"5\r\nhello\r\n0\r\n\r\nNEXT", &mut body).unwrap();
+/// assert_eq!((used, &body[..], decoder.is_done()), (17, &b"hello"[..], true));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// Payload bytes decoded so far.
+    total: u64,
+    max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading the hex chunk size; `digits` so far.
+    Size { size: u64, digits: u8 },
+    /// Skipping a chunk extension; `len` bytes so far.
+    Extension { size: u64, len: usize },
+    /// Saw CR after the size line; expecting LF.
+    SizeLf { size: u64 },
+    /// Inside chunk data, `remaining` bytes to go.
+    Data { remaining: u64 },
+    /// Expecting the CR after chunk data.
+    DataCr,
+    /// Expecting the LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or the final CRLF).
+    TrailerStart { len: usize },
+    /// Inside a trailer field line.
+    Trailer { len: usize },
+    /// Saw CR ending a trailer line; expecting LF.
+    TrailerLf { len: usize },
+    /// Saw the CR of the final CRLF; expecting LF.
+    FinalLf,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// A decoder that refuses bodies longer than `max_bytes` of payload.
+    pub fn new(max_bytes: usize) -> ChunkedDecoder {
+        ChunkedDecoder { state: ChunkState::Size { size: 0, digits: 0 }, total: 0, max_bytes: max_bytes as u64 }
+    }
+
+    /// Whether the last chunk and trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes framing and payload from `input`, appending payload to `out`.
+    /// Returns how many bytes were used; stops right after the body ends.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        use ChunkState::*;
+        const BAD_SIZE: Error = Error::Malformed("invalid chunk size line");
+        let mut used = 0;
+        while used < input.len() && self.state != Done {
+            let byte = input[used];
+            self.state = match self.state {
+                Size { size, digits } => match (byte, hex_value(byte)) {
+                    (_, Some(v)) if digits < 16 => Size { size: size << 4 | u64::from(v), digits: digits + 1 },
+                    (_, Some(_)) => return Err(BAD_SIZE),
+                    (b';' | b' ' | b'\t', None) if digits > 0 => Extension { size, len: 1 },
+                    (b'\r', None) if digits > 0 => SizeLf { size },
+                    _ => return Err(BAD_SIZE),
+                },
+                Extension { size, len } => match byte {
+                    b'\r' => SizeLf { size },
+                    _ if len >= MAX_CHUNK_EXT_BYTES => return Err(Error::Malformed("chunk extension too long")),
+                    b'\t' | b' '..=b'~' | 0x80.. => Extension { size, len: len + 1 },
+                    _ => return Err(BAD_SIZE),
+                },
+                SizeLf { size } => match byte {
+                    b'\n' if size == 0 => TrailerStart { len: 0 },
+                    b'\n' => {
+                        self.total += size;
+                        if self.total > self.max_bytes {
+                            return Err(Error::BodyTooLarge);
+                        }
+                        Data { remaining: size }
+                    }
+                    _ => return Err(BAD_SIZE),
+                },
+                Data { remaining } => {
+                    let available = (input.len() - used) as u64;
+                    let take = remaining.min(available) as usize;
+                    out.extend_from_slice(&input[used..used + take]);
+                    used += take;
+                    let remaining = remaining - take as u64;
+                    self.state = if remaining == 0 { DataCr } else { Data { remaining } };
+                    continue;
+                }
+                DataCr if byte == b'\r' => DataLf,
+                DataLf if byte == b'\n' => Size { size: 0, digits: 0 },
+                DataCr | DataLf => return Err(Error::Malformed("chunk data not followed by CRLF")),
+                TrailerStart { len } => match byte {
+                    b'\r' => FinalLf,
+                    b'\n' => return Err(Error::Malformed("bare LF in chunked trailer")),
+                    _ => Trailer { len: len + 1 },
+                },
+                Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
+                Trailer { len } => match byte {
+                    b'\r' => TrailerLf { len: len + 1 },
+                    b'\t' | b' '..=b'~' | 0x80.. => Trailer { len: len + 1 },
+                    _ => return Err(Error::Malformed("invalid byte in chunked trailer")),
+                },
+                TrailerLf { len } if byte == b'\n' => TrailerStart { len: len + 1 },
+                FinalLf if byte == b'\n' => Done,
+                TrailerLf { .. } | FinalLf => return Err(Error::Malformed("bare CR in chunked trailer")),
+                Done => Done,
+            };
+            used += 1;
+        }
+        Ok(used)
+    }
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Writes a response status line and headers, ending with the blank line.
+///
+/// `headers` are written as given; `content_length` adds `Content-Length`
+/// (omit it only for a stream that ends when the connection closes), and
+/// `close` adds `Connection: close`.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: Status,
+    headers: &[(&str, &str)],
+    content_length: Option<usize>,
+    close: bool,
+) {
+    // Writing to a String cannot fail.
+    let mut head = String::with_capacity(160);
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", status.0, status.reason());
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if let Some(length) = content_length {
+        let _ = write!(head, "Content-Length: {length}\r\n");
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<RequestHead, Error> {
+        let end = find_head_end(text.as_bytes(), 0).expect("complete head");
+        assert_eq!(end, text.len(), "test heads end at the blank line");
+        parse_head(text.as_bytes())
+    }
+
+    // ---- finding the end of a head ----
+
+    #[test]
+    fn head_end_crlf_lf_and_split_reads() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\n", 0), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n", 0), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+        assert_eq!(find_head_end(b"\n", 0), None);
+        // Fed byte by byte, scanning only from where the last scan stopped.
+        let text = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest";
+        let found = (1..=text.len()).find_map(|n| find_head_end(&text[..n], n - 1));
+        assert_eq!(found, Some(27));
+    }
+
+    // ---- request heads ----
+
+    #[test]
+    fn simple_get() {
+        let h = head("GET /events?topic=a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.method, Method::Get);
+        assert_eq!((h.path.as_str(), h.query.as_str()), ("/events", "topic=a"));
+        assert!(h.http11 && h.keep_alive);
+        assert_eq!(h.body, BodyFraming::None);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn absolute_and_asterisk_targets() {
+        let h = head("GET http://example.com/events?x HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
+        assert_eq!((h.path.as_str(), h.query.as_str()), ("/events", "x"));
+        let h = head("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.path, "*");
+        assert_eq!(head("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), Err(Error::Malformed("invalid request target")));
+        assert_eq!(head("GET events HTTP/1.1\r\nHost: x\r\n\r\n"), Err(Error::Malformed("invalid request target")));
+    }
+
+    #[test]
+    fn body_framing() {
+        let cases: &[(&str, Result<BodyFraming, Error>)] = &[
+            ("Content-Length: 5\r\n", Ok(BodyFraming::Length(5))),
+            ("Content-Length: 0\r\n", Ok(BodyFraming::Length(0))),
+            ("Content-Length: 5\r\nContent-Length: 5\r\n", Ok(BodyFraming::Length(5))),
+            ("Transfer-Encoding: chunked\r\n", Ok(BodyFraming::Chunked)),
+            ("Transfer-Encoding: Chunked \r\n", Ok(BodyFraming::Chunked)),
+            ("Content-Length: 5\r\nContent-Length: 6\r\n", Err(Error::Malformed("conflicting Content-Length headers"))),
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", Err(Error::Malformed("both Content-Length and Transfer-Encoding"))),
+            ("Content-Length: -1\r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Content-Length: +5\r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Content-Length: 5, 5\r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Content-Length: 99999999999999999999999\r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Content-Length: \r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Transfer-Encoding: gzip, chunked\r\n", Err(Error::UnsupportedTransferCoding)),
+            ("Transfer-Encoding: chunked, gzip\r\n", Err(Error::Malformed("chunked must be the final transfer coding"))),
+            ("Transfer-Encoding: identity\r\n", Err(Error::Malformed("chunked must be the final transfer coding"))),
+            ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", Err(Error::UnsupportedTransferCoding)),
+        ];
+        for (headers, expected) in cases {
+            let text = format!("POST /send-event HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+            assert_eq!(head(&text).map(|h| h.body), *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_in_http10_is_refused() {
+        let err = head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+        assert_eq!(err.status(), Status::BAD_REQUEST);
+    }
+
+    #[test]
+    fn host_is_required_once_in_http11() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), Status::BAD_REQUEST);
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err().status(), Status::BAD_REQUEST);
+        assert!(head("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn expect() {
+        assert!(head("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n\r\n").unwrap().expect_continue);
+        assert!(!head("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue);
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n"), Err(Error::UnsupportedExpectation));
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        let cases: &[(&str, u16)] = &[
+            ("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\0y\r\n\r\n", 400),
+            ("G\u{e9}T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+            ("GET /\r\n\r\n", 400),
+            ("\r\n\r\n", 400),
+        ];
+        for (text, status) in cases {
+            let end = find_head_end(text.as_bytes(), 0).unwrap();
+            let result = parse_head(&text.as_bytes()[..end]);
+            assert_eq!(result.map_err(|e| e.status().0), Err(*status), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut text = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..MAX_HEADERS {
+            text.push_str(&format!("X-{i}: y\r\n"));
+        }
+        text.push_str("\r\n");
+        assert_eq!(head(&text), Err(Error::TooManyHeaders));
+    }
+
+    #[test]
+    fn last_event_id_is_kept() {
+        let h = head("GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID:  42 \r\n\r\n").unwrap();
+        assert_eq!(h.last_event_id.as_deref(), Some("42"));
+    }
+
+    // ---- bodies ----
+
+    /// Decodes `input` whole and in every split into two pieces and in 1-byte
+    /// pieces; all must agree.
+    fn decode_chunked(input: &[u8], max: usize) -> Result<(Vec<u8>, usize), Error> {
+        let whole = {
+            let mut d = ChunkedDecoder::new(max);
+            let mut out = Vec::new();
+            d.decode(input, &mut out).map(|used| (out, if d.is_done() { used } else { usize::MAX }))
+        };
+        let bytewise = {
+            let mut d = ChunkedDecoder::new(max);
+            let mut out = Vec::new();
+            let mut used = 0;
+            let mut result = Ok(());
+            for chunk in input.chunks(1) {
+                if d.is_done() {
+                    break;
+                }
+                match d.decode(chunk, &mut out) {
+                    Ok(n) => used += n,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|()| (out, if d.is_done() { used } else { usize::MAX }))
+        };
+        assert_eq!(whole, bytewise, "split decoding differs for {input:?}");
+        whole
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let ok: &[(&[u8], &[u8], usize)] = &[
+            (b"0\r\n\r\n", b"", 5),
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello", 15),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world", 26),
+            (b"A\r\n0123456789\r\n0\r\n\r\nGET", b"0123456789", 20),
+            (b"5;ext=1;x=\"q\"\r\nhello\r\n0;last\r\n\r\n", b"hello", 32),
+            (b"5 ;ext\r\nhello\r\n0\r\n\r\n", b"hello", 20),
+            (b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n", b"hello", 29),
+            (b"0000000000000005\r\nhello\r\n0\r\n\r\n", b"hello", 30),
+        ];
+        for (input, payload, used) in ok {
+            assert_eq!(decode_chunked(input, 1024), Ok((payload.to_vec(), *used)), "{input:?}");
+        }
+        let bad: &[&[u8]] = &[
+            b"\r\n",
+            b"x\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"-5\r\n",
+            b"00000000000000005\r\n",
+            b"FFFFFFFFFFFFFFFFF\r\n",
+            b"5;\x01\r\n",
+            b"0\r\n\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\nX: \x00\r\n\r\n",
+        ];
+        for input in bad {
+            assert!(decode_chunked(input, 1024).is_err(), "{input:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn chunked_limits() {
+        assert_eq!(decode_chunked(b"401\r\n", 1024), Err(Error::BodyTooLarge));
+        assert_eq!(decode_chunked(b"FFFFFFFFFFFFFFFF\r\n", 1024), Err(Error::BodyTooLarge));
+        let long_ext = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_EXT_BYTES));
+        assert!(decode_chunked(long_ext.as_bytes(), 1024).is_err());
+        let long_trailer = format!("0\r\nX: {}\r\n\r\n", "y".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(decode_chunked(long_trailer.as_bytes(), 1024), Err(Error::HeadTooLarge));
+    }
+
+    #[test]
+    fn length_bodies() {
+        assert!(matches!(BodyDecoder::new(BodyFraming::Length(11), 10), Err(Error::BodyTooLarge)));
+        let mut d = BodyDecoder::new(BodyFraming::Length(5), 10).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(d.decode(b"hel", &mut out), Ok(3));
+        assert!(!d.is_done());
+        assert_eq!(d.decode(b"loGET", &mut out), Ok(2));
+        assert!(d.is_done());
+        assert_eq!(out, b"hello");
+    }
+
+    // ---- responses ----
+
+    #[test]
+    fn response_head() {
+        let mut out = Vec::new();
+        write_head(&mut out, Status::NOT_FOUND, &[("Content-Type", "text/plain")], Some(3), true);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+    }
+}

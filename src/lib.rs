@@ -1,0 +1,45 @@
+//! bare-sse: a lean Server-Sent Events broadcast server, with no framework.
+//!
+//! Clients `GET /events` and receive a `text/event-stream`; a publisher
+//! `POST /send-event` with `{"message": "..."}` and every subscriber receives
+//! it. The crate is small enough to read in one sitting; read it top down,
+//! in the order a request travels:
+//!
+//! | module          | role |
+//! |-----------------|------|
+//! | [`server`]      | the mio event loop: accept, read, write, close. The only code that touches sockets. |
+//! | [`conn`]        | one connection as a state machine: bytes in, responses and [`conn::Action`]s out. |
+//! | [`http`]        | RFC 9112 request parsing (via httparse) and validation, body decoding, response heads. |
+//! | [`api`]         | the endpoints, the publish body, the JSON answers, the demo page. |
+//! | [`broker`]      | who is subscribed, and the fan-out of published frames to them. |
+//! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
+//! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
+//! | [`config`]      | flags, environment variables, `--help`. |
+//!
+//! Everything below [`server`] is sans-IO: pure code over byte slices, tested
+//! and fuzzed without sockets, in the manner of h11, quinn-proto and rustls.
+//!
+//! In scope: HTTP/1.0 and 1.1 over plain TCP, as an origin server or behind
+//! a reverse proxy. Out of scope: TLS and HTTP/2 (put a proxy such as nginx in
+//! front), serving files other than the embedded demo page.
+//!
+//! Running a server in-process:
+//!
+//! ```no_run
+//! use bare_sse::{config::Config, server::Server};
+//! let server = Server::bind(&Config::default())?;
+//! let handle = server.handle(); // handle.shutdown() stops it from another thread
+//! server.run()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod outbox;
+pub mod server;
+pub mod sse;
