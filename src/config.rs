@@ -158,9 +158,7 @@ mod tests {
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        parse(args.iter().map(|s| s.to_string()), |name| {
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
+        parse(args.iter().map(|s| s.to_string()), |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
     }
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> Config {

@@ -262,7 +262,11 @@ impl Conn {
             State::Streaming if self.peer_closed => SocketCommand::Close,
             State::Lingering if self.peer_closed => SocketCommand::Close,
             State::Closing if self.outbox.is_empty() => {
-                if self.peer_closed { SocketCommand::Close } else { SocketCommand::ShutdownWrite }
+                if self.peer_closed {
+                    SocketCommand::Close
+                } else {
+                    SocketCommand::ShutdownWrite
+                }
             }
             // The peer is gone and no request of theirs is left to answer: a
             // partial request can never complete.
@@ -611,7 +615,8 @@ mod tests {
 
     #[test]
     fn pipelined_requests_are_answered_in_order() {
-        let input = format!("GET /nope HTTP/1.1\r\n{HOST}\r\n{}GET / HTTP/1.1\r\n{HOST}\r\n", publish(r#"{"message":"x"}"#));
+        let input =
+            format!("GET /nope HTTP/1.1\r\n{HOST}\r\n{}GET / HTTP/1.1\r\n{HOST}\r\n", publish(r#"{"message":"x"}"#));
         let (output, actions, _) = check(&input);
         assert_eq!(statuses(&output), [404, 200, 200]);
         assert_eq!(actions.len(), 1);
@@ -654,9 +659,8 @@ mod tests {
         assert!(output.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{output}");
         assert_eq!(actions.len(), 1);
         // Too large: refused at once, no 100, and closed.
-        let (output, _, command) = check(&format!(
-            "POST /send-event HTTP/1.1\r\n{HOST}Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
-        ));
+        let (output, _, command) =
+            check(&format!("POST /send-event HTTP/1.1\r\n{HOST}Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n"));
         assert!(output.starts_with("HTTP/1.1 413 "), "{output}");
         assert_eq!(command, SocketCommand::ShutdownWrite);
         // Wrong route: refused before the body, and closed.

@@ -296,8 +296,8 @@ fn split_target(target: &str, method: Method) -> Result<(&str, &str), Error> {
         target
     } else if target == "*" && method == Method::Options {
         return Ok(("*", ""));
-    } else if let Some(rest) = strip_prefix_ignore_case(target, "http://")
-        .or_else(|| strip_prefix_ignore_case(target, "https://"))
+    } else if let Some(rest) =
+        strip_prefix_ignore_case(target, "http://").or_else(|| strip_prefix_ignore_case(target, "https://"))
     {
         rest.find('/').map_or("/", |at| &rest[at..])
     } else {
@@ -395,23 +395,39 @@ pub struct ChunkedDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     /// Reading the hex chunk size; `digits` so far.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Skipping a chunk extension; `len` bytes so far.
-    Extension { size: u64, len: usize },
+    Extension {
+        size: u64,
+        len: usize,
+    },
     /// Saw CR after the size line; expecting LF.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Inside chunk data, `remaining` bytes to go.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     /// Expecting the CR after chunk data.
     DataCr,
     /// Expecting the LF after chunk data.
     DataLf,
     /// At the start of a trailer line (or the final CRLF).
-    TrailerStart { len: usize },
+    TrailerStart {
+        len: usize,
+    },
     /// Inside a trailer field line.
-    Trailer { len: usize },
+    Trailer {
+        len: usize,
+    },
     /// Saw CR ending a trailer line; expecting LF.
-    TrailerLf { len: usize },
+    TrailerLf {
+        len: usize,
+    },
     /// Saw the CR of the final CRLF; expecting LF.
     FinalLf,
     Done,
@@ -594,14 +610,20 @@ mod tests {
             ("Transfer-Encoding: chunked\r\n", Ok(BodyFraming::Chunked)),
             ("Transfer-Encoding: Chunked \r\n", Ok(BodyFraming::Chunked)),
             ("Content-Length: 5\r\nContent-Length: 6\r\n", Err(Error::Malformed("conflicting Content-Length headers"))),
-            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", Err(Error::Malformed("both Content-Length and Transfer-Encoding"))),
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                Err(Error::Malformed("both Content-Length and Transfer-Encoding")),
+            ),
             ("Content-Length: -1\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: +5\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: 5, 5\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: 99999999999999999999999\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: \r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Transfer-Encoding: gzip, chunked\r\n", Err(Error::UnsupportedTransferCoding)),
-            ("Transfer-Encoding: chunked, gzip\r\n", Err(Error::Malformed("chunked must be the final transfer coding"))),
+            (
+                "Transfer-Encoding: chunked, gzip\r\n",
+                Err(Error::Malformed("chunked must be the final transfer coding")),
+            ),
             ("Transfer-Encoding: identity\r\n", Err(Error::Malformed("chunked must be the final transfer coding"))),
             ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", Err(Error::UnsupportedTransferCoding)),
         ];

@@ -140,7 +140,11 @@ impl Outbox {
 /// One write of `chunks`, skipping the first `skip` bytes: a plain `write` for
 /// one chunk, a vectored write for several. Returns the bytes written, 0 if the
 /// sink would block.
-fn write_chunks<'a, W: Write>(sink: &mut W, chunks: impl Iterator<Item = &'a [u8]>, mut skip: usize) -> io::Result<usize> {
+fn write_chunks<'a, W: Write>(
+    sink: &mut W,
+    chunks: impl Iterator<Item = &'a [u8]>,
+    mut skip: usize,
+) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
     let mut count = 0;
     for chunk in chunks {

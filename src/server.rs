@@ -275,10 +275,8 @@ impl Server {
     /// Forgets a connection; dropping the socket closes it (and removes it
     /// from the poll set).
     fn close(&mut self, key: usize) {
-        if let Some(client) = self.clients.try_remove(key) {
-            if let Some(membership) = client.membership {
-                self.broker.unsubscribe(membership);
-            }
+        if let Some(membership) = self.clients.try_remove(key).and_then(|client| client.membership) {
+            self.broker.unsubscribe(membership);
         }
     }
 }

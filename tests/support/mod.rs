@@ -1,0 +1,336 @@
+//! Helpers shared by the integration tests: a server on a free port, raw TCP
+//! clients that read HTTP responses and event streams, with timeouts so a
+//! broken server fails a test instead of hanging it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bare_sse::config::Config;
+use bare_sse::server::{Handle, Server};
+
+/// How long any single read may wait before the test fails.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running on its own thread, stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: Handle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default config on 127.0.0.1, port 0.
+    #[track_caller]
+    pub fn start() -> TestServer {
+        TestServer::with(|_| {})
+    }
+
+    /// Starts a server after `adjust` has changed the default config.
+    #[track_caller]
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+        adjust(&mut config);
+        let server = Server::bind(&config).expect("bind");
+        let addr = server.local_addr().unwrap();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer { addr, handle, thread: Some(thread) }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Publishes `message` and returns the number of subscribers reached.
+    #[track_caller]
+    pub fn publish(&self, message: &str) -> u64 {
+        let response = self.connect().publish(message);
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()["subscribers"].as_u64().expect("subscribers count")
+    }
+
+    /// Opens `GET /events` and waits for the stream to be open.
+    #[track_caller]
+    pub fn subscribe(&self) -> EventStream {
+        self.connect().subscribe("/events")
+    }
+
+    /// Publishes until the server reports `expected` subscribers (it learns
+    /// of closed connections asynchronously), or fails after a bound.
+    #[track_caller]
+    pub fn wait_for_subscribers(&self, expected: u64) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let now = self.publish("ping");
+            if now == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server still reports {now} subscribers, expected {expected}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !std::thread::panicking() {
+                result.expect("server thread panicked").expect("server loop failed");
+            }
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// A raw client connection.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    #[track_caller]
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client { reader: BufReader::new(stream) }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    #[track_caller]
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> &mut Client {
+        self.reader.get_mut().write_all(bytes.as_ref()).expect("send");
+        self
+    }
+
+    /// Reads one response. `head_only` for answers to HEAD (no body even with
+    /// a Content-Length).
+    #[track_caller]
+    pub fn read_response_to(&mut self, head_only: bool) -> Response {
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).expect("read status line");
+        assert!(status_line.starts_with("HTTP/1.1 "), "bad status line {status_line:?}");
+        let status: u16 = status_line[9..12].parse().expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("read header");
+            assert!(line.ends_with("\r\n"), "header line without CRLF: {line:?}");
+            let line = line.trim_end_matches("\r\n");
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header colon");
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut response = Response { status, headers, body: Vec::new() };
+        if status == 100 {
+            return response;
+        }
+        if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().unwrap();
+            if !head_only {
+                response.body = vec![0; length];
+                self.reader.read_exact(&mut response.body).expect("read body");
+            }
+        }
+        response
+    }
+
+    #[track_caller]
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_to(false)
+    }
+
+    /// Sends a request and reads its response.
+    #[track_caller]
+    pub fn request(&mut self, bytes: impl AsRef<[u8]>) -> Response {
+        self.send(bytes).read_response()
+    }
+
+    #[track_caller]
+    pub fn publish(&mut self, message: &str) -> Response {
+        let body = serde_json::json!({ "message": message }).to_string();
+        self.request(post("/send-event", &body))
+    }
+
+    /// Sends `GET path` and reads the stream's head and opening comment.
+    #[track_caller]
+    pub fn subscribe(mut self, path: &str) -> EventStream {
+        let response = self.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        let mut stream = EventStream { client: self, response };
+        let opening = stream.next_raw_block();
+        assert!(opening.starts_with(':'), "stream opens with a comment, got {opening:?}");
+        stream
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    #[track_caller]
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).expect("read to end");
+        rest
+    }
+}
+
+/// A POST request with a Content-Length body.
+pub fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A `GET path` request.
+pub fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+/// One event as an EventSource client would dispatch it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An open event stream, parsed with the WHATWG rules (this server only ever
+/// ends lines with LF, which the parser checks).
+pub struct EventStream {
+    pub client: Client,
+    pub response: Response,
+}
+
+impl EventStream {
+    /// The next block of lines up to a blank line, as text.
+    #[track_caller]
+    fn next_raw_block(&mut self) -> String {
+        let mut block = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.client.reader.read_line(&mut line).expect("read stream line");
+            assert!(n > 0, "stream closed; got so far {block:?}");
+            assert!(line.ends_with('\n') && !line.ends_with("\r\n"), "line not ended by LF alone: {line:?}");
+            if line == "\n" {
+                return block;
+            }
+            block.push_str(&line);
+        }
+    }
+
+    /// The next event, skipping comments (heartbeats) and `retry:`.
+    #[track_caller]
+    pub fn next_event(&mut self) -> Event {
+        loop {
+            let block = self.next_raw_block();
+            let mut event = Event::default();
+            let mut data: Option<String> = None;
+            for line in block.lines() {
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "data" => {
+                        let d = data.get_or_insert_with(String::new);
+                        d.push_str(value);
+                        d.push('\n');
+                    }
+                    "id" => event.id = Some(value.to_owned()),
+                    "event" => event.event = Some(value.to_owned()),
+                    "retry" => {}
+                    other => panic!("unexpected field {other:?} in {block:?}"),
+                }
+            }
+            if let Some(mut data) = data {
+                data.pop();
+                event.data = data;
+                return event;
+            }
+        }
+    }
+
+    /// The next event's data.
+    #[track_caller]
+    pub fn next_data(&mut self) -> String {
+        self.next_event().data
+    }
+}
+
+/// Open file descriptors of this process (Linux).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// The `bare-sse` binary running as a child process, killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The stderr lines read so far (the start line at least).
+    pub stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Binary {
+    /// Starts `bare-sse --listen 127.0.0.1:0 ARGS` and waits for its start line.
+    #[track_caller]
+    pub fn start(args: &[&str]) -> Binary {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bare-sse");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read start line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in start line {line:?}"));
+        Binary { child, addr, stderr }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
