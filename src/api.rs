@@ -55,11 +55,54 @@ impl Endpoint {
     }
 }
 
+/// The topic of a plain `GET /events` and of a publish that names none, so
+/// the seeds' API works unchanged.
+pub const DEFAULT_TOPIC: &str = "default";
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 64;
+
+/// Most topics one subscription or one publish may name.
+pub const MAX_TOPICS: usize = 16;
+
+/// Whether `name` is a valid topic: 1 to [`MAX_TOPIC_BYTES`] bytes of ASCII
+/// letters, digits and `-_.:~` (safe in a URL query without escaping).
+pub fn is_valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_BYTES
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
+}
+
 /// A valid publish request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    /// The text every subscriber receives; any string, line breaks included.
+    /// The text subscribers receive; any string, line breaks included.
     pub message: String,
+    /// The topics it goes to (at least one, no duplicates).
+    pub topics: Vec<String>,
+    /// The event name (`event:` field), if any.
+    pub event: Option<String>,
+}
+
+impl Publish {
+    /// A message on the default topic, with no event name.
+    pub fn message(message: impl Into<String>) -> Publish {
+        Publish { message: message.into(), topics: vec![DEFAULT_TOPIC.to_owned()], event: None }
+    }
+
+    /// Checks topics and event name; on refusal, says what was wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.topics.is_empty() || self.topics.len() > MAX_TOPICS {
+            return Err(format!("a publish names 1 to {MAX_TOPICS} topics"));
+        }
+        if let Some(bad) = self.topics.iter().find(|t| !is_valid_topic(t)) {
+            return Err(format!("invalid topic {bad:?}: use 1-{MAX_TOPIC_BYTES} of A-Z a-z 0-9 - _ . : ~"));
+        }
+        if self.event.as_deref().is_some_and(|event| !crate::sse::is_valid_name(event)) {
+            return Err(format!("invalid event name: 1-{} bytes without CR or LF", crate::sse::MAX_FIELD_BYTES));
+        }
+        Ok(())
+    }
 }
 
 /// The JSON body of `POST /send-event`. Unknown fields are ignored, as the
@@ -67,25 +110,133 @@ pub struct Publish {
 #[derive(Deserialize)]
 struct PublishBody {
     message: String,
+    #[serde(default)]
+    topic: Option<OneOrMany>,
+    #[serde(default)]
+    event: Option<String>,
 }
 
-/// Parses a publish body: a JSON object with a string `message`. On refusal,
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Parses a publish body: a JSON object with a string `message`, optionally a
+/// `topic` (a string or a list of strings) and an `event` name. On refusal,
 /// says what was wrong, for a 400 answer.
 ///
 /// ```
 /// use bare_sse::api::parse_publish;
-/// assert_eq!(parse_publish(br#"{"message":"hi"}"#).unwrap().message, "hi");
+/// let publish = parse_publish(br#"{"message":"hi","topic":["a","b"],"event":"greet"}"#).unwrap();
+/// assert_eq!((publish.message.as_str(), publish.topics.len()), ("hi", 2));
 /// assert!(parse_publish(br#"{"message":5}"#).unwrap_err().contains("expected a string"));
 /// ```
 pub fn parse_publish(body: &[u8]) -> Result<Publish, String> {
     let is_object = body.iter().find(|b| !b" \t\r\n".contains(b)) == Some(&b'{');
-    match serde_json::from_slice::<PublishBody>(body) {
+    let parsed = match serde_json::from_slice::<PublishBody>(body) {
         // serde also fills a struct from an array (`["hi"]`); we want an object.
-        Ok(_) if !is_object => Err("body must be a JSON object with a string \"message\"".to_owned()),
-        Ok(parsed) => Ok(Publish { message: parsed.message }),
-        Err(e) if e.is_syntax() || e.is_eof() => Err(format!("body is not valid JSON: {e}")),
-        Err(e) => Err(format!("body must be a JSON object with a string \"message\": {e}")),
+        Ok(_) if !is_object => return Err("body must be a JSON object with a string \"message\"".to_owned()),
+        Ok(parsed) => parsed,
+        Err(e) if e.is_syntax() || e.is_eof() => return Err(format!("body is not valid JSON: {e}")),
+        Err(e) if e.to_string().contains("untagged enum OneOrMany") => {
+            return Err("\"topic\" must be a string or a list of strings".to_owned());
+        }
+        Err(e) => return Err(format!("body must be a JSON object with a string \"message\": {e}")),
+    };
+    let mut topics = match parsed.topic {
+        None => vec![DEFAULT_TOPIC.to_owned()],
+        Some(OneOrMany::One(topic)) => vec![topic],
+        Some(OneOrMany::Many(topics)) => topics,
+    };
+    dedup_in_order(&mut topics);
+    let publish = Publish { message: parsed.message, topics, event: parsed.event };
+    publish.validate()?;
+    Ok(publish)
+}
+
+/// What a `GET /events` asks for, from its query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeQuery {
+    /// Topics, at least one, no duplicates.
+    pub topics: Vec<String>,
+    /// The `lastEventId` parameter, for clients that cannot send the
+    /// `Last-Event-ID` header.
+    pub last_event_id: Option<String>,
+}
+
+/// Parses the query of `GET /events`: any number of `topic=NAME` (none means
+/// the default topic) and an optional `lastEventId=ID`. Other parameters are
+/// ignored (clients add cache-busters).
+///
+/// ```
+/// let query = bare_sse::api::parse_subscribe_query("topic=a&topic=b&lastEventId=7").unwrap();
+/// assert_eq!(query.topics, ["a", "b"]);
+/// assert_eq!(query.last_event_id.as_deref(), Some("7"));
+/// ```
+pub fn parse_subscribe_query(query: &str) -> Result<SubscribeQuery, String> {
+    let mut topics = Vec::new();
+    let mut last_event_id = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "topic" => {
+                let topic = percent_decode(value).ok_or("topic is not valid percent-encoded UTF-8")?;
+                if !is_valid_topic(&topic) {
+                    return Err(format!("invalid topic {topic:?}: use 1-{MAX_TOPIC_BYTES} of A-Z a-z 0-9 - _ . : ~"));
+                }
+                topics.push(topic);
+                if topics.len() > MAX_TOPICS {
+                    return Err(format!("at most {MAX_TOPICS} topics per subscription"));
+                }
+            }
+            "lastEventId" => {
+                last_event_id = Some(percent_decode(value).ok_or("lastEventId is not valid percent-encoded UTF-8")?);
+            }
+            _ => {}
+        }
     }
+    if topics.is_empty() {
+        topics.push(DEFAULT_TOPIC.to_owned());
+    }
+    dedup_in_order(&mut topics);
+    Ok(SubscribeQuery { topics, last_event_id })
+}
+
+/// Decodes `%XX` escapes and `+` (space, as in HTML forms). `None` if an
+/// escape is malformed or the result is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                // Checked first: from_str_radix would also accept a sign.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn dedup_in_order(items: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|item| seen.insert(item.clone()));
 }
 
 /// `{"error": why}`.
@@ -93,9 +244,10 @@ pub fn error_body(why: &str) -> String {
     serde_json::json!({ "error": why }).to_string()
 }
 
-/// The answer to a publish: how many subscriber streams the event was sent to.
-pub fn published_body(subscribers: usize) -> String {
-    serde_json::json!({ "subscribers": subscribers }).to_string()
+/// The answer to a publish: the event's id and how many subscriber streams
+/// it was sent to.
+pub fn published_body(id: &str, subscribers: usize) -> String {
+    serde_json::json!({ "id": id, "subscribers": subscribers }).to_string()
 }
 
 #[cfg(test)]
@@ -141,8 +293,53 @@ mod tests {
     }
 
     #[test]
+    fn publish_topics_and_event_names() {
+        let p = parse_publish(br#"{"message":"m"}"#).unwrap();
+        assert_eq!((p.topics, p.event), (vec![DEFAULT_TOPIC.to_owned()], None));
+        let p = parse_publish(br#"{"message":"m","topic":"news","event":"update"}"#).unwrap();
+        assert_eq!((p.topics, p.event.as_deref()), (vec!["news".to_owned()], Some("update")));
+        let p = parse_publish(br#"{"message":"m","topic":["a","b","a"]}"#).unwrap();
+        assert_eq!(p.topics, ["a", "b"]);
+        for (body, why) in [
+            (&br#"{"message":"m","topic":""}"#[..], "invalid topic"),
+            (br#"{"message":"m","topic":"a b"}"#, "invalid topic"),
+            (br#"{"message":"m","topic":[]}"#, "1 to 16 topics"),
+            (br#"{"message":"m","topic":5}"#, "string or a list"),
+            (br#"{"message":"m","event":"a\nb"}"#, "invalid event name"),
+            (br#"{"message":"m","event":""}"#, "invalid event name"),
+            (br#"{"message":"m","event":7}"#, "expected a string"),
+        ] {
+            let err = parse_publish(body).unwrap_err();
+            assert!(err.contains(why), "{}: {err}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn subscribe_queries() {
+        let q = parse_subscribe_query("").unwrap();
+        assert_eq!((q.topics, q.last_event_id), (vec![DEFAULT_TOPIC.to_owned()], None));
+        let q = parse_subscribe_query("topic=a&_=123&topic=b&topic=a&lastEventId=1%2D2").unwrap();
+        assert_eq!((q.topics, q.last_event_id.as_deref()), (vec!["a".to_owned(), "b".to_owned()], Some("1-2")));
+        assert!(parse_subscribe_query("topic=").is_err());
+        assert!(parse_subscribe_query("topic=a%20b").is_err());
+        assert!(parse_subscribe_query("topic=%zz").is_err());
+        assert!(parse_subscribe_query("topic=%ff").is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("topic=t{i}")).collect();
+        assert!(parse_subscribe_query(&many.join("&")).is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+    }
+
+    #[test]
     fn json_answers() {
         assert_eq!(error_body("a \"b\""), r#"{"error":"a \"b\""}"#);
-        assert_eq!(published_body(3), r#"{"subscribers":3}"#);
+        assert_eq!(published_body("1-2", 3), r#"{"id":"1-2","subscribers":3}"#);
     }
 }

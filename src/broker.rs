@@ -1,21 +1,49 @@
-//! The broadcast path: who is subscribed, and how one published frame reaches
-//! all of them.
+//! The broadcast path: event ids, the shared history, topics, who is
+//! subscribed to what, and how one published frame reaches all of them.
 //!
-//! A publish does not write to sockets itself. It appends its frame (encoded
-//! once, shared by reference count) to a pending batch; at the end of the
-//! event-loop iteration [`Broker::fan_out`] hands the whole batch to every
-//! subscriber at once. With one publish per iteration that is one `write()`
-//! per subscriber; with a burst of publishes it is still one (vectored)
-//! write per subscriber, which is how bare-sse can do less work per delivery
-//! than a loop that writes each event separately.
+//! **Ids.** Every event gets `<epoch>-<seq>`: `epoch` is the time the broker
+//! started, in Unix milliseconds, and `seq` counts from 1. Ids are strictly
+//! increasing for the life of the process. A client holding an id from an
+//! earlier process (a different epoch) is noticed, and treated like one whose
+//! id fell out of the history (below).
 //!
-//! The broker knows subscribers only by key; the server owns the connections
-//! and lends them to `fan_out` through the [`Subscriber`] trait, so the
-//! broadcast loop can also be run (and benchmarked) over in-memory sinks.
+//! **History.** The last events (bounded in count and in bytes) stay in a ring
+//! shared by all subscribers: each entry is the event's frame, already
+//! encoded, behind an `Arc`, so retaining it costs one copy however many
+//! subscribers replay it. Sequence numbers in the ring are contiguous, so the
+//! place to resume from is found by subtraction.
+//!
+//! **Replay.** A subscriber that sends `Last-Event-ID` first gets every retained
+//! event after that id on its topics, in order, then the live stream. The
+//! server adds a subscriber only between fan-outs (see [`Broker::subscribe`]),
+//! so an event is either in the replay or in the live stream, never both and
+//! never neither. If the id is older than the history, from another process,
+//! or not an id at all, the subscriber gets a `gap` event saying so, then
+//! everything retained on its topics. A new subscriber without
+//! `Last-Event-ID` gets the current id in its opening block (an `id:` field
+//! with no data sets the client's last event id without firing an event), so
+//! even a client that never received an event resumes without a gap.
+//!
+//! **Fan-out.** A publish does not write to sockets. It appends its frame
+//! (encoded once) to a pending batch; at the end of the event-loop iteration
+//! [`Broker::fan_out`] hands each subscriber the batch's frames for its topics
+//! in one call: one `write()` per subscriber for one publish, and still one
+//! (vectored) write for a burst. The broker knows subscribers only by key; the
+//! server lends it the connections through the [`Subscriber`] trait, so the
+//! broadcast loop also runs (and is benchmarked) over in-memory sinks.
+//!
+//! **Heartbeats.** One timer per loop, not one per connection: every interval
+//! the server calls [`Broker::heartbeat`], and only subscribers that were sent
+//! nothing since the previous beat get a comment line.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
-use crate::sse::Frame;
+use crate::api::Publish;
+use crate::sse::{self, Frame};
 
 /// Something frames can be delivered to: in the server, a connection's
 /// outbox in front of its socket.
@@ -32,33 +60,128 @@ pub enum Delivery {
     /// Some bytes are queued and the subscriber was not waiting to write
     /// before: the server must ask for writable readiness.
     Queued,
-    /// The subscriber's socket failed: the server must close it.
+    /// The subscriber failed (socket error, or too far behind): the server
+    /// must close it.
     Failed,
 }
 
-/// Subscribers and the batch of frames not yet sent to them.
-#[derive(Debug, Default)]
+/// Bounds on the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most events retained.
+    pub events: usize,
+    /// Most bytes of frames retained.
+    pub bytes: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> HistoryLimits {
+        HistoryLimits { events: 1000, bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// One published event, shared by the pending batch and the history.
+#[derive(Debug)]
+pub struct Published {
+    pub seq: u64,
+    pub id: Box<str>,
+    pub topics: Box<[Box<str>]>,
+    /// The encoded event, `id:` field included.
+    pub frame: Frame,
+}
+
+/// What a publish returns to its publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The event's id.
+    pub id: Box<str>,
+    /// How many subscribers it will be sent to.
+    pub subscribers: usize,
+}
+
+/// Topics, subscribers, history and the batch of frames not yet sent.
+#[derive(Debug)]
 pub struct Broker {
-    /// Subscriber keys (the server's connection keys), by membership key.
+    epoch: u64,
+    next_seq: u64,
+    history: VecDeque<Arc<Published>>,
+    history_bytes: usize,
+    limits: HistoryLimits,
+    /// Topic name to its key in `topic_members`.
+    topics: HashMap<Box<str>, usize>,
+    /// Per topic: its subscribers.
+    topic_members: Slab<Topic>,
+    members: Slab<Member>,
+    /// Events published since the last fan-out, in publish order.
+    pending: Vec<Arc<Published>>,
+    /// Counts fan-outs, to send each subscriber a batch only once.
+    round: u64,
+    /// Counts heartbeat intervals.
+    beat: u64,
+    /// Reused per subscriber during a fan-out, to avoid an allocation each.
+    scratch: Vec<Frame>,
+    heartbeat_frame: Frame,
+}
+
+/// One topic with subscribers.
+#[derive(Debug)]
+struct Topic {
+    name: Box<str>,
+    /// Membership keys (into `Broker::members`).
     members: Slab<usize>,
-    /// Frames published since the last fan-out, in publish order.
-    pending: Vec<Frame>,
+}
+
+/// One subscriber.
+#[derive(Debug)]
+struct Member {
+    /// The server's key for the connection.
+    client: usize,
+    /// `(topic key, key in that topic's member slab)` per topic.
+    topics: Box<[(usize, usize)]>,
+    /// The last fan-out round that reached this subscriber.
+    round: u64,
+    /// The last heartbeat interval in which it was sent something.
+    beat: u64,
+}
+
+/// A new subscription, as returned by [`Broker::subscribe`].
+#[derive(Debug)]
+pub struct Joined {
+    /// Pass to [`Broker::unsubscribe`] when the connection closes.
+    pub membership: usize,
+    /// Frames to send before any live event: the id block for a fresh
+    /// subscriber, or the replay (maybe preceded by a `gap` event).
+    pub backlog: Vec<Frame>,
 }
 
 impl Broker {
-    pub fn new() -> Broker {
-        Broker::default()
+    pub fn new(limits: HistoryLimits) -> Broker {
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Broker::with_epoch(limits, epoch)
     }
 
-    /// Adds the connection `key`; returns its membership, for
-    /// [`Broker::unsubscribe`].
-    pub fn subscribe(&mut self, key: usize) -> usize {
-        self.members.insert(key)
+    /// A broker whose ids start with `epoch` (tests use fixed epochs).
+    pub fn with_epoch(limits: HistoryLimits, epoch: u64) -> Broker {
+        Broker {
+            epoch,
+            next_seq: 1,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            limits,
+            topics: HashMap::new(),
+            topic_members: Slab::new(),
+            members: Slab::new(),
+            pending: Vec::new(),
+            round: 0,
+            beat: 0,
+            scratch: Vec::new(),
+            heartbeat_frame: Arc::from(&b":\n\n"[..]),
+        }
     }
 
-    /// Removes a membership returned by [`Broker::subscribe`].
-    pub fn unsubscribe(&mut self, membership: usize) {
-        self.members.try_remove(membership);
+    /// The id of the last event published (`<epoch>-0` before any).
+    pub fn last_id(&self) -> String {
+        format!("{}-{}", self.epoch, self.next_seq - 1)
     }
 
     /// How many subscribers there are.
@@ -66,96 +189,213 @@ impl Broker {
         self.members.len()
     }
 
-    /// Queues `frame` for every subscriber; it goes out at the next
-    /// [`Broker::fan_out`]. Returns how many subscribers it will reach.
-    pub fn publish(&mut self, frame: Frame) -> usize {
-        self.pending.push(frame);
-        self.members.len()
-    }
-
-    /// Whether frames are waiting for a fan-out.
+    /// Whether frames are waiting for a fan-out. The server must fan out
+    /// before [`Broker::subscribe`] so the replay seam is exact.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// Sends the pending frames to every subscriber. Subscribers whose
-    /// delivery needs the server's attention are appended to `attention` with
-    /// what happened.
+    /// Assigns the next id, frames the event once, retains it, and queues it
+    /// for the next [`Broker::fan_out`]. `publish` must be valid
+    /// ([`Publish::validate`]).
+    pub fn publish(&mut self, publish: &Publish) -> Receipt {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = format!("{}-{seq}", self.epoch);
+        let frame = sse::encode(&sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message });
+        let topics: Box<[Box<str>]> = publish.topics.iter().map(|t| t.as_str().into()).collect();
+        let subscribers = self.count_subscribers(&topics);
+        let event = Arc::new(Published { seq, id: id.into(), topics, frame });
+        self.retain(event.clone());
+        let receipt = Receipt { id: event.id.clone(), subscribers };
+        self.pending.push(event);
+        receipt
+    }
+
+    /// Subscribes the connection `client` to `topics`, computing what it must
+    /// be sent first (see the module docs on replay). Call only when nothing
+    /// is pending (after [`Broker::fan_out`]).
+    pub fn subscribe(&mut self, client: usize, topics: &[String], last_event_id: Option<&str>) -> Joined {
+        debug_assert!(self.pending.is_empty(), "subscribe between fan-outs only");
+        let backlog = match last_event_id.filter(|id| !id.is_empty()) {
+            None => vec![Arc::from(format!("id: {}\n\n", self.last_id()).into_bytes())],
+            Some(id) => self.replay(topics, id),
+        };
+        let membership = self.members.vacant_key();
+        let mut keys = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let topic_key = match self.topics.get(topic.as_str()) {
+                Some(&key) => key,
+                None => {
+                    let key = self.topic_members.insert(Topic { name: topic.as_str().into(), members: Slab::new() });
+                    self.topics.insert(topic.as_str().into(), key);
+                    key
+                }
+            };
+            keys.push((topic_key, self.topic_members[topic_key].members.insert(membership)));
+        }
+        self.members.insert(Member { client, topics: keys.into(), round: self.round, beat: self.beat });
+        Joined { membership, backlog }
+    }
+
+    /// Removes a membership returned by [`Broker::subscribe`]; a topic left
+    /// without subscribers is forgotten.
+    pub fn unsubscribe(&mut self, membership: usize) {
+        let Some(member) = self.members.try_remove(membership) else {
+            return;
+        };
+        for &(topic_key, slot) in member.topics.iter() {
+            let Some(topic) = self.topic_members.get_mut(topic_key) else {
+                continue;
+            };
+            topic.members.try_remove(slot);
+            if topic.members.is_empty() {
+                let topic = self.topic_members.remove(topic_key);
+                self.topics.remove(&topic.name);
+            }
+        }
+    }
+
+    /// Sends the pending frames to their subscribers: each subscriber gets, in
+    /// one delivery, the frames of the batch on its topics. Subscribers whose
+    /// delivery needs the server's attention are appended to `attention`.
     pub fn fan_out<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, attention: &mut Vec<(usize, Delivery)>) {
         if self.pending.is_empty() {
             return;
         }
-        for (_, &key) in self.members.iter() {
-            let Some(subscriber) = subscribers.get_mut(key) else {
-                continue;
-            };
-            match subscriber.deliver(&self.pending) {
-                Delivery::Done => {}
-                other => attention.push((key, other)),
+        self.round += 1;
+        let pending = std::mem::take(&mut self.pending);
+        // Topic keys of each pending event, resolved once per fan-out.
+        let event_topics: Vec<Vec<usize>> =
+            pending.iter().map(|e| e.topics.iter().filter_map(|t| self.topics.get(t).copied()).collect()).collect();
+        let single_topic = match event_topics.first() {
+            Some(first) if first.len() == 1 && event_topics.iter().all(|t| t == first) => Some(first[0]),
+            _ => None,
+        };
+        if let Some(topic) = single_topic {
+            // The common case: every event of the batch is for one topic, so
+            // all its subscribers get all the frames.
+            self.scratch.extend(pending.iter().map(|e| e.frame.clone()));
+            for (_, &membership) in self.topic_members[topic].members.iter() {
+                let Some(member) = self.members.get_mut(membership) else { continue };
+                member.round = self.round;
+                member.beat = self.beat;
+                deliver(subscribers, member.client, &self.scratch, attention);
+            }
+            self.scratch.clear();
+        } else {
+            for topics in &event_topics {
+                for &topic in topics {
+                    for (_, &membership) in self.topic_members[topic].members.iter() {
+                        let Some(member) = self.members.get_mut(membership) else { continue };
+                        if member.round == self.round {
+                            continue; // Already sent the batch via another topic.
+                        }
+                        member.round = self.round;
+                        member.beat = self.beat;
+                        let wants = |keys: &Vec<usize>| member.topics.iter().any(|(k, _)| keys.contains(k));
+                        let frames = pending.iter().zip(&event_topics).filter(|(_, keys)| wants(keys));
+                        self.scratch.extend(frames.map(|(e, _)| e.frame.clone()));
+                        deliver(subscribers, member.client, &self.scratch, attention);
+                        self.scratch.clear();
+                    }
+                }
             }
         }
+        self.pending = pending;
         self.pending.clear();
+    }
+
+    /// Sends a comment line to every subscriber that was sent nothing during
+    /// the interval now ending. The server calls this once per heartbeat
+    /// interval: one timer per loop, however many subscribers.
+    pub fn heartbeat<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, attention: &mut Vec<(usize, Delivery)>) {
+        let frame = std::slice::from_ref(&self.heartbeat_frame);
+        for (_, member) in self.members.iter() {
+            if member.beat != self.beat {
+                deliver(subscribers, member.client, frame, attention);
+            }
+        }
+        self.beat += 1;
+    }
+
+    /// Frames to send a subscriber that resumes after `last_event_id`.
+    fn replay(&self, topics: &[String], last_event_id: &str) -> Vec<Frame> {
+        let oldest = self.history.front().map_or(self.next_seq, |e| e.seq);
+        let resume_after = parse_id(last_event_id)
+            .filter(|&(epoch, seq)| epoch == self.epoch && seq < self.next_seq && seq + 1 >= oldest)
+            .map(|(_, seq)| seq);
+        let mut frames = Vec::new();
+        let start = match resume_after {
+            Some(seq) => (seq + 1 - oldest) as usize,
+            None => {
+                let replay_from = self.history.front().map(|e| &*e.id);
+                let body = serde_json::json!({ "lastEventId": last_event_id, "replayFrom": replay_from });
+                let gap = sse::encode(&sse::Event { name: Some("gap"), data: &body.to_string(), id: None });
+                frames.push(gap);
+                0
+            }
+        };
+        let on_topic = |e: &&Arc<Published>| e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t));
+        frames.extend(self.history.range(start..).filter(on_topic).map(|e| e.frame.clone()));
+        frames
+    }
+
+    fn retain(&mut self, event: Arc<Published>) {
+        if self.limits.events == 0 {
+            return;
+        }
+        self.history_bytes += event.frame.len();
+        self.history.push_back(event);
+        while self.history.len() > self.limits.events || self.history_bytes > self.limits.bytes {
+            let Some(old) = self.history.pop_front() else { break };
+            self.history_bytes -= old.frame.len();
+        }
+    }
+
+    /// Subscribers of any of `topics`, each counted once.
+    fn count_subscribers(&self, topics: &[Box<str>]) -> usize {
+        let keys: Vec<usize> = topics.iter().filter_map(|t| self.topics.get(t).copied()).collect();
+        match keys.as_slice() {
+            [] => 0,
+            [one] => self.topic_members[*one].members.len(),
+            [first, rest @ ..] => {
+                let in_earlier = |membership: usize, upto: usize| {
+                    self.members.get(membership).is_some_and(|m| m.topics.iter().any(|(k, _)| keys[..upto].contains(k)))
+                };
+                let others: usize = rest
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &key)| {
+                        self.topic_members[key].members.iter().filter(|&(_, &m)| !in_earlier(m, i + 1)).count()
+                    })
+                    .sum();
+                self.topic_members[*first].members.len() + others
+            }
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[derive(Default)]
-    struct Sink {
-        got: Vec<u8>,
-        calls: usize,
-        fail: bool,
-    }
-
-    impl Subscriber for Sink {
-        fn deliver(&mut self, frames: &[Frame]) -> Delivery {
-            self.calls += 1;
-            if self.fail {
-                return Delivery::Failed;
-            }
-            frames.iter().for_each(|f| self.got.extend_from_slice(f));
-            Delivery::Done
+fn deliver<S: Subscriber>(
+    subscribers: &mut Slab<S>,
+    key: usize,
+    frames: &[Frame],
+    attention: &mut Vec<(usize, Delivery)>,
+) {
+    if let Some(subscriber) = subscribers.get_mut(key) {
+        match subscriber.deliver(frames) {
+            Delivery::Done => {}
+            other => attention.push((key, other)),
         }
     }
+}
 
-    #[test]
-    fn a_burst_is_one_delivery_per_subscriber() {
-        let mut sinks: Slab<Sink> = Slab::new();
-        let mut broker = Broker::new();
-        for _ in 0..3 {
-            let key = sinks.insert(Sink::default());
-            broker.subscribe(key);
-        }
-        assert_eq!(broker.publish(Arc::from(&b"a"[..])), 3);
-        broker.publish(Arc::from(&b"b"[..]));
-        let mut attention = Vec::new();
-        broker.fan_out(&mut sinks, &mut attention);
-        assert!(attention.is_empty());
-        for (_, sink) in sinks.iter() {
-            assert_eq!((sink.got.as_slice(), sink.calls), (&b"ab"[..], 1));
-        }
-        assert!(!broker.has_pending());
+/// Parses `<epoch>-<seq>`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (epoch, seq) = id.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(epoch) || !digits(seq) {
+        return None;
     }
-
-    #[test]
-    fn failures_are_reported_and_unsubscribed_members_skipped() {
-        let mut sinks: Slab<Sink> = Slab::new();
-        let mut broker = Broker::new();
-        let ok = sinks.insert(Sink::default());
-        let bad = sinks.insert(Sink { fail: true, ..Sink::default() });
-        let gone = sinks.insert(Sink::default());
-        broker.subscribe(ok);
-        broker.subscribe(bad);
-        let membership = broker.subscribe(gone);
-        broker.unsubscribe(membership);
-        broker.publish(Arc::from(&b"x"[..]));
-        let mut attention = Vec::new();
-        broker.fan_out(&mut sinks, &mut attention);
-        assert_eq!(attention, [(bad, Delivery::Failed)]);
-        assert_eq!(sinks[gone].calls, 0);
-        assert_eq!(broker.subscribers(), 2);
-    }
+    Some((epoch.parse().ok()?, seq.parse().ok()?))
 }

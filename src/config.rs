@@ -7,26 +7,39 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use crate::conn::Limits;
+use crate::broker::HistoryLimits;
+use crate::conn::Settings;
 
 /// Everything the server needs to know to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// Bounds on requests.
-    pub limits: Limits,
+    /// How connections behave: request limits, `retry:`.
+    pub settings: Settings,
     /// Most open connections; slots for them are reserved (not touched) at
     /// start.
     pub max_connections: usize,
+    /// Unsent bytes a subscriber may have before it is dropped as too slow.
+    pub max_buffered_bytes: usize,
+    /// Bounds on the replay history.
+    pub history: HistoryLimits,
+    /// Seconds between heartbeats on idle streams; 0 disables them.
+    pub heartbeat_secs: u64,
+    /// Publish the time every second on topic `time`.
+    pub tick: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            limits: Limits::default(),
+            settings: Settings::default(),
             max_connections: 16 * 1024,
+            max_buffered_bytes: 1024 * 1024,
+            history: HistoryLimits::default(),
+            heartbeat_secs: 15,
+            tick: false,
         }
     }
 }
@@ -39,8 +52,8 @@ pub enum Command {
     Version,
 }
 
-/// One flag: its name (without `--`), the kind of value, what it does, and how
-/// to apply a value to the config.
+/// One flag: its name (without `--`), the kind of value (empty for a switch),
+/// what it does, and how to apply a value to the config.
 pub struct Flag {
     pub name: &'static str,
     pub value: &'static str,
@@ -70,19 +83,58 @@ pub const FLAGS: &[Flag] = &[
         name: "max-head-bytes",
         value: "BYTES",
         help: "longest request head (request line + headers); longer gets 431 [default: 16384]",
-        apply: |c, v| positive(v).map(|n| c.limits.max_head_bytes = n),
+        apply: |c, v| positive(v).map(|n| c.settings.limits.max_head_bytes = n),
     },
     Flag {
         name: "max-body-bytes",
         value: "BYTES",
         help: "longest request body; longer gets 413 [default: 65536]",
-        apply: |c, v| positive(v).map(|n| c.limits.max_body_bytes = n),
+        apply: |c, v| positive(v).map(|n| c.settings.limits.max_body_bytes = n),
     },
     Flag {
         name: "max-connections",
         value: "N",
         help: "most open connections [default: 16384]",
         apply: |c, v| positive(v).map(|n| c.max_connections = n),
+    },
+    Flag {
+        name: "max-buffered-bytes",
+        value: "BYTES",
+        help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576]",
+        apply: |c, v| positive(v).map(|n| c.max_buffered_bytes = n),
+    },
+    Flag {
+        name: "history",
+        value: "N",
+        help: "events kept for Last-Event-ID replay; 0 disables replay [default: 1000]",
+        apply: |c, v| whole(v).map(|n| c.history.events = n),
+    },
+    Flag {
+        name: "history-bytes",
+        value: "BYTES",
+        help: "most bytes of events kept for replay [default: 16777216]",
+        apply: |c, v| positive(v).map(|n| c.history.bytes = n),
+    },
+    Flag {
+        name: "retry-ms",
+        value: "MS",
+        help: "reconnection delay sent to clients as `retry:` [default: 3000]",
+        apply: |c, v| {
+            c.settings.retry_ms = whole(v)?.try_into().map_err(|_| "too large".to_owned())?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "heartbeat",
+        value: "SECS",
+        help: "seconds between comment lines on idle streams; 0 disables [default: 15]",
+        apply: |c, v| whole(v).map(|n| c.heartbeat_secs = n as u64),
+    },
+    Flag {
+        name: "tick",
+        value: "",
+        help: "publish the server's time (UTC) every second on topic `time`",
+        apply: |c, v| switch(v).map(|on| c.tick = on),
     },
 ];
 
@@ -116,7 +168,11 @@ where
             None => (body, None),
         };
         let flag = FLAGS.iter().find(|f| f.name == name).ok_or_else(|| format!("unknown flag --{name}"))?;
-        let value = inline.or_else(|| args.next()).ok_or_else(|| format!("--{name} needs a value ({})", flag.value))?;
+        let value = if flag.value.is_empty() {
+            inline.unwrap_or_else(|| "true".to_owned())
+        } else {
+            inline.or_else(|| args.next()).ok_or_else(|| format!("--{name} needs a value ({})", flag.value))?
+        };
         (flag.apply)(&mut config, &value).map_err(|why| format!("--{name} {value:?}: {why}"))?;
     }
     Ok(Command::Run(config))
@@ -133,7 +189,7 @@ pub fn help() -> String {
         env!("CARGO_PKG_VERSION")
     );
     for flag in FLAGS {
-        let left = format!("  --{} {}", flag.name, flag.value);
+        let left = format!("  --{} {}", flag.name, flag.value).trim_end().to_owned();
         text.push_str(&format!("{left:<28} {}\n{:<28} env: {}\n", flag.help, "", flag.env_var()));
     }
     text.push_str(&format!("{:<28} print this help\n{:<28} print the version\n", "  -h, --help", "  -V, --version"));
@@ -143,6 +199,18 @@ pub fn help() -> String {
 fn resolve(value: &str) -> Result<SocketAddr, String> {
     let mut addrs = value.to_socket_addrs().map_err(|e| format!("not an address: {e}"))?;
     addrs.next().ok_or_else(|| "resolves to no address".to_owned())
+}
+
+fn whole(value: &str) -> Result<usize, String> {
+    value.parse::<usize>().map_err(|_| "expected a whole number".to_owned())
+}
+
+fn switch(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
 }
 
 fn positive(value: &str) -> Result<usize, String> {
@@ -176,15 +244,18 @@ mod tests {
 
     #[test]
     fn flags_both_spellings() {
-        let c = config(&["--listen", "127.0.0.1:0", "--max-body-bytes=10"], &[]);
+        let c = config(&["--listen", "127.0.0.1:0", "--max-body-bytes=10", "--tick", "--history", "0"], &[]);
         assert_eq!(c.listen.port(), 0);
-        assert_eq!(c.limits.max_body_bytes, 10);
+        assert_eq!(c.settings.limits.max_body_bytes, 10);
+        assert!(c.tick);
+        assert_eq!(c.history.events, 0);
     }
 
     #[test]
     fn environment_and_precedence() {
-        let env = [("BARE_SSE_MAX_BODY_BYTES", "7"), ("BARE_SSE_LISTEN", "127.0.0.1:9")];
-        assert_eq!(config(&[], &env).limits.max_body_bytes, 7);
+        let env = [("BARE_SSE_MAX_BODY_BYTES", "7"), ("BARE_SSE_LISTEN", "127.0.0.1:9"), ("BARE_SSE_TICK", "1")];
+        assert_eq!(config(&[], &env).settings.limits.max_body_bytes, 7);
+        assert!(config(&[], &env).tick);
         assert_eq!(config(&["--listen", "127.0.0.1:8"], &env).listen.port(), 8);
     }
 

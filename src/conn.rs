@@ -37,7 +37,6 @@
 use crate::api::{self, Endpoint, Publish};
 use crate::http::{self, BodyDecoder, Method, RequestHead, Status};
 use crate::outbox::Outbox;
-use crate::sse;
 
 /// Bounds on what one connection may send us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +53,21 @@ impl Default for Limits {
     }
 }
 
+/// How connections behave: the limits plus the protocol settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub limits: Limits,
+    /// The `retry:` (reconnection delay, in milliseconds) sent when a stream
+    /// opens.
+    pub retry_ms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { limits: Limits::default(), retry_ms: 3000 }
+    }
+}
+
 /// While more than this many response bytes wait in the outbox, pipelined
 /// requests are not parsed: a client that sends requests but does not read the
 /// answers cannot make us buffer without bound.
@@ -63,14 +77,10 @@ pub const PIPELINE_PAUSE_BYTES: usize = 64 * 1024;
 /// dropped, so this only sets how much we read per system call.
 const DISCARD_READ_BYTES: usize = 16 * 1024;
 
-/// The comment written as soon as a stream opens, so clients see it open.
-const STREAM_OPEN: &[u8] = b": ok\n\n";
-
 /// Something the connection needs the server to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Publish this message to every subscriber, then call
-    /// [`Conn::published`] with the count.
+    /// Publish this event, then call [`Conn::published`] with its receipt.
     Publish(Publish),
     /// The connection is now an event stream (its response head is already
     /// queued): add it to the subscribers.
@@ -78,9 +88,12 @@ pub enum Action {
 }
 
 /// A new subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
-    /// The `Last-Event-ID` the client sent, if any.
+    /// Topics, at least one.
+    pub topics: Vec<String>,
+    /// Where to resume: the `Last-Event-ID` header, or else the `lastEventId`
+    /// query parameter.
     pub last_event_id: Option<String>,
 }
 
@@ -160,6 +173,17 @@ impl Conn {
         matches!(self.state, State::Streaming)
     }
 
+    /// Received bytes the connection holds: unparsed input plus the body of
+    /// the request being read. Bounded by [`Conn::read_budget`] and the
+    /// [`Limits`]; the fuzz targets check that it stays so.
+    pub fn buffered_input_bytes(&self) -> usize {
+        let body = match &self.state {
+            State::Head(Some(pending)) => pending.body.len(),
+            _ => 0,
+        };
+        self.input.len() + body
+    }
+
     /// The bytes waiting to be written to the peer.
     pub fn outbox(&mut self) -> &mut Outbox {
         &mut self.outbox
@@ -167,7 +191,8 @@ impl Conn {
 
     /// How many bytes the connection is willing to take now; 0 means "don't
     /// read". Bounds every buffer a peer can fill.
-    pub fn read_budget(&self, limits: &Limits) -> usize {
+    pub fn read_budget(&self, settings: &Settings) -> usize {
+        let limits = &settings.limits;
         match &self.state {
             _ if self.peer_closed => 0,
             // Waiting for our own answers to drain before reading more.
@@ -205,7 +230,7 @@ impl Conn {
     /// Parses what was received and answers it, as far as possible without
     /// the server. Returns the next thing the server must do, if any; call
     /// again until it returns `None`.
-    pub fn poll(&mut self, limits: &Limits) -> Option<Action> {
+    pub fn poll(&mut self, settings: &Settings) -> Option<Action> {
         loop {
             let State::Head(pending) = &mut self.state else {
                 return None;
@@ -215,7 +240,7 @@ impl Conn {
             }
             match pending.take() {
                 None => {
-                    let head = match self.try_head(limits) {
+                    let head = match self.try_head(&settings.limits) {
                         Ok(Some(head)) => head,
                         Ok(None) => return None,
                         Err(error) => {
@@ -223,7 +248,7 @@ impl Conn {
                             return None;
                         }
                     };
-                    self.start_request(head, limits);
+                    self.start_request(head, &settings.limits);
                 }
                 Some(mut request) => {
                     let used = match request.decoder.decode(&self.input, &mut request.body) {
@@ -238,7 +263,7 @@ impl Conn {
                         self.state = State::Head(Some(request));
                         return None;
                     }
-                    if let Some(action) = self.finish_request(*request) {
+                    if let Some(action) = self.finish_request(*request, settings) {
                         return Some(action);
                     }
                 }
@@ -246,11 +271,11 @@ impl Conn {
         }
     }
 
-    /// Answers the publish handed out by [`Conn::poll`]: it reached
-    /// `subscribers` streams.
-    pub fn published(&mut self, subscribers: usize) {
+    /// Answers the publish handed out by [`Conn::poll`]: it got the id `id`
+    /// and goes to `subscribers` streams.
+    pub fn published(&mut self, id: &str, subscribers: usize) {
         if let State::Publishing { keep_alive } = self.state {
-            let body = api::published_body(subscribers);
+            let body = api::published_body(id, subscribers);
             self.respond(Status::OK, &[], "application/json", body.as_bytes(), false, keep_alive);
         }
     }
@@ -329,7 +354,7 @@ impl Conn {
     }
 
     /// Handles a request whose body has been read completely.
-    fn finish_request(&mut self, request: Pending) -> Option<Action> {
+    fn finish_request(&mut self, request: Pending, settings: &Settings) -> Option<Action> {
         let Pending { head, route, body, .. } = request;
         let endpoint = match route {
             Ok(endpoint) => endpoint,
@@ -354,10 +379,30 @@ impl Conn {
                 None
             }
             Endpoint::Events => {
+                let query = match api::parse_subscribe_query(&head.query) {
+                    Ok(query) => query,
+                    Err(why) => {
+                        self.set_state(State::Head(None));
+                        let body = api::error_body(&why);
+                        self.respond(
+                            Status::BAD_REQUEST,
+                            &[],
+                            "application/json",
+                            body.as_bytes(),
+                            false,
+                            head.keep_alive,
+                        );
+                        return None;
+                    }
+                };
                 self.queue_stream_head(false);
-                self.outbox.push(STREAM_OPEN.into());
+                // A comment so clients see the stream open at once, and the
+                // reconnection delay.
+                let opening = format!(": ok\nretry: {}\n\n", settings.retry_ms);
+                self.outbox.push(opening.into_bytes().into());
                 self.set_state(State::Streaming);
-                Some(Action::Subscribe(Subscribe { last_event_id: head.last_event_id }))
+                let last_event_id = head.last_event_id.or(query.last_event_id);
+                Some(Action::Subscribe(Subscribe { topics: query.topics, last_event_id }))
             }
             Endpoint::Publish => match api::parse_publish(&body) {
                 Ok(publish) => {
@@ -454,11 +499,6 @@ impl Conn {
     }
 }
 
-/// An empty heartbeat frame, shared (see [`sse::comment`]).
-pub fn heartbeat() -> sse::Frame {
-    sse::comment("")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,20 +507,20 @@ mod tests {
     /// as the server does), answers publishes with 7 subscribers, and returns
     /// everything the connection wrote, the actions, and the last command.
     fn run(input: &[u8], piece: usize) -> (String, Vec<Action>, SocketCommand) {
-        let limits = Limits { max_head_bytes: 1024, max_body_bytes: 64 };
+        let settings = Settings { limits: Limits { max_head_bytes: 1024, max_body_bytes: 64 }, retry_ms: 1500 };
         let mut conn = Conn::new();
         let mut actions = Vec::new();
         let mut out = Vec::new();
         let mut rest = input;
         loop {
-            while let Some(action) = conn.poll(&limits) {
+            while let Some(action) = conn.poll(&settings) {
                 if let Action::Publish(_) = action {
-                    conn.published(7);
+                    conn.published("1-1", 7);
                 }
                 actions.push(action);
             }
             conn.outbox().flush(&mut out).unwrap();
-            let budget = conn.read_budget(&limits).min(piece);
+            let budget = conn.read_budget(&settings).min(piece);
             if rest.is_empty() || budget == 0 {
                 break;
             }
@@ -550,8 +590,8 @@ mod tests {
     #[test]
     fn publish_hands_the_message_to_the_server() {
         let (output, actions, command) = check(&publish(r#"{"message":"a\nb"}"#));
-        assert_eq!(actions, [Action::Publish(Publish { message: "a\nb".into() })]);
-        assert!(output.ends_with("\r\n\r\n{\"subscribers\":7}"), "{output}");
+        assert_eq!(actions, [Action::Publish(Publish::message("a\nb"))]);
+        assert!(output.ends_with("\r\n\r\n{\"id\":\"1-1\",\"subscribers\":7}"), "{output}");
         assert!(output.contains("Content-Type: application/json\r\n"));
         assert_eq!(command, SocketCommand::Keep);
     }
@@ -570,7 +610,8 @@ mod tests {
     fn subscribe_opens_a_stream_and_drops_the_read_buffer() {
         let request = "GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 5\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         let (output, actions, command) = check(request);
-        assert_eq!(actions, [Action::Subscribe(Subscribe { last_event_id: Some("5".into()) })]);
+        let topics = vec![api::DEFAULT_TOPIC.to_owned()];
+        assert_eq!(actions, [Action::Subscribe(Subscribe { topics, last_event_id: Some("5".into()) })]);
         let (head, body) = output.split_once("\r\n\r\n").unwrap();
         for header in [
             "Content-Type: text/event-stream",
@@ -582,12 +623,12 @@ mod tests {
             assert!(head.contains(header), "{header} missing from {head}");
         }
         assert!(!head.contains("Content-Length"));
-        assert_eq!(body, ": ok\n\n", "pipelined bytes after a subscribe are ignored");
+        assert_eq!(body, ": ok\nretry: 1500\n\n", "pipelined bytes after a subscribe are ignored");
         assert_eq!(command, SocketCommand::Keep);
 
         let mut conn = Conn::new();
         conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
-        conn.poll(&Limits::default());
+        conn.poll(&Settings::default());
         assert!(conn.is_streaming());
         assert_eq!(conn.input.capacity(), 0, "a stream holds no read buffer");
     }
@@ -596,7 +637,7 @@ mod tests {
     fn a_stream_closes_when_the_peer_does() {
         let mut conn = Conn::new();
         conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
-        conn.poll(&Limits::default());
+        conn.poll(&Settings::default());
         conn.receive(b"ignored");
         assert_eq!(conn.socket_command(), SocketCommand::Keep);
         conn.receive_eof();
@@ -632,7 +673,7 @@ mod tests {
             &body[5..]
         );
         let (output, actions, _) = check(&input);
-        assert_eq!(actions, [Action::Publish(Publish { message: "chunky".into() })]);
+        assert_eq!(actions, [Action::Publish(Publish::message("chunky"))]);
         assert_eq!(statuses(&output), [200]);
     }
 
@@ -698,33 +739,33 @@ mod tests {
 
     #[test]
     fn read_budget_bounds_every_buffer() {
-        let limits = Limits { max_head_bytes: 100, max_body_bytes: 10 };
+        let settings = Settings { limits: Limits { max_head_bytes: 100, max_body_bytes: 10 }, ..Settings::default() };
         let mut conn = Conn::new();
-        assert_eq!(conn.read_budget(&limits), 101);
+        assert_eq!(conn.read_budget(&settings), 101);
         conn.receive(b"GET / HTTP/1.1\r\n");
-        assert_eq!(conn.read_budget(&limits), 101 - 16);
+        assert_eq!(conn.read_budget(&settings), 101 - 16);
         conn.receive_eof();
-        assert_eq!(conn.read_budget(&limits), 0);
+        assert_eq!(conn.read_budget(&settings), 0);
     }
 
     #[test]
     fn a_client_that_does_not_read_answers_is_paused() {
-        let limits = Limits::default();
+        let settings = Settings::default();
         let mut conn = Conn::new();
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let pipelined: Vec<u8> = request.iter().copied().cycle().take(request.len() * 2000).collect();
         conn.receive(&pipelined);
-        assert_eq!(conn.poll(&limits), None);
+        assert_eq!(conn.poll(&settings), None);
         assert!(conn.outbox().queued_bytes() > PIPELINE_PAUSE_BYTES);
         assert!(conn.outbox().queued_bytes() < PIPELINE_PAUSE_BYTES + 2 * api::DEMO_PAGE.len() + 1024);
-        assert_eq!(conn.read_budget(&limits), 0);
+        assert_eq!(conn.read_budget(&settings), 0);
     }
 
     #[test]
     fn eof_mid_request_closes() {
         let mut conn = Conn::new();
         conn.receive(b"GET / HTT");
-        conn.poll(&Limits::default());
+        conn.poll(&Settings::default());
         conn.receive_eof();
         assert_eq!(conn.socket_command(), SocketCommand::Close);
     }
@@ -733,11 +774,11 @@ mod tests {
     fn lingering_after_an_error() {
         let mut conn = Conn::new();
         conn.receive(b"BAD\r\n\r\n");
-        conn.poll(&Limits::default());
+        conn.poll(&Settings::default());
         conn.outbox().flush(&mut Vec::new()).unwrap();
         assert_eq!(conn.socket_command(), SocketCommand::ShutdownWrite);
         conn.write_side_closed();
-        assert!(conn.read_budget(&Limits::default()) > 0, "keeps reading to see the peer close");
+        assert!(conn.read_budget(&Settings::default()) > 0, "keeps reading to see the peer close");
         assert_eq!(conn.socket_command(), SocketCommand::Keep);
         conn.receive_eof();
         assert_eq!(conn.socket_command(), SocketCommand::Close);

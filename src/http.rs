@@ -382,7 +382,7 @@ impl BodyDecoder {
 /// let mut decoder = ChunkedDecoder::new(1024);
 /// let mut body = Vec::new();
 /// let used = decoder.decode(b"5\r\nhello\r\n0\r\n\r\nNEXT", &mut body).unwrap();
-/// assert_eq!((used, &body[..], decoder.is_done()), (17, &b"hello"[..], true));
+/// assert_eq!((used, &body[..], decoder.is_done()), (15, &b"hello"[..], true));
 /// ```
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {

@@ -15,6 +15,7 @@
 //! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
 //! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
 //! | [`config`]      | flags, environment variables, `--help`. |
+//! | [`ticker`]      | `--tick`: the second seed's clock, published through a [`server::Publisher`]. |
 //!
 //! Everything below [`server`] is sans-IO: pure code over byte slices, tested
 //! and fuzzed without sockets, in the manner of h11, quinn-proto and rustls.
@@ -43,3 +44,4 @@ pub mod http;
 pub mod outbox;
 pub mod server;
 pub mod sse;
+pub mod ticker;

@@ -19,6 +19,10 @@ fn curl_subscribes_and_publishes() {
         .expect("curl must be installed");
     let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), ": ok", "curl sees the stream open at once");
+    assert_eq!(lines.next().unwrap().unwrap(), "retry: 3000");
+    assert_eq!(lines.next().unwrap().unwrap(), "");
+    let id_line = lines.next().unwrap().unwrap();
+    assert!(id_line.starts_with("id: ") && id_line.ends_with("-0"), "{id_line}");
     assert_eq!(lines.next().unwrap().unwrap(), "");
 
     let published = Command::new("curl")
@@ -26,10 +30,12 @@ fn curl_subscribes_and_publishes() {
         .output()
         .expect("curl must be installed");
     assert!(published.status.success());
-    assert_eq!(String::from_utf8(published.stdout).unwrap(), r#"{"subscribers":1}"#);
+    let answer: serde_json::Value = serde_json::from_slice(&published.stdout).unwrap();
+    assert_eq!(answer["subscribers"], 1);
 
-    let event: Vec<String> = lines.by_ref().take(3).map(|l| l.unwrap()).collect();
-    assert_eq!(event, ["data: hello", "data: from curl", ""]);
+    let event: Vec<String> = lines.by_ref().take(4).map(|l| l.unwrap()).collect();
+    assert_eq!(event[1..], ["data: hello", "data: from curl", ""]);
+    assert_eq!(event[0], format!("id: {}", answer["id"].as_str().unwrap()));
     let _ = subscriber.kill();
     let _ = subscriber.wait();
 }

@@ -140,8 +140,8 @@ fn answer(server: &TestServer, request: &[u8]) -> (support::Response, bool) {
 #[test]
 fn every_refusal_has_its_status() {
     let server = TestServer::with(|c| {
-        c.limits.max_body_bytes = 1000;
-        c.limits.max_head_bytes = 2000;
+        c.settings.limits.max_body_bytes = 1000;
+        c.settings.limits.max_head_bytes = 2000;
     });
     let long_header = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(3000));
     let many_headers = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-A: b\r\n".repeat(100));
