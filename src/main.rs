@@ -28,10 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match server.local_addr() {
-        Ok(addr) => eprintln!("bare-sse {} listening on http://{addr}", env!("CARGO_PKG_VERSION")),
-        Err(e) => eprintln!("bare-sse: listening, address unknown: {e}"),
-    }
+    // One write, so a supervisor or test reading stderr sees a whole line.
+    let start_line = match server.local_addr() {
+        Ok(addr) => format!("bare-sse {} listening on http://{addr}\n", env!("CARGO_PKG_VERSION")),
+        Err(e) => format!("bare-sse: listening, address unknown: {e}\n"),
+    };
+    eprint!("{start_line}");
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

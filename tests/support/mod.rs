@@ -18,6 +18,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     handle: Handle,
+    publisher: bare_sse::server::Publisher,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -36,12 +37,17 @@ impl TestServer {
         let server = Server::bind(&config).expect("bind");
         let addr = server.local_addr().unwrap();
         let handle = server.handle();
+        let publisher = server.publisher();
         let thread = std::thread::spawn(move || server.run());
-        TestServer { addr, handle, thread: Some(thread) }
+        TestServer { addr, handle, publisher, thread: Some(thread) }
     }
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    pub fn publisher(&self) -> bare_sse::server::Publisher {
+        self.publisher.clone()
     }
 
     /// Publishes `message` and returns the number of subscribers reached.
@@ -195,6 +201,16 @@ impl Client {
         let opening = stream.next_raw_block();
         assert!(opening.starts_with(':'), "stream opens with a comment, got {opening:?}");
         stream
+    }
+
+    /// Reads whatever arrives next (at least one byte), through the buffer.
+    #[track_caller]
+    pub fn read_some(&mut self) -> Vec<u8> {
+        let buf = self.reader.fill_buf().expect("read");
+        assert!(!buf.is_empty(), "connection closed");
+        let got = buf.to_vec();
+        self.reader.consume(got.len());
+        got
     }
 
     /// Reads until the server closes the connection; returns what came.
