@@ -1,0 +1,77 @@
+//! The demo page in a real browser: runs the Node test in `tests/browser/`,
+//! which starts this build's `bare-sse` binary, drives Debian's headless
+//! Chromium through the page, and saves `docs/demo.png`.
+//!
+//! Needs Node.js, `/usr/bin/chromium` and `tests/browser/node_modules`:
+//! `tests/browser/setup` installs the last two. Without them this test fails;
+//! it never passes without having run the browser.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The most the whole Node run may take (it takes about 10 s).
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+#[test]
+fn demo_page_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "{}/node_modules is missing: run `tests/browser/setup` (or `npm ci --prefix tests/browser` \
+         and install Debian's chromium)",
+        dir.display()
+    );
+
+    let mut child = Command::new("node")
+        .args(["--test", "--test-reporter=spec"])
+        .arg(dir.join("demo.test.mjs"))
+        .current_dir(root)
+        .env("BARE_SSE_BIN", env!("CARGO_BIN_EXE_bare-sse"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout can end it with the server it started.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node (is Node.js installed?): {e}"));
+
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if started.elapsed() > TIMEOUT {
+            // The Node test bounds each of its own waits and cleans up after
+            // itself; this is the last resort. (Chromium, in a group of its
+            // own, exits when its DevTools pipe from node closes.)
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let output =
+        format!("--- node stdout ---\n{}\n--- node stderr ---\n{}", stdout.join().unwrap(), stderr.join().unwrap());
+    println!("{output}");
+    match status {
+        None => panic!("the browser test did not finish within {TIMEOUT:?}; killed it\n{output}"),
+        Some(status) => assert!(status.success(), "the browser test failed ({status})\n{output}"),
+    }
+}
