@@ -41,16 +41,18 @@ impl Endpoint {
     /// Whether the endpoint answers `method`.
     pub fn allows(self, method: Method) -> bool {
         match self {
-            Endpoint::Page | Endpoint::Events => matches!(method, Method::Get | Method::Head),
-            Endpoint::Publish => method == Method::Post,
+            Endpoint::Page => matches!(method, Method::Get | Method::Head),
+            Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
+            Endpoint::Publish => matches!(method, Method::Post | Method::Options),
         }
     }
 
     /// The `Allow` header value for a 405.
     pub fn allow_header(self) -> &'static str {
         match self {
-            Endpoint::Page | Endpoint::Events => "GET, HEAD",
-            Endpoint::Publish => "POST",
+            Endpoint::Page => "GET, HEAD",
+            Endpoint::Events => "GET, HEAD, OPTIONS",
+            Endpoint::Publish => "POST, OPTIONS",
         }
     }
 }
@@ -202,6 +204,14 @@ pub fn parse_subscribe_query(query: &str) -> Result<SubscribeQuery, String> {
     }
     dedup_in_order(&mut topics);
     Ok(SubscribeQuery { topics, last_event_id })
+}
+
+/// The first value of parameter `name` in a query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value)).flatten()
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (space, as in HTML forms). `None` if an

@@ -6,6 +6,7 @@
 //! table, [`FLAGS`], from which parsing and `--help` are both derived.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use crate::broker::HistoryLimits;
 use crate::conn::Settings;
@@ -28,6 +29,10 @@ pub struct Config {
     pub heartbeat_secs: u64,
     /// Publish the time every second on topic `time`.
     pub tick: bool,
+    /// Seconds a graceful shutdown may take.
+    pub shutdown_timeout_secs: u64,
+    /// Least severe log level printed (`error`, `warn`, `info`, `debug`).
+    pub log_level: log::LevelFilter,
 }
 
 impl Default for Config {
@@ -35,11 +40,13 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             settings: Settings::default(),
-            max_connections: 16 * 1024,
+            max_connections: default_max_connections(),
             max_buffered_bytes: 1024 * 1024,
             history: HistoryLimits::default(),
             heartbeat_secs: 15,
             tick: false,
+            shutdown_timeout_secs: 5,
+            log_level: log::LevelFilter::Info,
         }
     }
 }
@@ -47,7 +54,7 @@ impl Default for Config {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -94,7 +101,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "max-connections",
         value: "N",
-        help: "most open connections [default: 16384]",
+        help: "most open connections; more get 503 [default: the open-file limit less 32]",
         apply: |c, v| positive(v).map(|n| c.max_connections = n),
     },
     Flag {
@@ -129,6 +136,61 @@ pub const FLAGS: &[Flag] = &[
         value: "SECS",
         help: "seconds between comment lines on idle streams; 0 disables [default: 15]",
         apply: |c, v| whole(v).map(|n| c.heartbeat_secs = n as u64),
+    },
+    Flag {
+        name: "header-timeout",
+        value: "SECS",
+        help: "time for a request's head and body to arrive; then 408 [default: 10]",
+        apply: |c, v| positive(v).map(|n| c.settings.limits.header_timeout = Duration::from_secs(n as u64)),
+    },
+    Flag {
+        name: "idle-timeout",
+        value: "SECS",
+        help: "time a keep-alive connection may idle between requests [default: 60]",
+        apply: |c, v| positive(v).map(|n| c.settings.limits.idle_timeout = Duration::from_secs(n as u64)),
+    },
+    Flag {
+        name: "shutdown-timeout",
+        value: "SECS",
+        help: "time a graceful shutdown (SIGINT, SIGTERM) may take to flush [default: 5]",
+        apply: |c, v| whole(v).map(|n| c.shutdown_timeout_secs = n as u64),
+    },
+    Flag {
+        name: "publish-token",
+        value: "TOKEN",
+        help: "require `Authorization: Bearer TOKEN` on POST /send-event",
+        apply: |c, v| token(v).map(|t| c.settings.publish_token = Some(t)),
+    },
+    Flag {
+        name: "subscribe-token",
+        value: "TOKEN",
+        help: "require the token on /events, as a bearer or as ?token=TOKEN",
+        apply: |c, v| token(v).map(|t| c.settings.subscribe_token = Some(t)),
+    },
+    Flag {
+        name: "cors-origin",
+        value: "ORIGIN",
+        help: "origin allowed to read answers (CORS); repeat for several; * for any [default: *]",
+        apply: |c, v| {
+            if v.is_empty() || v.contains(['\r', '\n', ',']) {
+                return Err("expected one origin such as https://example.com, or *".to_owned());
+            }
+            // The first explicit origin replaces the default `*`.
+            if c.settings.cors_origins == ["*"] {
+                c.settings.cors_origins.clear();
+            }
+            c.settings.cors_origins.push(v.to_owned());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "log-level",
+        value: "LEVEL",
+        help: "least severe log lines printed: error, warn, info, debug [default: info]",
+        apply: |c, v| {
+            c.log_level = v.parse().map_err(|_| "expected error, warn, info, debug or off".to_owned())?;
+            Ok(())
+        },
     },
     Flag {
         name: "tick",
@@ -175,7 +237,7 @@ where
         };
         (flag.apply)(&mut config, &value).map_err(|why| format!("--{name} {value:?}: {why}"))?;
     }
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 /// The `--help` text.
@@ -199,6 +261,21 @@ pub fn help() -> String {
 fn resolve(value: &str) -> Result<SocketAddr, String> {
     let mut addrs = value.to_socket_addrs().map_err(|e| format!("not an address: {e}"))?;
     addrs.next().ok_or_else(|| "resolves to no address".to_owned())
+}
+
+/// Connections we can hold: the soft open-file limit (raised to the hard
+/// limit by the binary at start), less a few descriptors for the listener,
+/// the poll instance, logging and the like.
+pub fn default_max_connections() -> usize {
+    let (soft, _hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(32).max(1)
+}
+
+fn token(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("expected a non-empty token of visible ASCII characters".to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 fn whole(value: &str) -> Result<usize, String> {
@@ -231,7 +308,7 @@ mod tests {
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
         match run(args, env) {
-            Ok(Command::Run(config)) => config,
+            Ok(Command::Run(config)) => *config,
             other => panic!("{other:?}"),
         }
     }

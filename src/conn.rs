@@ -1,12 +1,12 @@
-//! One client connection as a state machine, without sockets.
+//! One client connection as a state machine, without sockets or clocks.
 //!
 //! The event loop ([`crate::server`]) reads bytes and hands them to
 //! [`Conn::receive`]; the connection parses them, answers what it can answer
-//! alone (the demo page, 404, 405, malformed requests) into its [`Outbox`],
-//! and hands the server an [`Action`] for what needs the rest of the server
-//! (a publish, a new subscriber). The server writes the outbox to the socket.
-//! Nothing here performs I/O or reads the clock, so every path is testable and
-//! fuzzable with plain byte slices.
+//! alone (the demo page, CORS preflights, 401/404/405, malformed requests)
+//! into its [`Outbox`], and hands the server an [`Action`] for what needs the
+//! rest of the server (a publish, a new subscriber). The server writes the
+//! outbox to the socket. Nothing here performs I/O or reads the clock (`now`
+//! is passed in), so every path is testable and fuzzable with byte slices.
 //!
 //! ```text
 //!              request head + body complete
@@ -19,20 +19,35 @@
 //!     │ │     POST /send-event     ┌────────────┐  Conn::published()
 //!     │ └────────────────────────► │ Publishing │ ─────────────────► Head or Closing
 //!     │                            └────────────┘
-//!     │   bad request / close      ┌─────────┐  outbox empty   ┌───────────┐  EOF
-//!     └──────────────────────────► │ Closing │ ──────────────► │ Lingering │ ─────► done
-//!                                  └─────────┘  (shut down     └───────────┘
+//!     │   bad request, timeout,    ┌─────────┐  outbox empty   ┌───────────┐  EOF or
+//!     └──────────────────────────► │ Closing │ ──────────────► │ Lingering │ ─────────► done
+//!         Connection: close        └─────────┘  (shut down     └───────────┘  timeout
 //!                                                our write side)
 //! ```
 //!
-//! `Head` also covers reading a request body (the `body` field of the pending
-//! request); every state change goes through [`Conn::set_state`].
+//! `Head` also covers reading a request body (the pending request); every
+//! state change goes through [`Conn::set_state`].
+//!
+//! **Timers.** A connection has at most one deadline ([`Conn::deadline`]),
+//! and the server calls [`Conn::on_timeout`] when it passes:
+//!
+//! * idle between requests: closed after `idle_timeout` (no answer owed);
+//! * inside a request: the whole head and body must arrive within
+//!   `header_timeout` of its first byte, or the answer is 408 and close. The
+//!   deadline is not pushed back by each byte, so a client trickling a byte a
+//!   minute (slowloris) is cut off like any other;
+//! * closing or lingering: the peer gets [`LINGER`] to read our last answer
+//!   and close.
+//!
+//! A stream has no deadline: heartbeats find dead peers.
 //!
 //! **Why linger?** If we close a socket while the peer's unread bytes sit in
 //! our receive buffer, the kernel sends RST, and the peer may lose our error
 //! response before reading it. So after the last response we shut down our
 //! write side and read (and drop) input until the peer closes too, as nginx's
-//! `lingering_close` does; the server bounds how long.
+//! `lingering_close` does, for a bounded time.
+
+use std::time::{Duration, Instant};
 
 use crate::api::{self, Endpoint, Publish};
 use crate::http::{self, BodyDecoder, Method, RequestHead, Status};
@@ -45,11 +60,20 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Longest request body, in bytes (after chunked decoding).
     pub max_body_bytes: usize,
+    /// Time for a whole request (head and body) from its first byte.
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_head_bytes: 16 * 1024, max_body_bytes: 64 * 1024 }
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -60,13 +84,29 @@ pub struct Settings {
     /// The `retry:` (reconnection delay, in milliseconds) sent when a stream
     /// opens.
     pub retry_ms: u32,
+    /// Origins allowed to read answers (CORS); `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+    /// If set, `POST /send-event` needs `Authorization: Bearer <token>`.
+    pub publish_token: Option<String>,
+    /// If set, `/events` needs the token as a bearer or as `?token=`.
+    pub subscribe_token: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { limits: Limits::default(), retry_ms: 3000 }
+        Settings {
+            limits: Limits::default(),
+            retry_ms: 3000,
+            cors_origins: vec!["*".to_owned()],
+            publish_token: None,
+            subscribe_token: None,
+        }
     }
 }
+
+/// How long a closing connection waits for the peer to read our last answer
+/// and close its side.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// While more than this many response bytes wait in the outbox, pipelined
 /// requests are not parsed: a client that sends requests but does not read the
@@ -121,6 +161,23 @@ pub struct Conn {
     outbox: Outbox,
     /// The peer closed its write side (we read EOF).
     peer_closed: bool,
+    /// The current deadline and what it is for.
+    timer: Option<(Timer, Instant)>,
+    /// A deadline passed where the only thing left to do is close.
+    expired: bool,
+    /// Why the last request was refused, for the server's log.
+    refusal: Option<(Status, &'static str)>,
+}
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Between requests.
+    Idle,
+    /// Inside a request.
+    Request,
+    /// Closing or lingering.
+    Linger,
 }
 
 #[derive(Debug)]
@@ -128,7 +185,7 @@ enum State {
     /// Reading a request: its head, then (if `Some`) its body.
     Head(Option<Box<Pending>>),
     /// A publish was handed to the server; waiting for [`Conn::published`].
-    Publishing { keep_alive: bool },
+    Publishing { keep_alive: bool, grant: Grant },
     /// An event stream. Input is read only to notice the peer leaving.
     Streaming,
     /// The last response is queued; once written, our write side shuts down.
@@ -141,10 +198,10 @@ enum State {
 #[derive(Debug)]
 struct Pending {
     head: RequestHead,
-    /// Where the request goes, or the error status it gets once its body is
-    /// read (a refused request still has its body read, to keep the
-    /// connection's framing).
+    /// Where the request goes, or why it is refused once its body is read (a
+    /// refused request still has its body read, to keep the framing).
     route: Result<Endpoint, Refusal>,
+    grant: Grant,
     decoder: BodyDecoder,
     body: Vec<u8>,
 }
@@ -154,23 +211,61 @@ struct Pending {
 enum Refusal {
     NotFound,
     MethodNotAllowed(Endpoint),
+    Unauthorized,
 }
 
-impl Default for Conn {
-    fn default() -> Conn {
-        Conn::new()
+/// The CORS part of an answer: which origin may read it, and whether the
+/// answer depends on the request's `Origin` (then `Vary: Origin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Grant {
+    allow_origin: Option<Box<str>>,
+    vary: bool,
+}
+
+impl Grant {
+    fn for_origin(settings: &Settings, origin: Option<&str>) -> Grant {
+        if settings.cors_origins.iter().any(|o| o == "*") {
+            return Grant { allow_origin: Some("*".into()), vary: false };
+        }
+        let allowed = origin.filter(|origin| settings.cors_origins.iter().any(|o| o == origin));
+        Grant { allow_origin: allowed.map(Into::into), vary: true }
+    }
+
+    fn headers(&self) -> [Option<(&'static str, &str)>; 2] {
+        let allow = self.allow_origin.as_deref().map(|origin| ("Access-Control-Allow-Origin", origin));
+        [allow, self.vary.then_some(("Vary", "Origin"))]
     }
 }
 
 impl Conn {
-    /// A connection that has just been accepted.
-    pub fn new() -> Conn {
-        Conn { state: State::Head(None), input: Vec::new(), scanned: 0, outbox: Outbox::new(), peer_closed: false }
+    /// A connection accepted at `now`.
+    pub fn new(settings: &Settings, now: Instant) -> Conn {
+        Conn {
+            state: State::Head(None),
+            input: Vec::new(),
+            scanned: 0,
+            outbox: Outbox::new(),
+            peer_closed: false,
+            timer: Some((Timer::Idle, now + settings.limits.idle_timeout)),
+            expired: false,
+            refusal: None,
+        }
     }
 
     /// Whether the connection is an open event stream.
     pub fn is_streaming(&self) -> bool {
         matches!(self.state, State::Streaming)
+    }
+
+    /// Whether closing the connection now loses nothing: it owes no bytes and
+    /// is not in the middle of a request (for a graceful shutdown).
+    pub fn is_quiet(&self) -> bool {
+        self.outbox.is_empty()
+            && match self.state {
+                State::Head(None) => self.input.is_empty(),
+                State::Head(Some(_)) | State::Publishing { .. } => false,
+                State::Streaming | State::Closing | State::Lingering => true,
+            }
     }
 
     /// Received bytes the connection holds: unparsed input plus the body of
@@ -189,31 +284,43 @@ impl Conn {
         &mut self.outbox
     }
 
+    /// Why the last request was refused (status and reason), once: for the
+    /// server's log.
+    pub fn take_refusal(&mut self) -> Option<(Status, &'static str)> {
+        self.refusal.take()
+    }
+
+    /// When the server must call [`Conn::on_timeout`], if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.timer.map(|(_, at)| at)
+    }
+
     /// How many bytes the connection is willing to take now; 0 means "don't
     /// read". Bounds every buffer a peer can fill.
     pub fn read_budget(&self, settings: &Settings) -> usize {
         let limits = &settings.limits;
         match &self.state {
-            _ if self.peer_closed => 0,
+            _ if self.peer_closed || self.expired => 0,
             // Waiting for our own answers to drain before reading more.
             State::Head(_) if self.outbox.queued_bytes() > PIPELINE_PAUSE_BYTES => 0,
             // One byte past the limit is enough to know the head is too long.
             State::Head(None) => (limits.max_head_bytes + 1).saturating_sub(self.input.len()),
-            // A body is decoded as it arrives; `input` only holds a partial
-            // chunk line between reads.
+            // A body is decoded as it arrives; `input` only holds bytes that
+            // follow it (the next pipelined request).
             State::Head(Some(_)) => limits.max_head_bytes.saturating_sub(self.input.len()).max(1),
             State::Publishing { .. } => 0,
             State::Streaming | State::Closing | State::Lingering => DISCARD_READ_BYTES,
         }
     }
 
-    /// Takes bytes read from the peer. Call [`Conn::poll`] afterwards.
-    pub fn receive(&mut self, input: &[u8]) {
+    /// Takes bytes read from the peer at `now`. Call [`Conn::poll`] afterwards.
+    pub fn receive(&mut self, input: &[u8], settings: &Settings, now: Instant) {
         match self.state {
             State::Head(_) | State::Publishing { .. } => self.input.extend_from_slice(input),
             // Nothing a subscriber or a closing peer sends means anything now.
             State::Streaming | State::Closing | State::Lingering => {}
         }
+        self.arm_timer(settings, now);
     }
 
     /// The peer closed its side of the connection (a read returned 0).
@@ -227,10 +334,33 @@ impl Conn {
         self.set_state(State::Lingering);
     }
 
+    /// The deadline passed: an idle or lingering connection is closed, a
+    /// request in progress gets 408. Does nothing if the deadline (which the
+    /// server may hold in a timer queue) has since moved past `now`.
+    pub fn on_timeout(&mut self, settings: &Settings, now: Instant) {
+        match self.timer {
+            Some((Timer::Request, at)) if at <= now => {
+                self.reply_error(Status::REQUEST_TIMEOUT, "request not received in time", &Grant::default());
+                self.arm_timer(settings, now);
+            }
+            Some((_, at)) if at <= now => {
+                self.expired = true;
+                self.timer = None;
+            }
+            _ => {}
+        }
+    }
+
     /// Parses what was received and answers it, as far as possible without
     /// the server. Returns the next thing the server must do, if any; call
     /// again until it returns `None`.
-    pub fn poll(&mut self, settings: &Settings) -> Option<Action> {
+    pub fn poll(&mut self, settings: &Settings, now: Instant) -> Option<Action> {
+        let action = self.parse(settings);
+        self.arm_timer(settings, now);
+        action
+    }
+
+    fn parse(&mut self, settings: &Settings) -> Option<Action> {
         loop {
             let State::Head(pending) = &mut self.state else {
                 return None;
@@ -248,7 +378,7 @@ impl Conn {
                             return None;
                         }
                     };
-                    self.start_request(head, &settings.limits);
+                    self.start_request(head, settings);
                 }
                 Some(mut request) => {
                     let used = match request.decoder.decode(&self.input, &mut request.body) {
@@ -263,6 +393,8 @@ impl Conn {
                         self.state = State::Head(Some(request));
                         return None;
                     }
+                    // The next request gets a deadline of its own.
+                    self.timer = None;
                     if let Some(action) = self.finish_request(*request, settings) {
                         return Some(action);
                     }
@@ -273,10 +405,13 @@ impl Conn {
 
     /// Answers the publish handed out by [`Conn::poll`]: it got the id `id`
     /// and goes to `subscribers` streams.
-    pub fn published(&mut self, id: &str, subscribers: usize) {
-        if let State::Publishing { keep_alive } = self.state {
+    pub fn published(&mut self, id: &str, subscribers: usize, settings: &Settings, now: Instant) {
+        if let State::Publishing { keep_alive, grant } = &self.state {
+            let (keep_alive, grant) = (*keep_alive, grant.clone());
             let body = api::published_body(id, subscribers);
-            self.respond(Status::OK, &[], "application/json", body.as_bytes(), false, keep_alive);
+            self.set_state(State::Head(None));
+            self.respond(Status::OK, &grant, &[], "application/json", body.as_bytes(), false, keep_alive);
+            self.arm_timer(settings, now);
         }
     }
 
@@ -284,8 +419,8 @@ impl Conn {
     /// after each flush of the outbox.
     pub fn socket_command(&self) -> SocketCommand {
         match self.state {
-            State::Streaming if self.peer_closed => SocketCommand::Close,
-            State::Lingering if self.peer_closed => SocketCommand::Close,
+            _ if self.expired => SocketCommand::Close,
+            State::Streaming | State::Lingering if self.peer_closed => SocketCommand::Close,
             State::Closing if self.outbox.is_empty() => {
                 if self.peer_closed {
                     SocketCommand::Close
@@ -298,6 +433,23 @@ impl Conn {
             State::Head(_) if self.peer_closed && self.outbox.is_empty() => SocketCommand::Close,
             _ => SocketCommand::Keep,
         }
+    }
+
+    /// Sets the deadline the current state calls for, keeping a running one
+    /// of the same kind (so bytes trickling in do not extend it).
+    fn arm_timer(&mut self, settings: &Settings, now: Instant) {
+        let limits = &settings.limits;
+        let wanted = match &self.state {
+            State::Head(None) if self.input.is_empty() => Some((Timer::Idle, limits.idle_timeout)),
+            State::Head(_) => Some((Timer::Request, limits.header_timeout)),
+            State::Publishing { .. } | State::Streaming => None,
+            State::Closing | State::Lingering => Some((Timer::Linger, LINGER)),
+        };
+        self.timer = match (wanted, self.timer) {
+            (None, _) => None,
+            (Some((kind, _)), Some((running, at))) if kind == running => Some((kind, at)),
+            (Some((kind, after)), _) => Some((kind, now + after)),
+        };
     }
 
     /// Looks for a complete request head in the input.
@@ -324,78 +476,76 @@ impl Conn {
         Ok(Some(head))
     }
 
-    /// Routes a parsed head and starts reading its body.
-    fn start_request(&mut self, head: RequestHead, limits: &Limits) {
+    /// Routes a parsed head, checks its credentials, and starts reading its
+    /// body.
+    fn start_request(&mut self, head: RequestHead, settings: &Settings) {
+        let grant = Grant::for_origin(settings, head.origin.as_deref());
         let route = match Endpoint::from_path(&head.path) {
             None => Err(Refusal::NotFound),
             Some(endpoint) if !endpoint.allows(head.method) => Err(Refusal::MethodNotAllowed(endpoint)),
+            Some(endpoint) if !authorized(endpoint, &head, settings) => Err(Refusal::Unauthorized),
             Some(endpoint) => Ok(endpoint),
         };
-        let decoder = match BodyDecoder::new(head.body, limits.max_body_bytes) {
+        let decoder = match BodyDecoder::new(head.body, settings.limits.max_body_bytes) {
             Ok(decoder) => decoder,
             Err(error) => return self.refuse(error),
         };
         // A publish must say how long its body is (411, RFC 9110 15.5.12). In
         // HTTP/1.0 its body would otherwise run to EOF, so we close after.
-        if route == Ok(Endpoint::Publish) && head.body == http::BodyFraming::None {
+        if route == Ok(Endpoint::Publish) && head.method == Method::Post && head.body == http::BodyFraming::None {
             return self.refuse(http::Error::LengthRequired);
         }
         if head.expect_continue && !decoder.is_done() {
             if let Err(refusal) = route {
                 // Refuse before the body is sent; the client may send it
                 // anyway, so the framing is lost: close afterwards.
-                self.state = State::Head(None);
-                return self.answer_refusal(refusal, &head, true);
+                return self.answer_refusal(refusal, &head, &grant, true);
             }
             self.outbox.push(b"HTTP/1.1 100 Continue\r\n\r\n"[..].into());
         }
-        let pending = Pending { head, route, decoder, body: Vec::new() };
+        let pending = Pending { head, route, grant, decoder, body: Vec::new() };
         self.set_state(State::Head(Some(Box::new(pending))));
     }
 
     /// Handles a request whose body has been read completely.
     fn finish_request(&mut self, request: Pending, settings: &Settings) -> Option<Action> {
-        let Pending { head, route, body, .. } = request;
+        let Pending { head, route, grant, body, .. } = request;
+        self.set_state(State::Head(None));
         let endpoint = match route {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
-                self.set_state(State::Head(None));
-                self.answer_refusal(refusal, &head, !head.keep_alive);
+                self.answer_refusal(refusal, &head, &grant, !head.keep_alive);
                 return None;
             }
         };
         let head_only = head.method == Method::Head;
         match endpoint {
-            Endpoint::Page => {
-                let page = api::DEMO_PAGE.as_bytes();
-                self.set_state(State::Head(None));
-                self.respond(Status::OK, &[], "text/html; charset=utf-8", page, head_only, head.keep_alive);
+            _ if head.method == Method::Options => {
+                self.answer_preflight(endpoint, &head, &grant);
                 None
             }
-            Endpoint::Events if head_only => {
-                // The same head a GET gets, and no body.
-                self.queue_stream_head(!head.keep_alive);
-                self.set_state(if head.keep_alive { State::Head(None) } else { State::Closing });
+            Endpoint::Page => {
+                let page = api::DEMO_PAGE.as_bytes();
+                let content_type = "text/html; charset=utf-8";
+                self.respond(Status::OK, &grant, &[], content_type, page, head_only, head.keep_alive);
                 None
             }
             Endpoint::Events => {
                 let query = match api::parse_subscribe_query(&head.query) {
                     Ok(query) => query,
                     Err(why) => {
-                        self.set_state(State::Head(None));
-                        let body = api::error_body(&why);
-                        self.respond(
-                            Status::BAD_REQUEST,
-                            &[],
-                            "application/json",
-                            body.as_bytes(),
-                            false,
-                            head.keep_alive,
-                        );
+                        self.reply(Status::BAD_REQUEST, &why, &grant, head.keep_alive);
                         return None;
                     }
                 };
-                self.queue_stream_head(false);
+                self.queue_stream_head(&grant, head_only && !head.keep_alive);
+                if head_only {
+                    // The same head a GET gets, and no body.
+                    if !head.keep_alive {
+                        self.set_state(State::Closing);
+                    }
+                    return None;
+                }
                 // A comment so clients see the stream open at once, and the
                 // reconnection delay.
                 let opening = format!(": ok\nretry: {}\n\n", settings.retry_ms);
@@ -406,13 +556,11 @@ impl Conn {
             }
             Endpoint::Publish => match api::parse_publish(&body) {
                 Ok(publish) => {
-                    self.set_state(State::Publishing { keep_alive: head.keep_alive });
+                    self.set_state(State::Publishing { keep_alive: head.keep_alive, grant });
                     Some(Action::Publish(publish))
                 }
                 Err(why) => {
-                    self.set_state(State::Head(None));
-                    let body = api::error_body(&why);
-                    self.respond(Status::BAD_REQUEST, &[], "application/json", body.as_bytes(), false, head.keep_alive);
+                    self.reply(Status::BAD_REQUEST, &why, &grant, head.keep_alive);
                     None
                 }
             },
@@ -421,53 +569,88 @@ impl Conn {
 
     /// Queues the response head of an event stream. The body has no length:
     /// it ends when the connection closes.
-    fn queue_stream_head(&mut self, close: bool) {
-        let headers = [
+    fn queue_stream_head(&mut self, grant: &Grant, close: bool) {
+        let mut headers = vec![
             ("Content-Type", "text/event-stream"),
             ("Cache-Control", "no-cache"),
             ("Connection", if close { "close" } else { "keep-alive" }),
-            ("Access-Control-Allow-Origin", "*"),
             ("X-Accel-Buffering", "no"),
         ];
+        headers.extend(grant.headers().into_iter().flatten());
         let mut out = Vec::with_capacity(200);
         http::write_head(&mut out, Status::OK, &headers, None, false);
         self.outbox.push(out.into());
     }
 
-    fn answer_refusal(&mut self, refusal: Refusal, head: &RequestHead, close: bool) {
-        let (status, allow) = match refusal {
-            Refusal::NotFound => (Status::NOT_FOUND, None),
-            Refusal::MethodNotAllowed(endpoint) => (Status::METHOD_NOT_ALLOWED, Some(endpoint.allow_header())),
+    /// Answers a CORS preflight (`OPTIONS`) with what a browser may send.
+    fn answer_preflight(&mut self, endpoint: Endpoint, head: &RequestHead, grant: &Grant) {
+        let headers = [
+            ("Access-Control-Allow-Methods", endpoint.allow_header()),
+            ("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID"),
+            ("Access-Control-Max-Age", "600"),
+            ("Allow", endpoint.allow_header()),
+        ];
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.extend(grant.headers().into_iter().flatten());
+        let mut out = Vec::with_capacity(300);
+        http::write_head(&mut out, Status::NO_CONTENT, &all, None, !head.keep_alive);
+        self.outbox.push(out.into());
+        if !head.keep_alive {
+            self.set_state(State::Closing);
+        }
+    }
+
+    fn answer_refusal(&mut self, refusal: Refusal, head: &RequestHead, grant: &Grant, close: bool) {
+        let (status, why, extra) = match refusal {
+            Refusal::NotFound => (Status::NOT_FOUND, "not found", None),
+            Refusal::MethodNotAllowed(endpoint) => {
+                (Status::METHOD_NOT_ALLOWED, "method not allowed", Some(("Allow", endpoint.allow_header())))
+            }
+            Refusal::Unauthorized => {
+                (Status::UNAUTHORIZED, "a valid bearer token is required", Some(("WWW-Authenticate", "Bearer")))
+            }
         };
-        let why = if allow.is_some() { "method not allowed" } else { "not found" };
+        self.refusal = Some((status, why));
         let body = api::error_body(why);
-        let allow_header = allow.map(|value| ("Allow", value));
-        let headers: Vec<(&str, &str)> = allow_header.into_iter().collect();
+        let extra: Vec<(&str, &str)> = extra.into_iter().collect();
         let head_only = head.method == Method::Head;
-        self.respond(status, &headers, "application/json", body.as_bytes(), head_only, !close);
+        self.respond(status, grant, &extra, "application/json", body.as_bytes(), head_only, !close);
     }
 
     /// Answers a request that broke the rules of HTTP, then closes: after a
     /// framing error we cannot know where the next request would start.
     fn refuse(&mut self, error: http::Error) {
-        let body = api::error_body(error.reason());
-        self.respond(error.status(), &[], "application/json", body.as_bytes(), false, false);
+        self.reply_error(error.status(), error.reason(), &Grant::default());
+    }
+
+    /// A JSON error answer, then close.
+    fn reply_error(&mut self, status: Status, why: &'static str, grant: &Grant) {
+        self.refusal = Some((status, why));
+        self.reply(status, why, grant, false);
+    }
+
+    /// A JSON error answer.
+    fn reply(&mut self, status: Status, why: &str, grant: &Grant, keep_alive: bool) {
+        let body = api::error_body(why);
+        self.respond(status, grant, &[], "application/json", body.as_bytes(), false, keep_alive);
     }
 
     /// Queues a complete response. With `keep_alive` false the connection
     /// closes after it.
+    #[allow(clippy::too_many_arguments)]
     fn respond(
         &mut self,
         status: Status,
+        grant: &Grant,
         headers: &[(&str, &str)],
         content_type: &str,
         body: &[u8],
         head_only: bool,
         keep_alive: bool,
     ) {
-        let mut all = Vec::with_capacity(headers.len() + 3);
+        let mut all = Vec::with_capacity(headers.len() + 4);
         all.push(("Content-Type", content_type));
-        all.push(("Access-Control-Allow-Origin", "*"));
+        all.extend(grant.headers().into_iter().flatten());
         if keep_alive {
             // Redundant for HTTP/1.1, needed by HTTP/1.0 clients that asked.
             all.push(("Connection", "keep-alive"));
@@ -479,11 +662,7 @@ impl Conn {
             out.extend_from_slice(body);
         }
         self.outbox.push(out.into());
-        if keep_alive {
-            if let State::Publishing { .. } = self.state {
-                self.set_state(State::Head(None));
-            }
-        } else {
+        if !keep_alive {
             self.set_state(State::Closing);
         }
     }
@@ -499,23 +678,66 @@ impl Conn {
     }
 }
 
+/// Whether the request carries the token its endpoint needs, if any. Tokens
+/// are compared in constant time.
+fn authorized(endpoint: Endpoint, head: &RequestHead, settings: &Settings) -> bool {
+    if head.method == Method::Options {
+        return true; // Preflights carry no credentials.
+    }
+    let required = match endpoint {
+        Endpoint::Publish => settings.publish_token.as_deref(),
+        Endpoint::Events => settings.subscribe_token.as_deref(),
+        Endpoint::Page => None,
+    };
+    let Some(required) = required else {
+        return true;
+    };
+    let bearer = head.authorization.as_deref().and_then(|value| {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    // EventSource cannot set headers, so streams also take `?token=`.
+    let from_query = || match endpoint {
+        Endpoint::Events => api::query_param(&head.query, "token"),
+        _ => None,
+    };
+    match bearer.map(str::to_owned).or_else(from_query) {
+        Some(given) => constant_time_eq(given.as_bytes(), required.as_bytes()),
+        None => false,
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so
+/// a timing attack cannot find a token byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t0() -> Instant {
+        // One fixed instant per test run is enough: tests move time explicitly.
+        use std::sync::OnceLock;
+        static T0: OnceLock<Instant> = OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     /// Feeds `input` in pieces of `piece` bytes (respecting the read budget,
     /// as the server does), answers publishes with 7 subscribers, and returns
     /// everything the connection wrote, the actions, and the last command.
     fn run(input: &[u8], piece: usize) -> (String, Vec<Action>, SocketCommand) {
-        let settings = Settings { limits: Limits { max_head_bytes: 1024, max_body_bytes: 64 }, retry_ms: 1500 };
-        let mut conn = Conn::new();
+        let limits = Limits { max_head_bytes: 1024, max_body_bytes: 64, ..Limits::default() };
+        let settings = Settings { limits, retry_ms: 1500, ..Settings::default() };
+        let mut conn = Conn::new(&Settings::default(), t0());
         let mut actions = Vec::new();
         let mut out = Vec::new();
         let mut rest = input;
         loop {
-            while let Some(action) = conn.poll(&settings) {
+            while let Some(action) = conn.poll(&settings, t0()) {
                 if let Action::Publish(_) = action {
-                    conn.published("1-1", 7);
+                    conn.published("1-1", 7, &settings, t0());
                 }
                 actions.push(action);
             }
@@ -525,7 +747,7 @@ mod tests {
                 break;
             }
             let (now, later) = rest.split_at(budget.min(rest.len()));
-            conn.receive(now);
+            conn.receive(now, &settings, t0());
             rest = later;
         }
         (String::from_utf8(out).unwrap(), actions, conn.socket_command())
@@ -582,7 +804,7 @@ mod tests {
     #[test]
     fn method_not_allowed_says_what_is() {
         let (output, _, _) = check("PUT /send-event HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
-        assert!(output.contains("Allow: POST\r\n"), "{output}");
+        assert!(output.contains("Allow: POST, OPTIONS\r\n"), "{output}");
         let (output, _, _) = check("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         assert!(output.contains("Allow: GET, HEAD\r\n"), "{output}");
     }
@@ -626,19 +848,19 @@ mod tests {
         assert_eq!(body, ": ok\nretry: 1500\n\n", "pipelined bytes after a subscribe are ignored");
         assert_eq!(command, SocketCommand::Keep);
 
-        let mut conn = Conn::new();
-        conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
-        conn.poll(&Settings::default());
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n", &Settings::default(), t0());
+        conn.poll(&Settings::default(), t0());
         assert!(conn.is_streaming());
         assert_eq!(conn.input.capacity(), 0, "a stream holds no read buffer");
     }
 
     #[test]
     fn a_stream_closes_when_the_peer_does() {
-        let mut conn = Conn::new();
-        conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
-        conn.poll(&Settings::default());
-        conn.receive(b"ignored");
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n", &Settings::default(), t0());
+        conn.poll(&Settings::default(), t0());
+        conn.receive(b"ignored", &Settings::default(), t0());
         assert_eq!(conn.socket_command(), SocketCommand::Keep);
         conn.receive_eof();
         assert_eq!(conn.socket_command(), SocketCommand::Close);
@@ -648,7 +870,7 @@ mod tests {
     fn head_of_events_is_headers_only_and_keeps_alive() {
         let (output, actions, command) = check("HEAD /events HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(actions.is_empty());
-        assert!(output.ends_with("X-Accel-Buffering: no\r\n\r\n"), "{output}");
+        assert!(output.ends_with("Access-Control-Allow-Origin: *\r\n\r\n"), "{output}");
         assert_eq!(command, SocketCommand::Keep);
     }
 
@@ -739,10 +961,11 @@ mod tests {
 
     #[test]
     fn read_budget_bounds_every_buffer() {
-        let settings = Settings { limits: Limits { max_head_bytes: 100, max_body_bytes: 10 }, ..Settings::default() };
-        let mut conn = Conn::new();
+        let limits = Limits { max_head_bytes: 100, max_body_bytes: 10, ..Limits::default() };
+        let settings = Settings { limits, ..Settings::default() };
+        let mut conn = Conn::new(&Settings::default(), t0());
         assert_eq!(conn.read_budget(&settings), 101);
-        conn.receive(b"GET / HTTP/1.1\r\n");
+        conn.receive(b"GET / HTTP/1.1\r\n", &settings, t0());
         assert_eq!(conn.read_budget(&settings), 101 - 16);
         conn.receive_eof();
         assert_eq!(conn.read_budget(&settings), 0);
@@ -751,11 +974,11 @@ mod tests {
     #[test]
     fn a_client_that_does_not_read_answers_is_paused() {
         let settings = Settings::default();
-        let mut conn = Conn::new();
+        let mut conn = Conn::new(&Settings::default(), t0());
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let pipelined: Vec<u8> = request.iter().copied().cycle().take(request.len() * 2000).collect();
-        conn.receive(&pipelined);
-        assert_eq!(conn.poll(&settings), None);
+        conn.receive(&pipelined, &Settings::default(), t0());
+        assert_eq!(conn.poll(&settings, t0()), None);
         assert!(conn.outbox().queued_bytes() > PIPELINE_PAUSE_BYTES);
         assert!(conn.outbox().queued_bytes() < PIPELINE_PAUSE_BYTES + 2 * api::DEMO_PAGE.len() + 1024);
         assert_eq!(conn.read_budget(&settings), 0);
@@ -763,18 +986,18 @@ mod tests {
 
     #[test]
     fn eof_mid_request_closes() {
-        let mut conn = Conn::new();
-        conn.receive(b"GET / HTT");
-        conn.poll(&Settings::default());
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"GET / HTT", &Settings::default(), t0());
+        conn.poll(&Settings::default(), t0());
         conn.receive_eof();
         assert_eq!(conn.socket_command(), SocketCommand::Close);
     }
 
     #[test]
     fn lingering_after_an_error() {
-        let mut conn = Conn::new();
-        conn.receive(b"BAD\r\n\r\n");
-        conn.poll(&Settings::default());
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"BAD\r\n\r\n", &Settings::default(), t0());
+        conn.poll(&Settings::default(), t0());
         conn.outbox().flush(&mut Vec::new()).unwrap();
         assert_eq!(conn.socket_command(), SocketCommand::ShutdownWrite);
         conn.write_side_closed();
@@ -782,5 +1005,154 @@ mod tests {
         assert_eq!(conn.socket_command(), SocketCommand::Keep);
         conn.receive_eof();
         assert_eq!(conn.socket_command(), SocketCommand::Close);
+    }
+
+    // ---- timers ----
+
+    fn at(secs: u64) -> Instant {
+        t0() + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn idle_connections_close_after_the_idle_timeout() {
+        let settings = Settings::default();
+        let mut conn = Conn::new(&Settings::default(), t0());
+        assert_eq!(conn.deadline(), Some(at(60)));
+        conn.on_timeout(&settings, at(59));
+        assert_eq!(conn.socket_command(), SocketCommand::Keep);
+        conn.on_timeout(&settings, at(60));
+        assert_eq!(conn.socket_command(), SocketCommand::Close);
+        assert_eq!(conn.read_budget(&settings), 0);
+    }
+
+    #[test]
+    fn a_trickled_request_gets_408_at_the_header_timeout() {
+        let settings = Settings::default();
+        let mut conn = Conn::new(&Settings::default(), t0());
+        // A byte a second does not push the deadline back.
+        for (i, byte) in b"GET / HTTP/1.1\r\n".iter().take(9).enumerate() {
+            conn.receive(std::slice::from_ref(byte), &settings, at(i as u64 + 1));
+            conn.poll(&settings, at(i as u64 + 1));
+        }
+        assert_eq!(conn.deadline(), Some(at(11)));
+        conn.on_timeout(&settings, at(11));
+        let mut out = Vec::new();
+        conn.outbox().flush(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n") && out.contains("Connection: close"), "{out}");
+        assert_eq!(conn.take_refusal().map(|(s, _)| s), Some(Status::REQUEST_TIMEOUT));
+        assert_eq!(conn.socket_command(), SocketCommand::ShutdownWrite);
+        // Then it lingers, bounded too.
+        conn.write_side_closed();
+        assert_eq!(conn.deadline(), Some(at(11) + LINGER));
+        conn.on_timeout(&settings, at(11) + LINGER);
+        assert_eq!(conn.socket_command(), SocketCommand::Close);
+    }
+
+    #[test]
+    fn each_pipelined_request_gets_its_own_deadline() {
+        let settings = Settings::default();
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HT", &settings, at(1));
+        conn.poll(&settings, at(5));
+        assert_eq!(conn.deadline(), Some(at(15)), "the second request started at 5");
+    }
+
+    #[test]
+    fn streams_have_no_deadline() {
+        let settings = Settings::default();
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n", &settings, at(1));
+        conn.poll(&settings, at(1));
+        assert!(conn.is_streaming());
+        assert_eq!(conn.deadline(), None);
+    }
+
+    // ---- auth and CORS ----
+
+    fn answer(settings: &Settings, request: &str) -> (String, Vec<Action>) {
+        let mut conn = Conn::new(&Settings::default(), t0());
+        conn.receive(request.as_bytes(), settings, t0());
+        let mut actions = Vec::new();
+        while let Some(action) = conn.poll(settings, t0()) {
+            if let Action::Publish(_) = action {
+                conn.published("1-1", 0, settings, t0());
+            }
+            actions.push(action);
+        }
+        let mut out = Vec::new();
+        conn.outbox().flush(&mut out).unwrap();
+        (String::from_utf8(out).unwrap(), actions)
+    }
+
+    #[test]
+    fn publish_token() {
+        let settings = Settings { publish_token: Some("s3cret".into()), ..Settings::default() };
+        let body = r#"{"message":"m"}"#;
+        let with = |auth: &str| {
+            format!("POST /send-event HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len())
+        };
+        for auth in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: Basic s3cret\r\n",
+            "Authorization: Bearer s3cre\r\n",
+        ] {
+            let (out, actions) = answer(&settings, &with(auth));
+            assert!(out.starts_with("HTTP/1.1 401 ") && out.contains("WWW-Authenticate: Bearer\r\n"), "{auth}: {out}");
+            assert!(actions.is_empty());
+        }
+        let (out, actions) = answer(&settings, &with("Authorization: bearer s3cret\r\n"));
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+        assert_eq!(actions.len(), 1);
+        // Streams are open unless a subscribe token is set.
+        let (out, _) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn subscribe_token_as_header_or_query() {
+        let settings = Settings { subscribe_token: Some("t0k".into()), ..Settings::default() };
+        let (out, _) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
+        let (out, _) = answer(&settings, "GET /events?token=nope HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
+        let (_, actions) = answer(&settings, "GET /events?token=t0k&topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(&actions[..], [Action::Subscribe(s)] if s.topics == ["a"]));
+        let (_, actions) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n");
+        assert_eq!(actions.len(), 1);
+    }
+
+    #[test]
+    fn cors_preflight_and_origins() {
+        let settings = Settings {
+            cors_origins: vec!["https://a.example".into(), "https://b.example".into()],
+            publish_token: Some("x".into()),
+            ..Settings::default()
+        };
+        let preflight = "OPTIONS /send-event HTTP/1.1\r\nHost: x\r\nOrigin: https://b.example\r\n\
+                         Access-Control-Request-Method: POST\r\n\r\n";
+        let (out, _) = answer(&settings, preflight);
+        assert!(out.starts_with("HTTP/1.1 204 No Content\r\n"), "preflight needs no token: {out}");
+        for header in [
+            "Access-Control-Allow-Origin: https://b.example\r\n",
+            "Vary: Origin\r\n",
+            "Access-Control-Allow-Methods: POST, OPTIONS\r\n",
+            "Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID\r\n",
+        ] {
+            assert!(out.contains(header), "{header} missing: {out}");
+        }
+        let (out, _) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n");
+        assert!(!out.contains("Access-Control-Allow-Origin") && out.contains("Vary: Origin"), "{out}");
+        let (out, _) =
+            answer(&Settings::default(), "GET /events HTTP/1.1\r\nHost: x\r\nOrigin: https://any.example\r\n\r\n");
+        assert!(out.contains("Access-Control-Allow-Origin: *\r\n") && !out.contains("Vary"), "{out}");
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -163,6 +163,10 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The `Last-Event-ID` header, if any.
     pub last_event_id: Option<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The `Origin` header (CORS), if any.
+    pub origin: Option<String>,
 }
 
 /// Finds the end of a request head in `buf`: the index just past the blank line
@@ -220,6 +224,8 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut last_event_id = None;
+    let mut authorization = None;
+    let mut origin = None;
     for header in request.headers.iter() {
         let name = header.name;
         let value = std::str::from_utf8(header.value).map(str::trim);
@@ -261,6 +267,10 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         } else if name.eq_ignore_ascii_case("last-event-id") {
             let value = value.map_err(|_| Error::Malformed("invalid Last-Event-ID"))?;
             last_event_id = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = value.ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = value.ok().map(str::to_owned);
         }
     }
 
@@ -285,6 +295,8 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         keep_alive: if http11 { !close } else { keep_alive_token && !close },
         expect_continue: expect_continue && http11,
         last_event_id,
+        authorization,
+        origin,
     })
 }
 

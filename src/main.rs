@@ -5,9 +5,36 @@ use std::process::ExitCode;
 use bare_sse::config::{self, Command};
 use bare_sse::server::Server;
 
+/// A minimal logger for the `log` facade: one line per record on stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("bare-sse: {}: {}", record.level().as_str().to_ascii_lowercase(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging(level: log::LevelFilter) {
+    static LOGGER: StderrLogger = StderrLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
 fn main() -> ExitCode {
+    // Connection scale needs file descriptors: use all the hard limit allows
+    // (before the config, whose default connection cap derives from it).
+    let raised_nofile = rlimit::increase_nofile_limit(u64::MAX);
     let config = match config::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
             return ExitCode::SUCCESS;
@@ -21,19 +48,43 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match Server::bind(&config) {
+    init_logging(config.log_level);
+    if let Err(e) = raised_nofile {
+        log::warn!("could not raise the open-file limit: {e}");
+    }
+    let mut server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("bare-sse: cannot listen on {}: {e}", config.listen);
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = server.stop_on_signals() {
+        eprintln!("bare-sse: cannot handle signals: {e}");
+        return ExitCode::from(2);
+    }
     // One write, so a supervisor or test reading stderr sees a whole line.
-    let start_line = match server.local_addr() {
-        Ok(addr) => format!("bare-sse {} listening on http://{addr}\n", env!("CARGO_PKG_VERSION")),
-        Err(e) => format!("bare-sse: listening, address unknown: {e}\n"),
-    };
-    eprint!("{start_line}");
+    let addr = server.local_addr().unwrap_or(config.listen);
+    let limits = &config.settings.limits;
+    eprint!(
+        "{}",
+        format_args!(
+            "bare-sse {} listening on http://{addr} (max {} connections, {} B head, {} B body, \
+             {} B buffered per subscriber, history {} events)\n",
+            env!("CARGO_PKG_VERSION"),
+            config.max_connections,
+            limits.max_head_bytes,
+            limits.max_body_bytes,
+            config.max_buffered_bytes,
+            config.history.events,
+        )
+    );
+    if !addr.ip().is_loopback() && config.settings.publish_token.is_none() {
+        log::warn!(
+            "listening on {addr}, which is not loopback, WITHOUT --publish-token: anyone who can reach \
+             this address can publish to every subscriber"
+        );
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -27,7 +27,9 @@
 //! input), `Interrupted` is retried, and an event for a key that is no longer
 //! in the slab (a connection closed earlier in the same batch) is ignored.
 
-use std::io::{self, Read};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +52,18 @@ use crate::sse::Frame;
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Token of the waker other threads use to reach the loop.
 const WAKER: Token = Token(usize::MAX - 2);
+/// Token of the SIGINT/SIGTERM source, when signals are handled.
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// How long accepting pauses after the process ran out of file descriptors.
+/// The pending connections wait in the kernel's backlog meanwhile; retrying
+/// at once would spin the loop at 100% CPU.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The answer to a connection over `--max-connections`, written once and
+/// without waiting: a small static response fits any socket buffer.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 32\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many connections\"}";
 
 /// Size of the one read buffer shared by all connections. Connections keep
 /// only what they have not parsed yet, so an idle one holds no read buffer.
@@ -86,6 +100,19 @@ pub struct Server {
     publishes: Receiver<Publish>,
     publisher: Publisher,
     handle: Handle,
+    max_connections: usize,
+    /// Deadlines of connections, earliest first. An entry is a reminder to
+    /// look at the connection, which holds the authoritative deadline, so
+    /// stale entries are harmless; each connection has at most a few.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Set while accepting pauses after running out of file descriptors.
+    accept_paused_until: Option<Instant>,
+    /// Connections refused since the last log line about it.
+    refused: usize,
+    last_refusal_log: Option<Instant>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// How long a graceful shutdown may take to flush and finish requests.
+    shutdown_timeout: Duration,
 }
 
 /// A connection as the loop sees it: the socket and its state machine.
@@ -98,6 +125,8 @@ struct Client {
     wants_writable: bool,
     /// Copied from the server so `deliver` can enforce it.
     max_buffered_bytes: usize,
+    /// The earliest reminder for this connection in the server's timers.
+    scheduled: Option<Instant>,
 }
 
 impl Subscriber for Client {
@@ -221,7 +250,24 @@ impl Server {
             publishes,
             publisher: Publisher { queue, waker: waker.clone(), stop: stop.clone() },
             handle: Handle { stop, waker },
+            max_connections: config.max_connections,
+            timers: BinaryHeap::new(),
+            accept_paused_until: None,
+            refused: 0,
+            last_refusal_log: None,
+            signals: None,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         })
+    }
+
+    /// Makes SIGINT and SIGTERM stop the server gracefully (the binary does
+    /// this; a program embedding the server may prefer its own handling).
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
     }
 
     /// The address the server listens on (useful after binding port 0).
@@ -239,7 +285,8 @@ impl Server {
         self.publisher.clone()
     }
 
-    /// Runs the event loop until [`Handle::shutdown`].
+    /// Runs the event loop until [`Handle::shutdown`] or a signal, then shuts
+    /// down gracefully (see [`Server::shut_down`]).
     pub fn run(mut self) -> io::Result<()> {
         if self.tick {
             let publisher = self.publisher();
@@ -247,32 +294,8 @@ impl Server {
         }
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut next_heartbeat = self.heartbeat.map(|every| Instant::now() + every);
-        loop {
-            // Connections cut short last time are served again at once;
-            // otherwise sleep until the next heartbeat, if any.
-            let timeout = if self.again.is_empty() {
-                next_heartbeat.map(|at| at.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                self.publisher.stop.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
-            for key in std::mem::take(&mut self.again) {
-                self.drive(key);
-            }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    WAKER => self.take_publishes(),
-                    Token(key) => self.drive(key),
-                }
-            }
-            self.fan_out();
+        while !self.handle.is_stopped() {
+            self.turn(&mut events, next_heartbeat)?;
             if let (Some(at), Some(every)) = (next_heartbeat, self.heartbeat) {
                 let now = Instant::now();
                 if now >= at {
@@ -282,38 +305,175 @@ impl Server {
                     next_heartbeat = Some(if now - at > every { now + every } else { at + every });
                 }
             }
-            if self.handle.is_stopped() {
+        }
+        self.shut_down(&mut events)
+    }
+
+    /// One turn of the loop: wait for readiness (or the next deadline), handle
+    /// it, expire timers, and fan out what was published.
+    fn turn(&mut self, events: &mut Events, next_heartbeat: Option<Instant>) -> io::Result<()> {
+        // Connections cut short last time are served again at once;
+        // otherwise sleep until the earliest deadline, if any.
+        let wake_at = [next_heartbeat, self.timers.peek().map(|Reverse((at, _))| *at), self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = if self.again.is_empty() {
+            wake_at.map(|at| at.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => {
+                self.publisher.stop.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        for key in std::mem::take(&mut self.again) {
+            self.drive(key);
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                WAKER => self.take_publishes(),
+                SIGNALS => self.take_signals(),
+                Token(key) => self.drive(key),
+            }
+        }
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.expire_timers(now);
+        self.fan_out();
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting, let requests in flight finish and
+    /// queued events drain to subscribers for at most the shutdown timeout,
+    /// then close everything. Every event a publisher was answered for has
+    /// been handed to the subscribers' sockets by then, unless a subscriber
+    /// could not take it within the bound.
+    fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.take_publishes();
+        self.fan_out();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        loop {
+            let quiet: Vec<usize> =
+                self.clients.iter_mut().filter(|(_, client)| client.conn.is_quiet()).map(|(key, _)| key).collect();
+            for key in quiet {
+                self.close(key);
+            }
+            if self.clients.is_empty() || Instant::now() >= deadline {
                 return Ok(());
             }
+            // Wake at least every 50 ms to check the deadline and quiet
+            // connections.
+            let soon = Instant::now() + Duration::from_millis(50);
+            self.timers.push(Reverse((soon.min(deadline), usize::MAX)));
+            self.turn(events, None)?;
         }
     }
 
-    /// Accepts every pending connection.
+    /// Accepts every pending connection, within the connection cap.
     fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
         loop {
             match self.listener.accept() {
+                Ok((mut socket, _peer)) if self.clients.len() >= self.max_connections => {
+                    // Over the cap: a short answer, then close. A static
+                    // response fits the fresh socket's buffer, so one
+                    // non-blocking write suffices.
+                    let _ = socket.write(OVER_CAPACITY);
+                    let _ = socket.shutdown(Shutdown::Write);
+                    self.note_refused_connection();
+                }
                 Ok((mut socket, _peer)) => {
                     // Frames are small and must go out now, not wait for the
                     // previous one's ACK (Nagle's algorithm).
                     let _ = socket.set_nodelay(true);
                     let entry = self.clients.vacant_entry();
-                    let token = Token(entry.key());
-                    if self.poll.registry().register(&mut socket, token, Interest::READABLE).is_ok() {
+                    let key = entry.key();
+                    if self.poll.registry().register(&mut socket, Token(key), Interest::READABLE).is_ok() {
+                        let now = Instant::now();
                         entry.insert(Client {
                             socket,
-                            conn: Conn::new(),
+                            conn: Conn::new(&self.settings, now),
                             membership: None,
                             wants_writable: false,
                             max_buffered_bytes: self.max_buffered_bytes,
+                            scheduled: None,
                         });
+                        self.schedule(key);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
                 // The peer gave up before we accepted (ECONNABORTED) and the
                 // like: nothing to do for that connection; keep accepting.
                 Err(_) => continue,
             }
+        }
+    }
+
+    /// Counts a connection refused for the cap, logging at most once a second.
+    fn note_refused_connection(&mut self) {
+        self.refused += 1;
+        let now = Instant::now();
+        if self.last_refusal_log.is_none_or(|at| now - at >= Duration::from_secs(1)) {
+            log::warn!("refused {} connection(s): over --max-connections {}", self.refused, self.max_connections);
+            self.refused = 0;
+            self.last_refusal_log = Some(now);
+        }
+    }
+
+    fn take_signals(&mut self) {
+        if let Some(signals) = &mut self.signals {
+            for signal in signals.pending() {
+                log::info!("signal {signal}: shutting down gracefully");
+                self.handle.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Puts a reminder in the timer queue for the connection's deadline,
+    /// unless an earlier one is already there.
+    fn schedule(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if let Some(deadline) = client.conn.deadline().filter(|&d| client.scheduled.is_none_or(|at| d < at)) {
+            client.scheduled = Some(deadline);
+            self.timers.push(Reverse((deadline, key)));
+        }
+    }
+
+    /// Handles the connections whose deadlines have passed.
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if client.scheduled == Some(at) {
+                client.scheduled = None;
+            }
+            client.conn.on_timeout(&self.settings, now);
+            if let Some((status, why)) = client.conn.take_refusal() {
+                log::info!("{}: {} {why}", peer(&client.socket), status.0);
+            }
+            self.flush(key);
+            self.schedule(key);
         }
     }
 
@@ -337,24 +497,29 @@ impl Server {
             reads += 1;
             match client.socket.read(&mut self.scratch[..budget]) {
                 Ok(0) => client.conn.receive_eof(),
-                Ok(n) => client.conn.receive(&self.scratch[..n]),
+                Ok(n) => client.conn.receive(&self.scratch[..n], &self.settings, Instant::now()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(key),
             }
         }
         self.flush(key);
+        self.schedule(key);
     }
 
     /// Lets a connection handle what it has received, and does what it asks.
     fn carry_out_actions(&mut self, key: usize) {
         loop {
             let Some(client) = self.clients.get_mut(key) else { return };
-            let Some(action) = client.conn.poll(&self.settings) else { return };
+            let action = client.conn.poll(&self.settings, Instant::now());
+            if let Some((status, why)) = client.conn.take_refusal() {
+                log::info!("{}: {} {why}", peer(&client.socket), status.0);
+            }
+            let Some(action) = action else { return };
             match action {
                 Action::Publish(publish) => {
                     let receipt = self.broker.publish(&publish);
-                    client.conn.published(&receipt.id, receipt.subscribers);
+                    client.conn.published(&receipt.id, receipt.subscribers, &self.settings, Instant::now());
                 }
                 Action::Subscribe(subscribe) => self.subscribe(key, subscribe),
             }
@@ -452,9 +617,30 @@ impl Server {
     }
 }
 
+/// The peer's address for a log line.
+fn peer(socket: &TcpStream) -> String {
+    socket.peer_addr().map_or_else(|_| "unknown peer".to_owned(), |addr| addr.to_string())
+}
+
+/// `EMFILE` and `ENFILE` on Linux: the process or the system is out of file
+/// descriptors.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
 impl Drop for Server {
     fn drop(&mut self) {
         // Publishers fail fast once the loop is gone.
         self.publisher.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn over_capacity_answer_is_well_formed() {
+        let text = std::str::from_utf8(super::OVER_CAPACITY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
     }
 }

@@ -1,0 +1,270 @@
+//! Hardening over real sockets: slow consumers, slowloris, idle connections,
+//! the connection cap, running out of file descriptors, publish and subscribe
+//! tokens, CORS, and graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Binary, Client, TestServer, get, post};
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses).
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn slow_consumers_are_dropped_and_memory_stays_bounded() {
+    let server = Binary::start(&["--max-buffered-bytes", "262144", "--history", "100"]);
+    let addr = server.addr;
+    // 40 subscribers that never read, with small receive buffers so they
+    // fill up fast.
+    let stalled: Vec<Client> = (0..40)
+        .map(|_| {
+            let client = Client::connect(addr);
+            socket2::SockRef::from(client.stream()).set_recv_buffer_size(4096).unwrap();
+            let mut client = client;
+            client.send(get("/events"));
+            client
+        })
+        .collect();
+    let mut reader = Client::connect(addr).subscribe("/events");
+    let rss_before = rss_kb(server.child.id());
+    let events = 3000;
+    let payload = "x".repeat(4096);
+    let reading = std::thread::spawn(move || {
+        let all = (0..events).all(|i| reader.next_data() == format!("{i} {payload}"));
+        (all, reader)
+    });
+    let mut publisher = Client::connect(addr);
+    let payload = "x".repeat(4096);
+    let mut max_rss = 0;
+    for i in 0..events {
+        assert_eq!(publisher.publish(&format!("{i} {payload}")).status, 200);
+        if i % 100 == 0 {
+            max_rss = max_rss.max(rss_kb(server.child.id()));
+        }
+    }
+    let (all, _reader) = reading.join().unwrap();
+    assert!(all, "the reading subscriber got every event, in order");
+    // 40 stalled subscribers x 3000 x 4 KB would be 480 MB without the cap;
+    // with a 256 KiB cap each holds at most that much.
+    let growth_kb = max_rss.saturating_sub(rss_before);
+    assert!(growth_kb < 40 * 1024, "RSS grew by {growth_kb} KiB");
+    assert_eq!(publisher.publish("count").json()["subscribers"], 1, "stalled subscribers were dropped");
+    drop(stalled);
+}
+
+#[test]
+fn slowloris_gets_408_and_does_not_delay_others() {
+    let server = TestServer::with(|c| c.settings.limits.header_timeout = Duration::from_secs(1));
+    // Hundreds of connections that send half a head and stall.
+    let mut stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.write_all(b"POST /send-event HTTP/1.1\r\nHost: t\r\nContent-Le").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    // Everyone else is served at once.
+    let started = Instant::now();
+    let mut stream = server.subscribe();
+    assert_eq!(server.publish("not delayed"), 1);
+    assert_eq!(stream.next_data(), "not delayed");
+    assert!(started.elapsed() < Duration::from_millis(900), "served in {:?}", started.elapsed());
+    // The stalled ones are answered 408 and closed after the timeout.
+    for s in stalled.iter_mut().take(20) {
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    }
+    // A body that stalls is cut off the same way.
+    let mut client = Client::connect(server.addr);
+    client.send("POST /send-event HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"message\":");
+    assert_eq!(client.read_response().status, 408);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let server = TestServer::with(|c| c.settings.limits.idle_timeout = Duration::from_secs(1));
+    let mut client = server.connect();
+    assert_eq!(client.request(get("/")).status, 200);
+    let started = Instant::now();
+    assert!(client.read_to_end().is_empty(), "closed without a word");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A stream is not idle: it stays open past the idle timeout.
+    let mut stream = server.subscribe();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(server.publish("still here"), 1);
+    assert_eq!(stream.next_data(), "still here");
+}
+
+#[test]
+fn connections_over_the_cap_get_503() {
+    let server = TestServer::with(|c| c.max_connections = 5);
+    let streams: Vec<_> = (0..5).map(|_| server.subscribe()).collect();
+    let mut extra = server.connect();
+    let response = extra.read_response();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.json()["error"], "too many connections");
+    drop(streams);
+    // Once below the cap, connections are served again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut client = server.connect();
+        let response = client.request(get("/"));
+        if response.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_spin_or_crash() {
+    // A server with only 40 descriptors (hard limit too, so it cannot raise
+    // it) and a cap it cannot reach: accept() fails with EMFILE.
+    let bin = env!("CARGO_BIN_EXE_bare-sse");
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("ulimit -n 40 && exec {bin} --listen 127.0.0.1:0 --max-connections 1000")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let pid = child.id();
+    let held: Vec<TcpStream> = (0..80).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    // 100 ticks a second is a whole core; a spinning loop would use ~100.
+    assert!(used < 20, "the server used {used} ticks in 1 s while out of descriptors");
+    drop(held);
+    // It recovers once descriptors are free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(stream) = TcpStream::connect(addr) {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut client = Client::connect(addr);
+            let response = client.publish("after EMFILE");
+            if response.status == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert!(rest.contains("out of file descriptors"), "logged once per pause: {rest}");
+}
+
+#[test]
+fn publish_token_from_the_environment() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BARE_SSE_PUBLISH_TOKEN", "hunter2")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let mut client = Client::connect(addr);
+    let body = r#"{"message":"secret"}"#;
+    let response = client.request(post("/send-event", body));
+    assert_eq!(response.status, 401);
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+    let authorized = format!(
+        "POST /send-event HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer hunter2\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(client.request(authorized).status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn cors_preflight_over_the_wire() {
+    let server = TestServer::with(|c| c.settings.cors_origins = vec!["https://app.example".into()]);
+    let mut client = server.connect();
+    let response = client.request(
+        "OPTIONS /send-event HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+    );
+    assert_eq!(response.status, 204);
+    assert_eq!(response.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(response.header("vary"), Some("Origin"));
+    assert!(response.header("access-control-allow-headers").unwrap().contains("Last-Event-ID"));
+    let response = client.request(
+        "POST /send-event HTTP/1.1\r\nHost: t\r\nOrigin: https://other.example\r\nContent-Length: 15\r\n\r\n{\"message\":\"m\"}",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_with_open_streams() {
+    let server = Binary::start(&[]);
+    let mut streams: Vec<_> = (0..20).map(|_| Client::connect(server.addr).subscribe("/events")).collect();
+    let mut publisher = Client::connect(server.addr);
+    assert_eq!(publisher.publish("last words").json()["subscribers"], 20);
+    let pid = server.child.id();
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let mut server = server;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    // Every stream got the acknowledged event, then the end of the stream.
+    for stream in &mut streams {
+        assert_eq!(stream.next_data(), "last words");
+        assert!(stream.client.read_to_end().is_empty());
+    }
+    let mut log = String::new();
+    let _ = server.stderr.read_to_string(&mut log);
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn a_warning_when_publishing_is_open_to_the_network() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+        .args(["--listen", "0.0.0.0:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut start = String::new();
+    let mut warning = String::new();
+    stderr.read_line(&mut start).unwrap();
+    stderr.read_line(&mut warning).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warning.contains("WITHOUT --publish-token"), "{warning:?}");
+}
