@@ -1,11 +1,13 @@
 //! The seeds' API: which paths exist, which methods they take, what a publish
 //! body must contain, and the JSON answers.
 //!
-//! | path          | methods   | what it does                                   |
-//! |---------------|-----------|------------------------------------------------|
-//! | `/`           | GET, HEAD | the demo page (embedded in the binary)         |
-//! | `/events`     | GET, HEAD | subscribe: a `text/event-stream` that stays open |
-//! | `/send-event` | POST      | publish `{"message": "..."}` to every subscriber |
+//! | path          | methods            | what it does                                     |
+//! |---------------|--------------------|--------------------------------------------------|
+//! | `/`           | GET, HEAD          | the demo page (embedded in the binary)           |
+//! | `/events`     | GET, HEAD, OPTIONS | subscribe: a `text/event-stream` that stays open |
+//! | `/send-event` | POST, OPTIONS      | publish `{"message": "..."}` to subscribers      |
+//! | `/metrics`    | GET, HEAD          | Prometheus text exposition                       |
+//! | `/healthz`    | GET, HEAD          | `ok`                                             |
 //!
 //! Pure functions only; [`crate::conn`] calls them while handling a request.
 
@@ -25,6 +27,10 @@ pub enum Endpoint {
     Events,
     /// `/send-event`: publishing.
     Publish,
+    /// `/metrics`: Prometheus metrics.
+    Metrics,
+    /// `/healthz`: liveness.
+    Health,
 }
 
 impl Endpoint {
@@ -34,6 +40,8 @@ impl Endpoint {
             "/" | "/index.html" => Some(Endpoint::Page),
             "/events" => Some(Endpoint::Events),
             "/send-event" => Some(Endpoint::Publish),
+            "/metrics" => Some(Endpoint::Metrics),
+            "/healthz" => Some(Endpoint::Health),
             _ => None,
         }
     }
@@ -41,7 +49,7 @@ impl Endpoint {
     /// Whether the endpoint answers `method`.
     pub fn allows(self, method: Method) -> bool {
         match self {
-            Endpoint::Page => matches!(method, Method::Get | Method::Head),
+            Endpoint::Page | Endpoint::Metrics | Endpoint::Health => matches!(method, Method::Get | Method::Head),
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
         }
@@ -50,7 +58,7 @@ impl Endpoint {
     /// The `Allow` header value for a 405.
     pub fn allow_header(self) -> &'static str {
         match self {
-            Endpoint::Page => "GET, HEAD",
+            Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
         }

@@ -55,14 +55,26 @@ pub trait Subscriber {
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// Written to the kernel, or queued behind bytes already waiting.
+    /// All written to the kernel.
     Done,
-    /// Some bytes are queued and the subscriber was not waiting to write
-    /// before: the server must ask for writable readiness.
+    /// Some bytes wait in the subscriber's queue: the server checks the
+    /// slow-consumer cap and asks for writable readiness.
     Queued,
-    /// The subscriber failed (socket error, or too far behind): the server
-    /// must close it.
+    /// The subscriber's socket failed: the server must close it.
     Failed,
+}
+
+/// Counters of the broadcast path, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events published.
+    pub events: u64,
+    /// Event frames handed to subscribers (one per event per subscriber).
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// Heartbeat comments sent.
+    pub heartbeats: u64,
 }
 
 /// Bounds on the history.
@@ -121,6 +133,7 @@ pub struct Broker {
     /// Reused per subscriber during a fan-out, to avoid an allocation each.
     scratch: Vec<Frame>,
     heartbeat_frame: Frame,
+    stats: Stats,
 }
 
 /// One topic with subscribers.
@@ -137,11 +150,28 @@ struct Member {
     /// The server's key for the connection.
     client: usize,
     /// `(topic key, key in that topic's member slab)` per topic.
-    topics: Box<[(usize, usize)]>,
+    topics: Slots,
     /// The last fan-out round that reached this subscriber.
     round: u64,
     /// The last heartbeat interval in which it was sent something.
     beat: u64,
+}
+
+/// A subscriber's places in its topics' member lists. Most subscribers have
+/// one topic, kept inline so they cost no allocation.
+#[derive(Debug)]
+enum Slots {
+    One((usize, usize)),
+    Many(Box<[(usize, usize)]>),
+}
+
+impl Slots {
+    fn as_slice(&self) -> &[(usize, usize)] {
+        match self {
+            Slots::One(slot) => std::slice::from_ref(slot),
+            Slots::Many(slots) => slots,
+        }
+    }
 }
 
 /// A new subscription, as returned by [`Broker::subscribe`].
@@ -176,6 +206,7 @@ impl Broker {
             beat: 0,
             scratch: Vec::new(),
             heartbeat_frame: Arc::from(&b":\n\n"[..]),
+            stats: Stats::default(),
         }
     }
 
@@ -187,6 +218,16 @@ impl Broker {
     /// How many subscribers there are.
     pub fn subscribers(&self) -> usize {
         self.members.len()
+    }
+
+    /// Each topic with subscribers, and how many it has.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.topic_members.iter().map(|(_, topic)| (&*topic.name, topic.members.len()))
+    }
+
+    /// The broadcast counters.
+    pub fn stats(&self) -> Stats {
+        Stats { events: self.next_seq - 1, ..self.stats }
     }
 
     /// Whether frames are waiting for a fan-out. The server must fan out
@@ -234,7 +275,11 @@ impl Broker {
             };
             keys.push((topic_key, self.topic_members[topic_key].members.insert(membership)));
         }
-        self.members.insert(Member { client, topics: keys.into(), round: self.round, beat: self.beat });
+        let topics = match keys[..] {
+            [one] => Slots::One(one),
+            _ => Slots::Many(keys.into()),
+        };
+        self.members.insert(Member { client, topics, round: self.round, beat: self.beat });
         Joined { membership, backlog }
     }
 
@@ -244,7 +289,7 @@ impl Broker {
         let Some(member) = self.members.try_remove(membership) else {
             return;
         };
-        for &(topic_key, slot) in member.topics.iter() {
+        for &(topic_key, slot) in member.topics.as_slice() {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
                 continue;
             };
@@ -276,11 +321,14 @@ impl Broker {
             // The common case: every event of the batch is for one topic, so
             // all its subscribers get all the frames.
             self.scratch.extend(pending.iter().map(|e| e.frame.clone()));
+            let batch_bytes: usize = self.scratch.iter().map(|f| f.len()).sum();
             for (_, &membership) in self.topic_members[topic].members.iter() {
                 let Some(member) = self.members.get_mut(membership) else { continue };
                 member.round = self.round;
                 member.beat = self.beat;
                 deliver(subscribers, member.client, &self.scratch, attention);
+                self.stats.frames += self.scratch.len() as u64;
+                self.stats.bytes += batch_bytes as u64;
             }
             self.scratch.clear();
         } else {
@@ -293,10 +341,12 @@ impl Broker {
                         }
                         member.round = self.round;
                         member.beat = self.beat;
-                        let wants = |keys: &Vec<usize>| member.topics.iter().any(|(k, _)| keys.contains(k));
+                        let wants = |keys: &Vec<usize>| member.topics.as_slice().iter().any(|(k, _)| keys.contains(k));
                         let frames = pending.iter().zip(&event_topics).filter(|(_, keys)| wants(keys));
                         self.scratch.extend(frames.map(|(e, _)| e.frame.clone()));
                         deliver(subscribers, member.client, &self.scratch, attention);
+                        self.stats.frames += self.scratch.len() as u64;
+                        self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
                         self.scratch.clear();
                     }
                 }
@@ -314,6 +364,7 @@ impl Broker {
         for (_, member) in self.members.iter() {
             if member.beat != self.beat {
                 deliver(subscribers, member.client, frame, attention);
+                self.stats.heartbeats += 1;
             }
         }
         self.beat += 1;
@@ -361,7 +412,9 @@ impl Broker {
             [one] => self.topic_members[*one].members.len(),
             [first, rest @ ..] => {
                 let in_earlier = |membership: usize, upto: usize| {
-                    self.members.get(membership).is_some_and(|m| m.topics.iter().any(|(k, _)| keys[..upto].contains(k)))
+                    self.members
+                        .get(membership)
+                        .is_some_and(|m| m.topics.as_slice().iter().any(|(k, _)| keys[..upto].contains(k)))
                 };
                 let others: usize = rest
                     .iter()

@@ -125,6 +125,8 @@ pub enum Action {
     /// The connection is now an event stream (its response head is already
     /// queued): add it to the subscribers.
     Subscribe(Subscribe),
+    /// Render the metrics and answer with [`Conn::answer`].
+    Metrics,
 }
 
 /// A new subscription.
@@ -155,8 +157,9 @@ pub struct Conn {
     state: State,
     /// Received bytes not yet parsed. Unallocated while streaming.
     input: Vec<u8>,
-    /// Bytes at the start of `input` already searched for the end of a head.
-    scanned: usize,
+    /// Bytes at the start of `input` already searched for the end of a head
+    /// (at most the head limit, so 32 bits are plenty).
+    scanned: u32,
     /// Bytes waiting to go out.
     outbox: Outbox,
     /// The peer closed its write side (we read EOF).
@@ -165,8 +168,18 @@ pub struct Conn {
     timer: Option<(Timer, Instant)>,
     /// A deadline passed where the only thing left to do is close.
     expired: bool,
-    /// Why the last request was refused, for the server's log.
-    refusal: Option<(Status, &'static str)>,
+    /// What was answered since the server last asked (see
+    /// [`Conn::take_notes`]); `None`, and free, most of the time.
+    notes: Option<Box<Notes>>,
+}
+
+/// What a connection answered, for the server's metrics and log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub by_class: [u32; 5],
+    /// The last refusal (4xx/5xx) with its reason.
+    pub refusal: Option<(Status, &'static str)>,
 }
 
 /// What a deadline is for.
@@ -184,8 +197,9 @@ enum Timer {
 enum State {
     /// Reading a request: its head, then (if `Some`) its body.
     Head(Option<Box<Pending>>),
-    /// A publish was handed to the server; waiting for [`Conn::published`].
-    Publishing { keep_alive: bool, grant: Grant },
+    /// A publish or a metrics request was handed to the server; waiting for
+    /// [`Conn::published`] or [`Conn::answer`].
+    Waiting { keep_alive: bool, head_only: bool, grant: Box<Grant> },
     /// An event stream. Input is read only to notice the peer leaving.
     Streaming,
     /// The last response is queued; once written, our write side shuts down.
@@ -248,7 +262,7 @@ impl Conn {
             peer_closed: false,
             timer: Some((Timer::Idle, now + settings.limits.idle_timeout)),
             expired: false,
-            refusal: None,
+            notes: None,
         }
     }
 
@@ -263,7 +277,7 @@ impl Conn {
         self.outbox.is_empty()
             && match self.state {
                 State::Head(None) => self.input.is_empty(),
-                State::Head(Some(_)) | State::Publishing { .. } => false,
+                State::Head(Some(_)) | State::Waiting { .. } => false,
                 State::Streaming | State::Closing | State::Lingering => true,
             }
     }
@@ -284,10 +298,23 @@ impl Conn {
         &mut self.outbox
     }
 
-    /// Why the last request was refused (status and reason), once: for the
-    /// server's log.
-    pub fn take_refusal(&mut self) -> Option<(Status, &'static str)> {
-        self.refusal.take()
+    /// What the connection answered since the last call: counts by status
+    /// class and the last refusal with its reason, for metrics and the log.
+    pub fn take_notes(&mut self) -> Option<Box<Notes>> {
+        self.notes.take()
+    }
+
+    /// Notes a response's status (and, for a refusal, its reason).
+    fn note(&mut self, status: Status, refusal: Option<&'static str>) {
+        let notes = self.notes.get_or_insert_default();
+        match refusal {
+            Some(why) => notes.refusal = Some((status, why)),
+            None => {
+                if let Some(count) = notes.by_class.get_mut(usize::from(status.0 / 100).wrapping_sub(1)) {
+                    *count += 1;
+                }
+            }
+        }
     }
 
     /// When the server must call [`Conn::on_timeout`], if ever.
@@ -308,7 +335,7 @@ impl Conn {
             // A body is decoded as it arrives; `input` only holds bytes that
             // follow it (the next pipelined request).
             State::Head(Some(_)) => limits.max_head_bytes.saturating_sub(self.input.len()).max(1),
-            State::Publishing { .. } => 0,
+            State::Waiting { .. } => 0,
             State::Streaming | State::Closing | State::Lingering => DISCARD_READ_BYTES,
         }
     }
@@ -316,7 +343,7 @@ impl Conn {
     /// Takes bytes read from the peer at `now`. Call [`Conn::poll`] afterwards.
     pub fn receive(&mut self, input: &[u8], settings: &Settings, now: Instant) {
         match self.state {
-            State::Head(_) | State::Publishing { .. } => self.input.extend_from_slice(input),
+            State::Head(_) | State::Waiting { .. } => self.input.extend_from_slice(input),
             // Nothing a subscriber or a closing peer sends means anything now.
             State::Streaming | State::Closing | State::Lingering => {}
         }
@@ -406,11 +433,16 @@ impl Conn {
     /// Answers the publish handed out by [`Conn::poll`]: it got the id `id`
     /// and goes to `subscribers` streams.
     pub fn published(&mut self, id: &str, subscribers: usize, settings: &Settings, now: Instant) {
-        if let State::Publishing { keep_alive, grant } = &self.state {
-            let (keep_alive, grant) = (*keep_alive, grant.clone());
-            let body = api::published_body(id, subscribers);
+        let body = api::published_body(id, subscribers);
+        self.answer("application/json", body.as_bytes(), settings, now);
+    }
+
+    /// Answers the request handed out by [`Conn::poll`] with `200` and `body`.
+    pub fn answer(&mut self, content_type: &str, body: &[u8], settings: &Settings, now: Instant) {
+        if let State::Waiting { keep_alive, head_only, grant } = &self.state {
+            let (keep_alive, head_only, grant) = (*keep_alive, *head_only, grant.clone());
             self.set_state(State::Head(None));
-            self.respond(Status::OK, &grant, &[], "application/json", body.as_bytes(), false, keep_alive);
+            self.respond(Status::OK, &grant, &[], content_type, body, head_only, keep_alive);
             self.arm_timer(settings, now);
         }
     }
@@ -442,7 +474,7 @@ impl Conn {
         let wanted = match &self.state {
             State::Head(None) if self.input.is_empty() => Some((Timer::Idle, limits.idle_timeout)),
             State::Head(_) => Some((Timer::Request, limits.header_timeout)),
-            State::Publishing { .. } | State::Streaming => None,
+            State::Waiting { .. } | State::Streaming => None,
             State::Closing | State::Lingering => Some((Timer::Linger, LINGER)),
         };
         self.timer = match (wanted, self.timer) {
@@ -456,15 +488,17 @@ impl Conn {
     fn try_head(&mut self, limits: &Limits) -> Result<Option<RequestHead>, http::Error> {
         // RFC 9112 2.2: ignore empty lines before a request line (some clients
         // send an extra CRLF after a body).
-        if self.scanned == 0 {
+        let scanned = self.scanned as usize;
+        if scanned == 0 {
             let blank = self.input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
             self.input.drain(..blank);
         }
-        let Some(end) = http::find_head_end(&self.input, self.scanned) else {
+        let Some(end) = http::find_head_end(&self.input, scanned) else {
             if self.input.len() > limits.max_head_bytes {
                 return Err(http::Error::HeadTooLarge);
             }
-            self.scanned = self.input.len();
+            // Within the head limit, checked just above.
+            self.scanned = self.input.len() as u32;
             return Ok(None);
         };
         if end > limits.max_head_bytes {
@@ -524,6 +558,15 @@ impl Conn {
                 self.answer_preflight(endpoint, &head, &grant);
                 None
             }
+            Endpoint::Health => {
+                self.respond(Status::OK, &grant, &[], "text/plain; charset=utf-8", b"ok\n", head_only, head.keep_alive);
+                None
+            }
+            Endpoint::Metrics => {
+                let grant = Box::new(grant);
+                self.set_state(State::Waiting { keep_alive: head.keep_alive, head_only, grant });
+                Some(Action::Metrics)
+            }
             Endpoint::Page => {
                 let page = api::DEMO_PAGE.as_bytes();
                 let content_type = "text/html; charset=utf-8";
@@ -556,7 +599,8 @@ impl Conn {
             }
             Endpoint::Publish => match api::parse_publish(&body) {
                 Ok(publish) => {
-                    self.set_state(State::Publishing { keep_alive: head.keep_alive, grant });
+                    let grant = Box::new(grant);
+                    self.set_state(State::Waiting { keep_alive: head.keep_alive, head_only: false, grant });
                     Some(Action::Publish(publish))
                 }
                 Err(why) => {
@@ -580,6 +624,7 @@ impl Conn {
         let mut out = Vec::with_capacity(200);
         http::write_head(&mut out, Status::OK, &headers, None, false);
         self.outbox.push(out.into());
+        self.note(Status::OK, None);
     }
 
     /// Answers a CORS preflight (`OPTIONS`) with what a browser may send.
@@ -595,6 +640,7 @@ impl Conn {
         let mut out = Vec::with_capacity(300);
         http::write_head(&mut out, Status::NO_CONTENT, &all, None, !head.keep_alive);
         self.outbox.push(out.into());
+        self.note(Status::NO_CONTENT, None);
         if !head.keep_alive {
             self.set_state(State::Closing);
         }
@@ -610,7 +656,7 @@ impl Conn {
                 (Status::UNAUTHORIZED, "a valid bearer token is required", Some(("WWW-Authenticate", "Bearer")))
             }
         };
-        self.refusal = Some((status, why));
+        self.note(status, Some(why));
         let body = api::error_body(why);
         let extra: Vec<(&str, &str)> = extra.into_iter().collect();
         let head_only = head.method == Method::Head;
@@ -625,8 +671,8 @@ impl Conn {
 
     /// A JSON error answer, then close.
     fn reply_error(&mut self, status: Status, why: &'static str, grant: &Grant) {
-        self.refusal = Some((status, why));
         self.reply(status, why, grant, false);
+        self.note(status, Some(why));
     }
 
     /// A JSON error answer.
@@ -662,6 +708,7 @@ impl Conn {
             out.extend_from_slice(body);
         }
         self.outbox.push(out.into());
+        self.note(status, None);
         if !keep_alive {
             self.set_state(State::Closing);
         }
@@ -670,7 +717,7 @@ impl Conn {
     /// The one place the state changes. Leaving `Head` frees the input
     /// buffer, so a stream or a closing connection holds no read memory.
     fn set_state(&mut self, state: State) {
-        if !matches!(state, State::Head(_) | State::Publishing { .. }) {
+        if !matches!(state, State::Head(_) | State::Waiting { .. }) {
             self.input = Vec::new();
             self.scanned = 0;
         }
@@ -687,7 +734,7 @@ fn authorized(endpoint: Endpoint, head: &RequestHead, settings: &Settings) -> bo
     let required = match endpoint {
         Endpoint::Publish => settings.publish_token.as_deref(),
         Endpoint::Events => settings.subscribe_token.as_deref(),
-        Endpoint::Page => None,
+        Endpoint::Page | Endpoint::Metrics | Endpoint::Health => None,
     };
     let Some(required) = required else {
         return true;
@@ -1040,7 +1087,9 @@ mod tests {
         conn.outbox().flush(&mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n") && out.contains("Connection: close"), "{out}");
-        assert_eq!(conn.take_refusal().map(|(s, _)| s), Some(Status::REQUEST_TIMEOUT));
+        let notes = conn.take_notes().unwrap();
+        assert_eq!(notes.refusal.map(|(s, _)| s), Some(Status::REQUEST_TIMEOUT));
+        assert_eq!(notes.by_class, [0, 0, 0, 1, 0]);
         assert_eq!(conn.socket_command(), SocketCommand::ShutdownWrite);
         // Then it lingers, bounded too.
         conn.write_side_closed();

@@ -6,9 +6,9 @@
 //! an offset into the first one, and sends it when the socket is writable
 //! again. Two properties matter for connection scale:
 //!
-//! * **Empty costs nothing.** An idle subscriber's outbox is an empty
-//!   `VecDeque`, which owns no heap memory. The queue is allocated only when a
-//!   write comes up short, and freed again once it drains.
+//! * **Empty costs one pointer.** An idle subscriber's outbox is `None`. The
+//!   queue is allocated only when a write comes up short (or a response is
+//!   queued), and freed again once it drains.
 //! * **Frames are shared, not copied.** A queued frame is an `Arc<[u8]>`
 //!   clone: 10,000 slow subscribers queueing the same event hold one copy of
 //!   its bytes.
@@ -31,6 +31,12 @@ const MAX_IOVECS: usize = 64;
 /// Unsent bytes for one connection.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// `None` while nothing is queued: the common case costs 8 bytes.
+    queue: Option<Box<Queue>>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
     chunks: VecDeque<Arc<[u8]>>,
     /// Bytes of `chunks[0]` already written.
     offset: usize,
@@ -54,19 +60,20 @@ impl Outbox {
 
     /// Whether nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
-        self.queued == 0
+        self.queue.is_none()
     }
 
     /// Unsent bytes.
     pub fn queued_bytes(&self) -> usize {
-        self.queued
+        self.queue.as_ref().map_or(0, |queue| queue.queued)
     }
 
     /// Queues `bytes` behind what is already queued, without writing.
     pub fn push(&mut self, bytes: Arc<[u8]>) {
         if !bytes.is_empty() {
-            self.queued += bytes.len();
-            self.chunks.push_back(bytes);
+            let queue = self.queue.get_or_insert_default();
+            queue.queued += bytes.len();
+            queue.chunks.push_back(bytes);
         }
     }
 
@@ -89,38 +96,46 @@ impl Outbox {
                 n => written += n,
             }
         }
+        if written == total {
+            return Ok(Flushed::All);
+        }
         // Queue what the sink did not take: skip the frames written whole, then
         // keep the offset into the first one written in part.
+        let queue = self.queue.get_or_insert_default();
         for frame in frames {
             if written >= frame.len() {
                 written -= frame.len();
                 continue;
             }
-            if self.chunks.is_empty() {
-                self.offset = written;
+            if queue.chunks.is_empty() {
+                queue.offset = written;
             }
-            self.queued += frame.len() - written;
-            self.chunks.push_back(frame.clone());
+            queue.queued += frame.len() - written;
+            queue.chunks.push_back(frame.clone());
             written = 0;
         }
-        Ok(if self.is_empty() { Flushed::All } else { Flushed::Partly })
+        Ok(Flushed::Partly)
     }
 
     /// Writes queued bytes until the outbox is empty or the sink would block.
     pub fn flush<W: Write>(&mut self, sink: &mut W) -> io::Result<Flushed> {
-        while !self.is_empty() {
-            let written = write_chunks(sink, self.chunks.iter().map(|chunk| &chunk[..]), self.offset)?;
+        let Some(queue) = &mut self.queue else {
+            return Ok(Flushed::All);
+        };
+        while queue.queued > 0 {
+            let written = write_chunks(sink, queue.chunks.iter().map(|chunk| &chunk[..]), queue.offset)?;
             if written == 0 {
                 return Ok(Flushed::Partly);
             }
-            self.consume(written);
+            queue.consume(written);
         }
         // Give the queue's memory back: an idle connection should own nothing.
-        self.chunks = VecDeque::new();
-        self.offset = 0;
+        self.queue = None;
         Ok(Flushed::All)
     }
+}
 
+impl Queue {
     /// Drops `written` bytes from the front of the queue.
     fn consume(&mut self, mut written: usize) {
         self.queued -= written;
@@ -229,7 +244,7 @@ mod tests {
         let mut sink = Trickle::new(100, 100);
         assert_eq!(outbox.send(&frames(&["data: a\n\n"]), &mut sink).unwrap(), Flushed::All);
         assert!(outbox.is_empty());
-        assert_eq!(outbox.chunks.capacity(), 0);
+        assert!(outbox.queue.is_none(), "nothing allocated");
         assert_eq!(sink.calls, 1);
     }
 
@@ -249,7 +264,7 @@ mod tests {
         assert_eq!(outbox.send(&sent, &mut sink).unwrap(), Flushed::Partly);
         assert_eq!(outbox.queued_bytes(), 6);
         // Queued frames are the same allocation, not copies.
-        assert!(outbox.chunks.iter().any(|c| Arc::ptr_eq(c, &sent[1])));
+        assert!(outbox.queue.as_ref().unwrap().chunks.iter().any(|c| Arc::ptr_eq(c, &sent[1])));
         // More frames while blocked are only queued.
         assert_eq!(outbox.send(&frames(&["!"]), &mut sink).unwrap(), Flushed::Partly);
         assert_eq!(sink.taken, b"hell");
@@ -257,7 +272,7 @@ mod tests {
         assert_eq!(outbox.flush(&mut sink).unwrap(), Flushed::All);
         assert_eq!(sink.taken, b"helloworld!");
         assert!(outbox.is_empty());
-        assert_eq!(outbox.chunks.capacity(), 0, "drained outbox frees its queue");
+        assert!(outbox.queue.is_none(), "drained outbox frees its queue");
     }
 
     #[test]

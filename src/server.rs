@@ -113,6 +113,7 @@ pub struct Server {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// How long a graceful shutdown may take to flush and finish requests.
     shutdown_timeout: Duration,
+    metrics: Metrics,
 }
 
 /// A connection as the loop sees it: the socket and its state machine.
@@ -123,25 +124,30 @@ struct Client {
     membership: Option<usize>,
     /// Whether WRITABLE interest is registered (only while output is queued).
     wants_writable: bool,
-    /// Copied from the server so `deliver` can enforce it.
-    max_buffered_bytes: usize,
     /// The earliest reminder for this connection in the server's timers.
     scheduled: Option<Instant>,
 }
 
 impl Subscriber for Client {
     fn deliver(&mut self, frames: &[Frame]) -> Delivery {
-        let outbox = self.conn.outbox();
-        match outbox.send(frames, &mut self.socket) {
-            // Too far behind: drop it rather than buffer without bound. It can
-            // reconnect with Last-Event-ID and replay what it missed.
-            Ok(Flushed::Partly) if outbox.queued_bytes() > self.max_buffered_bytes => Delivery::Failed,
+        match self.conn.outbox().send(frames, &mut self.socket) {
             Ok(Flushed::All) => Delivery::Done,
-            Ok(Flushed::Partly) if self.wants_writable => Delivery::Done,
             Ok(Flushed::Partly) => Delivery::Queued,
             Err(_) => Delivery::Failed,
         }
     }
+}
+
+/// The loop's own counters, for `/metrics`. Plain integers: the loop is one
+/// thread, so no atomics or locks are needed on the hot path.
+#[derive(Debug, Default)]
+struct Metrics {
+    /// Responses by status class, 1xx to 5xx.
+    responses: [u64; 5],
+    connections_accepted: u64,
+    refused_over_capacity: u64,
+    dropped_slow: u64,
+    started: Option<Instant>,
 }
 
 /// Lets other threads stop a running server. Cheap to clone.
@@ -257,6 +263,7 @@ impl Server {
             last_refusal_log: None,
             signals: None,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            metrics: Metrics { started: Some(Instant::now()), ..Metrics::default() },
         })
     }
 
@@ -392,6 +399,7 @@ impl Server {
                     // non-blocking write suffices.
                     let _ = socket.write(OVER_CAPACITY);
                     let _ = socket.shutdown(Shutdown::Write);
+                    self.metrics.refused_over_capacity += 1;
                     self.note_refused_connection();
                 }
                 Ok((mut socket, _peer)) => {
@@ -407,9 +415,9 @@ impl Server {
                             conn: Conn::new(&self.settings, now),
                             membership: None,
                             wants_writable: false,
-                            max_buffered_bytes: self.max_buffered_bytes,
                             scheduled: None,
                         });
+                        self.metrics.connections_accepted += 1;
                         self.schedule(key);
                     }
                 }
@@ -469,9 +477,7 @@ impl Server {
                 client.scheduled = None;
             }
             client.conn.on_timeout(&self.settings, now);
-            if let Some((status, why)) = client.conn.take_refusal() {
-                log::info!("{}: {} {why}", peer(&client.socket), status.0);
-            }
+            self.take_notes(key);
             self.flush(key);
             self.schedule(key);
         }
@@ -512,16 +518,19 @@ impl Server {
         loop {
             let Some(client) = self.clients.get_mut(key) else { return };
             let action = client.conn.poll(&self.settings, Instant::now());
-            if let Some((status, why)) = client.conn.take_refusal() {
-                log::info!("{}: {} {why}", peer(&client.socket), status.0);
-            }
-            let Some(action) = action else { return };
+            let Some(action) = action else { return self.take_notes(key) };
             match action {
                 Action::Publish(publish) => {
                     let receipt = self.broker.publish(&publish);
                     client.conn.published(&receipt.id, receipt.subscribers, &self.settings, Instant::now());
                 }
                 Action::Subscribe(subscribe) => self.subscribe(key, subscribe),
+                Action::Metrics => {
+                    let text = self.render_metrics();
+                    if let Some(client) = self.clients.get_mut(key) {
+                        client.conn.answer(METRICS_CONTENT_TYPE, text.as_bytes(), &self.settings, Instant::now());
+                    }
+                }
             }
         }
     }
@@ -596,16 +605,100 @@ impl Server {
 
     fn attend(&mut self, mut attention: Vec<(usize, Delivery)>) {
         for &(key, delivery) in &attention {
+            let Some(client) = self.clients.get_mut(key) else { continue };
             match delivery {
                 Delivery::Done => {}
+                // Too far behind: drop it rather than buffer without bound. It
+                // can reconnect with Last-Event-ID and replay what it missed.
+                Delivery::Queued if client.conn.outbox().queued_bytes() > self.max_buffered_bytes => {
+                    self.metrics.dropped_slow += 1;
+                    log::info!(
+                        "{}: dropped, {} bytes behind",
+                        peer(&client.socket),
+                        client.conn.outbox().queued_bytes()
+                    );
+                    self.close(key);
+                }
                 // Registers WRITABLE interest; the rest goes out when the
                 // socket drains.
-                Delivery::Queued => self.flush(key),
+                Delivery::Queued if !client.wants_writable => self.flush(key),
+                Delivery::Queued => {}
                 Delivery::Failed => self.close(key),
             }
         }
         attention.clear();
         self.attention = attention;
+    }
+
+    /// Counts a connection's answers and logs its refusal, if any.
+    fn take_notes(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let Some(notes) = client.conn.take_notes() else { return };
+        for (total, count) in self.metrics.responses.iter_mut().zip(notes.by_class) {
+            *total += u64::from(count);
+        }
+        if let Some((status, why)) = notes.refusal {
+            log::info!("{}: {} {why}", peer(&client.socket), status.0);
+        }
+    }
+
+    /// The Prometheus text exposition of the server's state.
+    fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let stats = self.broker.stats();
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let one = |value: u64| [(String::new(), value)];
+        metric("bare_sse_connections", "gauge", "Open client connections.", &one(self.clients.len() as u64));
+        let mut topics: Vec<(String, u64)> =
+            self.broker.topics().map(|(topic, n)| (format!("{{topic=\"{topic}\"}}"), n as u64)).collect();
+        topics.sort();
+        metric("bare_sse_subscribers", "gauge", "Open event streams, by topic.", &topics);
+        metric("bare_sse_events_published_total", "counter", "Events published.", &one(stats.events));
+        metric("bare_sse_frames_delivered_total", "counter", "Event frames handed to subscribers.", &one(stats.frames));
+        metric(
+            "bare_sse_delivered_bytes_total",
+            "counter",
+            "Bytes of event frames handed to subscribers.",
+            &one(stats.bytes),
+        );
+        metric("bare_sse_heartbeats_total", "counter", "Heartbeat comments sent.", &one(stats.heartbeats));
+        metric(
+            "bare_sse_subscribers_dropped_slow_total",
+            "counter",
+            "Subscribers closed for falling more than --max-buffered-bytes behind.",
+            &one(self.metrics.dropped_slow),
+        );
+        let classes: Vec<(String, u64)> = self
+            .metrics
+            .responses
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (format!("{{class=\"{}xx\"}}", i + 1), n))
+            .collect();
+        metric("bare_sse_responses_total", "counter", "Responses sent, by status class.", &classes);
+        metric(
+            "bare_sse_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            &one(self.metrics.connections_accepted),
+        );
+        metric(
+            "bare_sse_connections_refused_total",
+            "counter",
+            "Connections refused with 503 for being over --max-connections.",
+            &one(self.metrics.refused_over_capacity),
+        );
+        let uptime = self.metrics.started.map_or(0, |at| at.elapsed().as_secs());
+        metric("bare_sse_uptime_seconds", "gauge", "Seconds since the server started.", &one(uptime));
+        let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+        metric("bare_sse_build_info", "gauge", "Build information; always 1.", &[(version, 1)]);
+        out
     }
 
     /// Forgets a connection; dropping the socket closes it (and removes it
@@ -616,6 +709,9 @@ impl Server {
         }
     }
 }
+
+/// The content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The peer's address for a log line.
 fn peer(socket: &TcpStream) -> String {

@@ -1,0 +1,111 @@
+//! Operating bare-sse: `/metrics` in the Prometheus text format, `/healthz`,
+//! the log lines on stderr, and configuration from the environment.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::Command;
+
+use support::{Binary, Client, TestServer, get};
+
+/// Parses the exposition format into `name{labels}` -> value, checking that
+/// every sample has HELP and TYPE lines before it.
+fn scrape(server: &TestServer) -> HashMap<String, f64> {
+    let response = server.connect().request(get("/metrics"));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let mut samples = HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in response.text().lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(kind != "counter" || name.ends_with("_total"), "counters end in _total: {line}");
+            typed.insert(name.to_owned());
+        } else if !line.starts_with("# HELP ") {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(name.starts_with("bare_sse_") && typed.contains(name), "{line}");
+            samples.insert(series.to_owned(), value.parse().unwrap());
+        }
+    }
+    samples
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let server = TestServer::start();
+    let mut plain = server.subscribe();
+    let _news = Client::connect(server.addr).subscribe("/events?topic=news");
+    for i in 0..3 {
+        server.publish(&format!("m{i}"));
+    }
+    for _ in 0..3 {
+        plain.next_data();
+    }
+    assert_eq!(server.connect().request(get("/nope")).status, 404);
+    let m = scrape(&server);
+    assert_eq!(m["bare_sse_subscribers{topic=\"default\"}"], 1.0);
+    assert_eq!(m["bare_sse_subscribers{topic=\"news\"}"], 1.0);
+    assert_eq!(m["bare_sse_events_published_total"], 3.0);
+    assert_eq!(m["bare_sse_frames_delivered_total"], 3.0);
+    assert!(m["bare_sse_delivered_bytes_total"] > 30.0);
+    assert!(m["bare_sse_connections"] >= 3.0);
+    assert_eq!(m["bare_sse_responses_total{class=\"4xx\"}"], 1.0);
+    assert!(m["bare_sse_responses_total{class=\"2xx\"}"] >= 5.0);
+    assert_eq!(m["bare_sse_subscribers_dropped_slow_total"], 0.0);
+    assert_eq!(m[&format!("bare_sse_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
+    assert!(m.contains_key("bare_sse_uptime_seconds"));
+}
+
+#[test]
+fn healthz() {
+    let server = TestServer::start();
+    let response = server.connect().request(get("/healthz"));
+    assert_eq!((response.status, response.text().as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn refusals_are_logged_once_with_their_reason() {
+    let mut server = Binary::start(&["--max-body-bytes", "10"]);
+    let mut client = Client::connect(server.addr);
+    assert_eq!(client.publish("far too long for the limit").status, 413);
+    drop(client);
+    let mut quiet = Client::connect(server.addr);
+    for i in 0..50 {
+        assert_eq!(quiet.request(get(&format!("/?{i}"))).status, 200);
+    }
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    server.stderr.read_to_string(&mut log).unwrap();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("413")).collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(refusals[0].contains("request body too large"), "{log}");
+    assert!(log.lines().count() <= 3, "quiet for ordinary requests: {log}");
+}
+
+#[test]
+fn every_flag_has_an_environment_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bare-sse")).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in bare_sse::config::FLAGS {
+        assert!(help.contains(&flag.env_var()), "{} not in --help", flag.env_var());
+    }
+    // And the environment really configures the server.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+        .env("BARE_SSE_LISTEN", "127.0.0.1:0")
+        .env("BARE_SSE_MAX_BODY_BYTES", "12")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("12 B body"), "the start line shows the limits in force: {line}");
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(Client::connect(addr).publish("more than twelve bytes").status, 413);
+    let _ = child.kill();
+    let _ = child.wait();
+}
