@@ -129,7 +129,7 @@ pub struct Broker {
     /// Counts fan-outs, to send each subscriber a batch only once.
     round: u64,
     /// Counts heartbeat intervals.
-    beat: u64,
+    beat: u32,
     /// Reused per subscriber during a fan-out, to avoid an allocation each.
     scratch: Vec<Frame>,
     heartbeat_frame: Frame,
@@ -141,36 +141,41 @@ pub struct Broker {
 struct Topic {
     name: Box<str>,
     /// Membership keys (into `Broker::members`).
-    members: Slab<usize>,
+    members: Slab<u32>,
 }
 
 /// One subscriber.
 #[derive(Debug)]
 struct Member {
     /// The server's key for the connection.
-    client: usize,
-    /// `(topic key, key in that topic's member slab)` per topic.
-    topics: Slots,
+    client: u32,
+    /// The last heartbeat interval in which it was sent something (only
+    /// compared for equality, so wrapping is harmless).
+    beat: u32,
     /// The last fan-out round that reached this subscriber.
     round: u64,
-    /// The last heartbeat interval in which it was sent something.
-    beat: u64,
+    /// `(topic key, key in that topic's member slab)` per topic.
+    topics: Slots,
 }
 
 /// A subscriber's places in its topics' member lists. Most subscribers have
-/// one topic, kept inline so they cost no allocation.
+/// one topic, kept inline so they cost no allocation. Keys are 32-bit: a
+/// loop holds far fewer than 4 billion connections or topics.
 #[derive(Debug)]
-enum Slots {
-    One((usize, usize)),
-    Many(Box<[(usize, usize)]>),
+struct Slots {
+    first: (u32, u32),
+    rest: Option<Box<Vec<(u32, u32)>>>,
 }
 
 impl Slots {
-    fn as_slice(&self) -> &[(usize, usize)] {
-        match self {
-            Slots::One(slot) => std::slice::from_ref(slot),
-            Slots::Many(slots) => slots,
-        }
+    fn new(slots: &[(u32, u32)]) -> Slots {
+        let (first, rest) = slots.split_first().map_or(((0, 0), &[][..]), |(f, r)| (*f, r));
+        Slots { first, rest: (!rest.is_empty()).then(|| Box::new(rest.to_vec())) }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let rest = self.rest.as_deref().map_or(&[][..], |r| &r[..]);
+        std::iter::once(&self.first).chain(rest).map(|&(topic, slot)| (topic as usize, slot as usize))
     }
 }
 
@@ -208,6 +213,12 @@ impl Broker {
             heartbeat_frame: Arc::from(&b":\n\n"[..]),
             stats: Stats::default(),
         }
+    }
+
+    /// Reserves room for `subscribers` (address space only: pages are touched
+    /// as subscribers arrive), so the list never reallocates and copies.
+    pub fn reserve(&mut self, subscribers: usize) {
+        self.members.reserve(subscribers);
     }
 
     /// The id of the last event published (`<epoch>-0` before any).
@@ -263,7 +274,7 @@ impl Broker {
             Some(id) => self.replay(topics, id),
         };
         let membership = self.members.vacant_key();
-        let mut keys = Vec::with_capacity(topics.len());
+        let mut keys: Vec<(u32, u32)> = Vec::with_capacity(topics.len());
         for topic in topics {
             let topic_key = match self.topics.get(topic.as_str()) {
                 Some(&key) => key,
@@ -273,13 +284,11 @@ impl Broker {
                     key
                 }
             };
-            keys.push((topic_key, self.topic_members[topic_key].members.insert(membership)));
+            let slot = self.topic_members[topic_key].members.insert(membership as u32);
+            keys.push((topic_key as u32, slot as u32));
         }
-        let topics = match keys[..] {
-            [one] => Slots::One(one),
-            _ => Slots::Many(keys.into()),
-        };
-        self.members.insert(Member { client, topics, round: self.round, beat: self.beat });
+        let topics = Slots::new(&keys);
+        self.members.insert(Member { client: client as u32, beat: self.beat, round: self.round, topics });
         Joined { membership, backlog }
     }
 
@@ -289,7 +298,7 @@ impl Broker {
         let Some(member) = self.members.try_remove(membership) else {
             return;
         };
-        for &(topic_key, slot) in member.topics.as_slice() {
+        for (topic_key, slot) in member.topics.iter() {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
                 continue;
             };
@@ -323,10 +332,10 @@ impl Broker {
             self.scratch.extend(pending.iter().map(|e| e.frame.clone()));
             let batch_bytes: usize = self.scratch.iter().map(|f| f.len()).sum();
             for (_, &membership) in self.topic_members[topic].members.iter() {
-                let Some(member) = self.members.get_mut(membership) else { continue };
+                let Some(member) = self.members.get_mut(membership as usize) else { continue };
                 member.round = self.round;
                 member.beat = self.beat;
-                deliver(subscribers, member.client, &self.scratch, attention);
+                deliver(subscribers, member.client as usize, &self.scratch, attention);
                 self.stats.frames += self.scratch.len() as u64;
                 self.stats.bytes += batch_bytes as u64;
             }
@@ -335,16 +344,16 @@ impl Broker {
             for topics in &event_topics {
                 for &topic in topics {
                     for (_, &membership) in self.topic_members[topic].members.iter() {
-                        let Some(member) = self.members.get_mut(membership) else { continue };
+                        let Some(member) = self.members.get_mut(membership as usize) else { continue };
                         if member.round == self.round {
                             continue; // Already sent the batch via another topic.
                         }
                         member.round = self.round;
                         member.beat = self.beat;
-                        let wants = |keys: &Vec<usize>| member.topics.as_slice().iter().any(|(k, _)| keys.contains(k));
+                        let wants = |keys: &Vec<usize>| member.topics.iter().any(|(k, _)| keys.contains(&k));
                         let frames = pending.iter().zip(&event_topics).filter(|(_, keys)| wants(keys));
                         self.scratch.extend(frames.map(|(e, _)| e.frame.clone()));
-                        deliver(subscribers, member.client, &self.scratch, attention);
+                        deliver(subscribers, member.client as usize, &self.scratch, attention);
                         self.stats.frames += self.scratch.len() as u64;
                         self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
                         self.scratch.clear();
@@ -363,7 +372,7 @@ impl Broker {
         let frame = std::slice::from_ref(&self.heartbeat_frame);
         for (_, member) in self.members.iter() {
             if member.beat != self.beat {
-                deliver(subscribers, member.client, frame, attention);
+                deliver(subscribers, member.client as usize, frame, attention);
                 self.stats.heartbeats += 1;
             }
         }
@@ -414,13 +423,13 @@ impl Broker {
                 let in_earlier = |membership: usize, upto: usize| {
                     self.members
                         .get(membership)
-                        .is_some_and(|m| m.topics.as_slice().iter().any(|(k, _)| keys[..upto].contains(k)))
+                        .is_some_and(|m| m.topics.iter().any(|(k, _)| keys[..upto].contains(&k)))
                 };
                 let others: usize = rest
                     .iter()
                     .enumerate()
                     .map(|(i, &key)| {
-                        self.topic_members[key].members.iter().filter(|&(_, &m)| !in_earlier(m, i + 1)).count()
+                        self.topic_members[key].members.iter().filter(|&(_, &m)| !in_earlier(m as usize, i + 1)).count()
                     })
                     .sum();
                 self.topic_members[*first].members.len() + others

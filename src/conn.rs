@@ -164,8 +164,11 @@ pub struct Conn {
     outbox: Outbox,
     /// The peer closed its write side (we read EOF).
     peer_closed: bool,
-    /// The current deadline and what it is for.
-    timer: Option<(Timer, Instant)>,
+    /// What the deadline is for (kept apart from `deadline` so the two pack
+    /// with the flags: an idle stream should be small).
+    timer: Timer,
+    /// When the timer fires; meaningless while `timer` is `Off`.
+    deadline: Instant,
     /// A deadline passed where the only thing left to do is close.
     expired: bool,
     /// What was answered since the server last asked (see
@@ -185,6 +188,8 @@ pub struct Notes {
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
+    /// No deadline (streams, and connections waiting for the server).
+    Off,
     /// Between requests.
     Idle,
     /// Inside a request.
@@ -260,7 +265,8 @@ impl Conn {
             scanned: 0,
             outbox: Outbox::new(),
             peer_closed: false,
-            timer: Some((Timer::Idle, now + settings.limits.idle_timeout)),
+            timer: Timer::Idle,
+            deadline: now + settings.limits.idle_timeout,
             expired: false,
             notes: None,
         }
@@ -319,7 +325,7 @@ impl Conn {
 
     /// When the server must call [`Conn::on_timeout`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
-        self.timer.map(|(_, at)| at)
+        (self.timer != Timer::Off).then_some(self.deadline)
     }
 
     /// How many bytes the connection is willing to take now; 0 means "don't
@@ -365,16 +371,15 @@ impl Conn {
     /// request in progress gets 408. Does nothing if the deadline (which the
     /// server may hold in a timer queue) has since moved past `now`.
     pub fn on_timeout(&mut self, settings: &Settings, now: Instant) {
-        match self.timer {
-            Some((Timer::Request, at)) if at <= now => {
-                self.reply_error(Status::REQUEST_TIMEOUT, "request not received in time", &Grant::default());
-                self.arm_timer(settings, now);
-            }
-            Some((_, at)) if at <= now => {
-                self.expired = true;
-                self.timer = None;
-            }
-            _ => {}
+        if self.timer == Timer::Off || self.deadline > now {
+            return;
+        }
+        if self.timer == Timer::Request {
+            self.reply_error(Status::REQUEST_TIMEOUT, "request not received in time", &Grant::default());
+            self.arm_timer(settings, now);
+        } else {
+            self.expired = true;
+            self.timer = Timer::Off;
         }
     }
 
@@ -421,7 +426,7 @@ impl Conn {
                         return None;
                     }
                     // The next request gets a deadline of its own.
-                    self.timer = None;
+                    self.timer = Timer::Off;
                     if let Some(action) = self.finish_request(*request, settings) {
                         return Some(action);
                     }
@@ -471,17 +476,16 @@ impl Conn {
     /// of the same kind (so bytes trickling in do not extend it).
     fn arm_timer(&mut self, settings: &Settings, now: Instant) {
         let limits = &settings.limits;
-        let wanted = match &self.state {
-            State::Head(None) if self.input.is_empty() => Some((Timer::Idle, limits.idle_timeout)),
-            State::Head(_) => Some((Timer::Request, limits.header_timeout)),
-            State::Waiting { .. } | State::Streaming => None,
-            State::Closing | State::Lingering => Some((Timer::Linger, LINGER)),
+        let (wanted, after) = match &self.state {
+            State::Head(None) if self.input.is_empty() => (Timer::Idle, limits.idle_timeout),
+            State::Head(_) => (Timer::Request, limits.header_timeout),
+            State::Waiting { .. } | State::Streaming => (Timer::Off, Duration::ZERO),
+            State::Closing | State::Lingering => (Timer::Linger, LINGER),
         };
-        self.timer = match (wanted, self.timer) {
-            (None, _) => None,
-            (Some((kind, _)), Some((running, at))) if kind == running => Some((kind, at)),
-            (Some((kind, after)), _) => Some((kind, now + after)),
-        };
+        if wanted != self.timer {
+            self.timer = wanted;
+            self.deadline = now + after;
+        }
     }
 
     /// Looks for a complete request head in the input.

@@ -121,7 +121,7 @@ struct Client {
     socket: TcpStream,
     conn: Conn,
     /// Membership in the broker while the connection is a subscriber.
-    membership: Option<usize>,
+    membership: Option<u32>,
     /// Whether WRITABLE interest is registered (only while output is queued).
     wants_writable: bool,
     /// The earliest reminder for this connection in the server's timers.
@@ -240,12 +240,14 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (queue, publishes) = crossbeam_channel::bounded(PUBLISH_QUEUE);
+        let mut broker = Broker::new(config.history);
+        broker.reserve(config.max_connections);
         Ok(Server {
             poll,
             listener,
             // Reserved, not touched: only pages of slots in use become resident.
             clients: Slab::with_capacity(config.max_connections),
-            broker: Broker::new(config.history),
+            broker,
             settings: config.settings.clone(),
             max_buffered_bytes: config.max_buffered_bytes,
             heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
@@ -546,7 +548,7 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return self.broker.unsubscribe(joined.membership);
         };
-        client.membership = Some(joined.membership);
+        client.membership = Some(joined.membership as u32);
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
         }
@@ -705,7 +707,7 @@ impl Server {
     /// from the poll set).
     fn close(&mut self, key: usize) {
         if let Some(membership) = self.clients.try_remove(key).and_then(|client| client.membership) {
-            self.broker.unsubscribe(membership);
+            self.broker.unsubscribe(membership as usize);
         }
     }
 }
