@@ -16,9 +16,9 @@
 //!     │ │ │   GET /events          ┌───────────┐
 //!     │ │ └──────────────────────► │ Streaming │  output only, until the peer goes
 //!     │ │                          └───────────┘
-//!     │ │     POST /send-event     ┌────────────┐  Conn::published()
-//!     │ └────────────────────────► │ Publishing │ ─────────────────► Head or Closing
-//!     │                            └────────────┘
+//!     │ │  POST /send-event,       ┌─────────┐  Conn::published(),
+//!     │ └─────────────────────────►│ Waiting │ ─────────────────► Head or Closing
+//!     │    GET /metrics            └─────────┘  Conn::answer()
 //!     │   bad request, timeout,    ┌─────────┐  outbox empty   ┌───────────┐  EOF or
 //!     └──────────────────────────► │ Closing │ ──────────────► │ Lingering │ ─────────► done
 //!         Connection: close        └─────────┘  (shut down     └───────────┘  timeout
