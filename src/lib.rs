@@ -10,8 +10,8 @@
 //! | [`server`]      | the mio event loop: accept, read, write, close. The only code that touches sockets. |
 //! | [`conn`]        | one connection as a state machine: bytes in, responses and [`conn::Action`]s out. |
 //! | [`http`]        | RFC 9112 request parsing (via httparse) and validation, body decoding, response heads. |
-//! | [`api`]         | the endpoints, the publish body, the JSON answers, the demo page. |
-//! | [`broker`]      | who is subscribed, and the fan-out of published frames to them. |
+//! | [`api`]         | the endpoints, the publish body and query, the JSON answers, the demo page. |
+//! | [`broker`]      | ids, the shared replay history, topics, subscribers, and the fan-out of frames to them. |
 //! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
 //! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
 //! | [`config`]      | flags, environment variables, `--help`. |
@@ -24,14 +24,30 @@
 //! a reverse proxy. Out of scope: TLS and HTTP/2 (put a proxy such as nginx in
 //! front), serving files other than the embedded demo page.
 //!
-//! Running a server in-process:
+//! Embedding: run the server on its own thread and publish from yours. A
+//! [`server::Publisher`] is `Clone + Send`; its events take the same path as
+//! `POST /send-event` (ids, history, topics, fan-out).
 //!
-//! ```no_run
-//! use bare_sse::{config::Config, server::Server};
-//! let server = Server::bind(&Config::default())?;
-//! let handle = server.handle(); // handle.shutdown() stops it from another thread
-//! server.run()?;
-//! # Ok::<(), std::io::Error>(())
+//! ```
+//! use bare_sse::{api::Publish, config::Config, server::Server};
+//!
+//! let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+//! let server = Server::bind(&config)?;
+//! println!("listening on http://{}", server.local_addr()?);
+//! let publisher = server.publisher();
+//! let handle = server.handle();
+//! let thread = std::thread::spawn(move || server.run());
+//!
+//! publisher.send("hello from my thread")?; // default topic, like the seeds
+//! publisher.publish(Publish {
+//!     message: "42 degrees".into(),
+//!     topics: vec!["weather".into()],
+//!     event: Some("reading".into()),
+//! })?;
+//!
+//! handle.shutdown(); // graceful: flushes subscribers, then run() returns
+//! thread.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![forbid(unsafe_code)]
