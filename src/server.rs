@@ -74,6 +74,9 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 /// the others.
 const MAX_READS_PER_EVENT: usize = 16;
 
+/// Most events taken from the [`Publisher`] queue per loop turn.
+const MAX_PUBLISHES_PER_TURN: usize = 4096;
+
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -107,6 +110,13 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Set while accepting pauses after running out of file descriptors.
     accept_paused_until: Option<Instant>,
+    /// Whether we are in a run of `EMFILE`s (logged once per run).
+    out_of_descriptors: bool,
+    /// False once shutting down.
+    accepting: bool,
+    /// The publish queue still held events after the last turn's bounded
+    /// drain: poll again at once.
+    publishes_left: bool,
     /// Connections refused since the last log line about it.
     refused: usize,
     last_refusal_log: Option<Instant>,
@@ -261,6 +271,9 @@ impl Server {
             max_connections: config.max_connections,
             timers: BinaryHeap::new(),
             accept_paused_until: None,
+            out_of_descriptors: false,
+            accepting: true,
+            publishes_left: false,
             refused: 0,
             last_refusal_log: None,
             signals: None,
@@ -327,7 +340,7 @@ impl Server {
             .into_iter()
             .flatten()
             .min();
-        let timeout = if self.again.is_empty() {
+        let timeout = if self.again.is_empty() && !self.publishes_left {
             wake_at.map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(Duration::ZERO)
@@ -351,6 +364,9 @@ impl Server {
                 Token(key) => self.drive(key),
             }
         }
+        if self.publishes_left {
+            self.take_publishes();
+        }
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
@@ -368,7 +384,10 @@ impl Server {
     /// could not take it within the bound.
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
-        self.take_publishes();
+        self.accepting = false;
+        while self.publishes_left || !self.publishes.is_empty() {
+            self.take_publishes();
+        }
         self.fan_out();
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
@@ -390,7 +409,7 @@ impl Server {
 
     /// Accepts every pending connection, within the connection cap.
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || !self.accepting {
             return;
         }
         loop {
@@ -405,6 +424,9 @@ impl Server {
                     self.note_refused_connection();
                 }
                 Ok((mut socket, _peer)) => {
+                    if std::mem::take(&mut self.out_of_descriptors) {
+                        log::warn!("file descriptors available again; accepting");
+                    }
                     // Frames are small and must go out now, not wait for the
                     // previous one's ACK (Nagle's algorithm).
                     let _ = socket.set_nodelay(true);
@@ -426,7 +448,9 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
-                    log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
+                    if !std::mem::replace(&mut self.out_of_descriptors, true) {
+                        log::warn!("out of file descriptors ({e}); retrying accept every {ACCEPT_BACKOFF:?}");
+                    }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
@@ -555,10 +579,17 @@ impl Server {
     }
 
     /// Takes the events other threads published through a [`Publisher`].
+    /// At most [`MAX_PUBLISHES_PER_TURN`] per turn, so publishing threads
+    /// that never pause cannot keep the loop from its sockets.
     fn take_publishes(&mut self) {
-        while let Ok(publish) = self.publishes.try_recv() {
+        for _ in 0..MAX_PUBLISHES_PER_TURN {
+            let Ok(publish) = self.publishes.try_recv() else {
+                self.publishes_left = false;
+                return;
+            };
             self.broker.publish(&publish);
         }
+        self.publishes_left = true;
     }
 
     /// Writes a connection's queued output and applies its socket command.

@@ -268,3 +268,59 @@ fn a_warning_when_publishing_is_open_to_the_network() {
     let _ = child.wait();
     assert!(warning.contains("WITHOUT --publish-token"), "{warning:?}");
 }
+
+#[test]
+fn shutdown_is_bounded_by_the_shutdown_timeout() {
+    // A subscriber that never reads keeps bytes queued; shutdown must not
+    // wait for it longer than --shutdown-timeout.
+    let mut server =
+        Binary::start(&["--shutdown-timeout", "1", "--max-buffered-bytes", "67108864", "--max-body-bytes", "1048576"]);
+    let stalled = Client::connect(server.addr);
+    socket2::SockRef::from(stalled.stream()).set_recv_buffer_size(4096).unwrap();
+    let mut stalled = stalled;
+    stalled.send(get("/events"));
+    let mut publisher = Client::connect(server.addr);
+    // More than the kernel's socket buffers can absorb.
+    let big = "y".repeat(500_000);
+    for _ in 0..20 {
+        assert_eq!(publisher.publish(&big).status, 200);
+    }
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(8), "shutdown not bounded");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(started.elapsed() >= Duration::from_millis(900), "it did wait for the flush: {:?}", started.elapsed());
+}
+
+#[test]
+fn history_is_bounded_in_bytes_too() {
+    let server = TestServer::with(|c| {
+        c.history.events = 1000;
+        c.history.bytes = 200;
+    });
+    let first = server.connect().publish("first").json()["id"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        server.publish(&format!("event number {i}"));
+    }
+    // Each frame is about 40 bytes, so only the last few fit in 200 bytes.
+    let mut stream = Client::connect(server.addr).subscribe(&format!("/events?lastEventId={first}"));
+    let gap = stream.next_event();
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    let mut replayed = Vec::new();
+    server.publish("live");
+    loop {
+        let data = stream.next_data();
+        if data == "live" {
+            break;
+        }
+        replayed.push(data);
+    }
+    assert!((3..=6).contains(&replayed.len()), "{replayed:?}");
+    assert_eq!(replayed.last().map(String::as_str), Some("event number 9"));
+}
