@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     // Connection scale needs file descriptors: use all the hard limit allows
     // (before the config, whose default connection cap derives from it).
     let raised_nofile = rlimit::increase_nofile_limit(u64::MAX);
-    let config = match config::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
+    // RUST_LOG is honoured as a fallback for BARE_SSE_LOG_LEVEL, by habit.
+    let env = |name: &str| {
+        let value = std::env::var(name).ok();
+        if name == "BARE_SSE_LOG_LEVEL" { value.or_else(|| std::env::var("RUST_LOG").ok()) } else { value }
+    };
+    let config = match config::parse(std::env::args().skip(1), env) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
