@@ -33,10 +33,12 @@ fn main() -> ExitCode {
     // Connection scale needs file descriptors: use all the hard limit allows
     // (before the config, whose default connection cap derives from it).
     let raised_nofile = rlimit::increase_nofile_limit(u64::MAX);
-    // RUST_LOG is honoured as a fallback for BARE_SSE_LOG_LEVEL, by habit.
+    // RUST_LOG is honoured as a fallback for BARE_SSE_LOG_LEVEL, by habit, when
+    // it is a plain level; module filters meant for other programs are ignored.
+    let rust_log = || std::env::var("RUST_LOG").ok().filter(|v| v.parse::<log::LevelFilter>().is_ok());
     let env = |name: &str| {
         let value = std::env::var(name).ok();
-        if name == "BARE_SSE_LOG_LEVEL" { value.or_else(|| std::env::var("RUST_LOG").ok()) } else { value }
+        if name == "BARE_SSE_LOG_LEVEL" { value.or_else(rust_log) } else { value }
     };
     let config = match config::parse(std::env::args().skip(1), env) {
         Ok(Command::Run(config)) => *config,
