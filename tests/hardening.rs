@@ -138,17 +138,10 @@ fn running_out_of_file_descriptors_does_not_spin_or_crash() {
     // A server with only 40 descriptors (hard limit too, so it cannot raise
     // it) and a cap it cannot reach: accept() fails with EMFILE.
     let bin = env!("CARGO_BIN_EXE_bare-sse");
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n 40 && exec {bin} --listen 127.0.0.1:0 --max-connections 1000")])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr =
-        line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    let pid = child.id();
+    let shell = format!("ulimit -n 40 && exec {bin} --listen 127.0.0.1:0 --max-connections 1000");
+    let mut server = Binary::spawn(Command::new("sh").args(["-c", &shell]));
+    let addr = server.addr;
+    let pid = server.child.id();
     let held: Vec<TcpStream> = (0..80).filter_map(|_| TcpStream::connect(addr).ok()).collect();
     std::thread::sleep(Duration::from_millis(300));
     let before = cpu_ticks(pid);
@@ -171,27 +164,22 @@ fn running_out_of_file_descriptors_does_not_spin_or_crash() {
         assert!(Instant::now() < deadline, "did not recover");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     let mut rest = String::new();
-    let _ = stderr.read_to_string(&mut rest);
+    let _ = server.stderr.read_to_string(&mut rest);
     assert!(rest.contains("out of file descriptors"), "logged once per pause: {rest}");
 }
 
 #[test]
 fn publish_token_from_the_environment() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("BARE_SSE_PUBLISH_TOKEN", "hunter2")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    let mut client = Client::connect(addr);
+    let server = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("BARE_SSE_PUBLISH_TOKEN", "hunter2"),
+    );
+    let mut client = Client::connect(server.addr);
     let body = r#"{"message":"secret"}"#;
     let response = client.request(post("/send-event", body));
     assert_eq!(response.status, 401);
@@ -201,8 +189,6 @@ fn publish_token_from_the_environment() {
         body.len()
     );
     assert_eq!(client.request(authorized).status, 200);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -254,18 +240,9 @@ fn sigterm_shuts_down_gracefully_with_open_streams() {
 
 #[test]
 fn a_warning_when_publishing_is_open_to_the_network() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
-        .args(["--listen", "0.0.0.0:0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut start = String::new();
+    let mut server = Binary::spawn(Command::new(env!("CARGO_BIN_EXE_bare-sse")).args(["--listen", "0.0.0.0:0"]));
     let mut warning = String::new();
-    stderr.read_line(&mut start).unwrap();
-    stderr.read_line(&mut warning).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    server.stderr.read_line(&mut warning).unwrap();
     assert!(warning.contains("WITHOUT --publish-token"), "{warning:?}");
 }
 

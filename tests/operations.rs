@@ -94,18 +94,12 @@ fn every_flag_has_an_environment_variable() {
         assert!(help.contains(&flag.env_var()), "{} not in --help", flag.env_var());
     }
     // And the environment really configures the server.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
-        .env("BARE_SSE_LISTEN", "127.0.0.1:0")
-        .env("BARE_SSE_MAX_BODY_BYTES", "12")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let server = Binary::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+            .env("BARE_SSE_LISTEN", "127.0.0.1:0")
+            .env("BARE_SSE_MAX_BODY_BYTES", "12"),
+    );
+    let line = &server.start_line;
     assert!(line.contains("12 B body"), "the start line shows the limits in force: {line}");
-    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert_eq!(Client::connect(addr).publish("more than twelve bytes").status, 413);
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(Client::connect(server.addr).publish("more than twelve bytes").status, 413);
 }

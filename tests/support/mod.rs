@@ -316,7 +316,9 @@ pub fn open_fds() -> usize {
 pub struct Binary {
     pub child: std::process::Child,
     pub addr: SocketAddr,
-    /// The stderr lines read so far (the start line at least).
+    /// The start line (address and limits in force).
+    pub start_line: String,
+    /// The rest of stderr, for the log.
     pub stderr: BufReader<std::process::ChildStderr>,
 }
 
@@ -324,23 +326,30 @@ impl Binary {
     /// Starts `bare-sse --listen 127.0.0.1:0 ARGS` and waits for its start line.
     #[track_caller]
     pub fn start(args: &[&str]) -> Binary {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bare-sse"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bare-sse"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Binary::spawn(&mut command)
+    }
+
+    /// Runs `command` (which must start bare-sse on some address) and waits
+    /// for its start line.
+    #[track_caller]
+    pub fn spawn(command: &mut std::process::Command) -> Binary {
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn bare-sse");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("read start line");
-        let addr = line
+        let mut start_line = String::new();
+        stderr.read_line(&mut start_line).expect("read start line");
+        let addr = start_line
             .split("http://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no address in start line {line:?}"));
-        Binary { child, addr, stderr }
+            .unwrap_or_else(|| panic!("no address in start line {start_line:?}"));
+        Binary { child, addr, start_line, stderr }
     }
 }
 
