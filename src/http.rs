@@ -481,7 +481,8 @@ impl ChunkedDecoder {
                 SizeLf { size } => match byte {
                     b'\n' if size == 0 => TrailerStart { len: 0 },
                     b'\n' => {
-                        self.total += size;
+                        // Saturating: a peer's 16 hex digits can reach u64::MAX.
+                        self.total = self.total.saturating_add(size);
                         if self.total > self.max_bytes {
                             return Err(Error::BodyTooLarge);
                         }
@@ -770,6 +771,9 @@ mod tests {
     fn chunked_limits() {
         assert_eq!(decode_chunked(b"401\r\n", 1024), Err(Error::BodyTooLarge));
         assert_eq!(decode_chunked(b"FFFFFFFFFFFFFFFF\r\n", 1024), Err(Error::BodyTooLarge));
+        // Found by the fuzzer: a huge size after a first chunk overflowed the
+        // running total.
+        assert_eq!(decode_chunked(b"1\r\na\r\nFFFFFFFFFFFFFFFF\r\n", 1024), Err(Error::BodyTooLarge));
         let long_ext = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_EXT_BYTES));
         assert!(decode_chunked(long_ext.as_bytes(), 1024).is_err());
         let long_trailer = format!("0\r\nX: {}\r\n\r\n", "y".repeat(MAX_TRAILER_BYTES));
