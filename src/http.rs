@@ -505,7 +505,10 @@ impl ChunkedDecoder {
                 TrailerStart { len } => match byte {
                     b'\r' => FinalLf,
                     b'\n' => return Err(Error::Malformed("bare LF in chunked trailer")),
-                    _ => Trailer { len: len + 1 },
+                    // A field name starts with a visible character: no
+                    // control bytes, and no whitespace (that would be obs-fold).
+                    b'!'..=b'~' => Trailer { len: len + 1 },
+                    _ => return Err(Error::Malformed("invalid byte in chunked trailer")),
                 },
                 Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
                 Trailer { len } => match byte {
@@ -761,6 +764,8 @@ mod tests {
             b"0\r\n\n",
             b"0\r\nX: 1\n\r\n",
             b"0\r\nX: \x00\r\n\r\n",
+            b"0\r\n\x01X: 1\r\n\r\n",
+            b"0\r\nX: 1\r\n folded\r\n\r\n",
         ];
         for input in bad {
             assert!(decode_chunked(input, 1024).is_err(), "{input:?} should be refused");
