@@ -80,7 +80,7 @@ async function startServer(port = 0) {
           server.log += s;
           const first = server.log.split('\n');
           if (first.length < 2 || server.url) return; // the first line is not complete yet
-          const found = /^bare-sse \S+ listening on (http:\/\/127\.0\.0\.1:(\d+))$/.exec(first[0]);
+          const found = /^bare-sse \S+ listening on (http:\/\/127\.0\.0\.1:(\d+))(?: \(.*\))?$/.exec(first[0]);
           if (!found) return fail(new Error(`unexpected first line from bare-sse: ${JSON.stringify(first[0])}`));
           server.url = found[1];
           server.port = Number(found[2]);
