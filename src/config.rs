@@ -193,6 +193,12 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "access-log",
+        value: "",
+        help: "log one line per request: peer, method, target, status",
+        apply: |c, v| switch(v).map(|on| c.settings.access_log = on),
+    },
+    Flag {
         name: "tick",
         value: "",
         help: "publish the server's time (UTC) every second on topic `time`",

@@ -90,6 +90,8 @@ pub struct Settings {
     pub publish_token: Option<String>,
     /// If set, `/events` needs the token as a bearer or as `?token=`.
     pub subscribe_token: Option<String>,
+    /// Note each request and its status for an access log.
+    pub access_log: bool,
 }
 
 impl Default for Settings {
@@ -100,6 +102,7 @@ impl Default for Settings {
             cors_origins: vec!["*".to_owned()],
             publish_token: None,
             subscribe_token: None,
+            access_log: false,
         }
     }
 }
@@ -183,6 +186,10 @@ pub struct Notes {
     pub by_class: [u32; 5],
     /// The last refusal (4xx/5xx) with its reason.
     pub refusal: Option<(Status, &'static str)>,
+    /// With `--access-log`: `METHOD TARGET STATUS` per answered request.
+    pub access: Vec<String>,
+    /// With `--access-log`: the request being handled, until it is answered.
+    open_request: Option<String>,
 }
 
 /// What a deadline is for.
@@ -305,9 +312,17 @@ impl Conn {
     }
 
     /// What the connection answered since the last call: counts by status
-    /// class and the last refusal with its reason, for metrics and the log.
-    pub fn take_notes(&mut self) -> Option<Box<Notes>> {
-        self.notes.take()
+    /// class, the last refusal with its reason, and access-log lines.
+    pub fn take_notes(&mut self) -> Option<Notes> {
+        let notes = self.notes.as_deref_mut()?;
+        let open_request = notes.open_request.take();
+        let taken = std::mem::take(notes);
+        match open_request {
+            // A request still in progress keeps its place for its answer.
+            Some(_) => notes.open_request = open_request,
+            None => self.notes = None,
+        }
+        Some(taken)
     }
 
     /// Notes a response's status (and, for a refusal, its reason).
@@ -318,6 +333,9 @@ impl Conn {
             None => {
                 if let Some(count) = notes.by_class.get_mut(usize::from(status.0 / 100).wrapping_sub(1)) {
                     *count += 1;
+                }
+                if let Some(request) = notes.open_request.take() {
+                    notes.access.push(format!("{request} {}", status.0));
                 }
             }
         }
@@ -517,6 +535,11 @@ impl Conn {
     /// Routes a parsed head, checks its credentials, and starts reading its
     /// body.
     fn start_request(&mut self, head: RequestHead, settings: &Settings) {
+        if settings.access_log {
+            let query = if head.query.is_empty() { String::new() } else { format!("?{}", head.query) };
+            let request = format!("{} {}{query}", head.method_name, head.path);
+            self.notes.get_or_insert_default().open_request = Some(request);
+        }
         let grant = Grant::for_origin(settings, head.origin.as_deref());
         let route = match Endpoint::from_path(&head.path) {
             None => Err(Refusal::NotFound),

@@ -149,6 +149,8 @@ pub enum BodyFraming {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: Method,
+    /// The method as sent (for logs), at most 16 bytes of it.
+    pub method_name: String,
     /// Path of the request target, without the query (`/events`).
     pub path: String,
     /// Query of the request target, without the `?` (may be empty).
@@ -207,6 +209,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         return Err(Error::Malformed("malformed request line"));
     };
     let http11 = version == 1;
+    let method_name = method.chars().take(16).collect();
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -288,6 +291,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     };
     Ok(RequestHead {
         method,
+        method_name,
         path: path.to_owned(),
         query: query.to_owned(),
         http11,

@@ -673,6 +673,9 @@ impl Server {
         if let Some((status, why)) = notes.refusal {
             log::info!("{}: {} {why}", peer(&client.socket), status.0);
         }
+        for line in notes.access {
+            log::info!("{} {line}", peer(&client.socket));
+        }
     }
 
     /// The Prometheus text exposition of the server's state.

@@ -103,3 +103,21 @@ fn every_flag_has_an_environment_variable() {
     assert!(line.contains("12 B body"), "the start line shows the limits in force: {line}");
     assert_eq!(Client::connect(server.addr).publish("more than twelve bytes").status, 413);
 }
+
+#[test]
+fn access_log_has_a_line_per_request() {
+    let mut server = Binary::start(&["--access-log"]);
+    let mut client = Client::connect(server.addr);
+    assert_eq!(client.request(get("/nope?x=1")).status, 404);
+    assert_eq!(client.publish("logged").status, 200);
+    let _stream = Client::connect(server.addr).subscribe("/events?topic=a");
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    server.stderr.read_to_string(&mut log).unwrap();
+    for expected in ["GET /nope?x=1 404", "POST /send-event 200", "GET /events?topic=a 200"] {
+        assert_eq!(log.lines().filter(|l| l.ends_with(expected)).count(), 1, "{expected} in {log}");
+    }
+}
