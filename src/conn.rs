@@ -284,6 +284,12 @@ impl Conn {
         matches!(self.state, State::Streaming)
     }
 
+    /// Whether parsing is paused because the peer has not read our answers
+    /// ([`PIPELINE_PAUSE_BYTES`]); writing the outbox resumes it.
+    pub fn is_paused_by_output(&self) -> bool {
+        matches!(self.state, State::Head(_)) && self.outbox.queued_bytes() > PIPELINE_PAUSE_BYTES
+    }
+
     /// Whether closing the connection now loses nothing: it owes no bytes and
     /// is not in the middle of a request (for a graceful shutdown).
     pub fn is_quiet(&self) -> bool {

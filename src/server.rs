@@ -23,9 +23,12 @@
 //!    and only until the outbox is empty again.
 //!
 //! mio's readiness is edge-triggered: an event means "something changed", so
-//! every read loops until `WouldBlock` (or until the connection wants no more
-//! input), `Interrupted` is retried, and an event for a key that is no longer
-//! in the slab (a connection closed earlier in the same batch) is ignored.
+//! every read loops until `WouldBlock`, `Interrupted` is retried, and an event
+//! for a key that is no longer in the slab (a connection closed earlier in the
+//! same batch) is ignored. When a connection stops reading before
+//! `WouldBlock` (its budget ran out, or it is paused behind its own unread
+//! answers), the loop itself must come back to it, since no new event will:
+//! the `again` list and the flush-then-continue in [`Server::drive`] do that.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -520,6 +523,17 @@ impl Server {
             };
             let budget = client.conn.read_budget(&self.settings).min(self.scratch.len());
             if budget == 0 {
+                // Paused behind its own unread answers (pipelining): write
+                // them now, and if that made room, parse and read on. Bytes
+                // already received bring no new readiness event, so waiting
+                // for one would stall the connection.
+                if client.conn.is_paused_by_output() {
+                    match client.conn.outbox().flush(&mut client.socket) {
+                        Ok(_) if !client.conn.is_paused_by_output() => continue,
+                        Ok(_) => {}
+                        Err(_) => return self.close(key),
+                    }
+                }
                 break;
             }
             if reads == MAX_READS_PER_EVENT {

@@ -227,3 +227,25 @@ fn the_server_survives_garbage() {
     }
     assert_eq!(server.publish("still alive"), 0);
 }
+
+#[test]
+fn many_pipelined_requests_are_all_answered_promptly() {
+    // More answers than the pipelining pause allows at once: the server must
+    // resume by itself as the client reads, not wait for a new readable event.
+    let server = TestServer::start();
+    let mut client = server.connect();
+    let count = 200;
+    client.send(get("/").repeat(count));
+    let started = std::time::Instant::now();
+    for _ in 0..count {
+        assert_eq!(client.read_response().status, 200);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
+    // Half-closed after pipelining: every request is still answered.
+    let mut client = server.connect();
+    client.send(get("/").repeat(count));
+    client.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    for _ in 0..count {
+        assert_eq!(client.read_response().status, 200);
+    }
+}
