@@ -231,7 +231,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut origin = None;
     for header in request.headers.iter() {
         let name = header.name;
-        let value = std::str::from_utf8(header.value).map(str::trim);
+        let value = std::str::from_utf8(header.value).map(trim_ows);
         if name.eq_ignore_ascii_case("content-length") {
             let length = value.ok().and_then(parse_content_length).ok_or(Error::Malformed("invalid Content-Length"))?;
             if content_length.is_some_and(|seen| seen != length) {
@@ -246,7 +246,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
                 return Err(Error::UnsupportedTransferCoding);
             }
             transfer_encoding = true;
-            let mut codings = value.split(',').map(str::trim);
+            let mut codings = value.split(',').map(trim_ows);
             let last = codings.next_back().unwrap_or("");
             if !last.eq_ignore_ascii_case("chunked") {
                 return Err(Error::Malformed("chunked must be the final transfer coding"));
@@ -258,7 +258,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.unwrap_or("").split(',').map(str::trim) {
+            for token in value.unwrap_or("").split(',').map(trim_ows) {
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
@@ -302,6 +302,14 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         authorization,
         origin,
     })
+}
+
+/// Trims optional whitespace (RFC 9110 5.6.3: `OWS = *( SP / HTAB )`).
+/// Not `str::trim`, which also strips Unicode spaces such as U+0085: a
+/// `Content-Length: \u{85}7` must be refused, not read as 7, or we would
+/// disagree with a proxy in front of us about where the body ends.
+fn trim_ows(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
 }
 
 /// Splits a request target into path and query (RFC 9112 3.2). Accepts
@@ -639,6 +647,11 @@ mod tests {
             ("Content-Length: 5, 5\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: 99999999999999999999999\r\n", Err(Error::Malformed("invalid Content-Length"))),
             ("Content-Length: \r\n", Err(Error::Malformed("invalid Content-Length"))),
+            ("Content-Length: \u{85}7\r\n", Err(Error::Malformed("invalid Content-Length"))),
+            (
+                "Transfer-Encoding: \u{a0}chunked\r\n",
+                Err(Error::Malformed("chunked must be the final transfer coding")),
+            ),
             ("Transfer-Encoding: gzip, chunked\r\n", Err(Error::UnsupportedTransferCoding)),
             (
                 "Transfer-Encoding: chunked, gzip\r\n",
