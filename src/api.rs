@@ -69,6 +69,10 @@ impl Endpoint {
 /// the seeds' API works unchanged.
 pub const DEFAULT_TOPIC: &str = "default";
 
+/// The event name the server uses to tell a resuming client that events were
+/// lost (see [`crate::broker`]); publishers may not use it.
+pub const GAP_EVENT: &str = "gap";
+
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 64;
 
@@ -107,6 +111,9 @@ impl Publish {
         }
         if let Some(bad) = self.topics.iter().find(|t| !is_valid_topic(t)) {
             return Err(format!("invalid topic {bad:?}: use 1-{MAX_TOPIC_BYTES} of A-Z a-z 0-9 - _ . : ~"));
+        }
+        if self.event.as_deref() == Some(GAP_EVENT) {
+            return Err(format!("the event name {GAP_EVENT:?} is reserved for the server's replay gaps"));
         }
         if self.event.as_deref().is_some_and(|event| !crate::sse::is_valid_name(event)) {
             return Err(format!("invalid event name: 1-{} bytes without CR or LF", crate::sse::MAX_FIELD_BYTES));
@@ -326,6 +333,7 @@ mod tests {
             (br#"{"message":"m","event":"a\nb"}"#, "invalid event name"),
             (br#"{"message":"m","event":""}"#, "invalid event name"),
             (br#"{"message":"m","event":7}"#, "expected a string"),
+            (br#"{"message":"m","event":"gap"}"#, "reserved"),
         ] {
             let err = parse_publish(body).unwrap_err();
             assert!(err.contains(why), "{}: {err}", String::from_utf8_lossy(body));

@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
-use crate::api::Publish;
+use crate::api::{GAP_EVENT, Publish};
 use crate::sse::{self, Frame};
 
 /// Something frames can be delivered to: in the server, a connection's
@@ -379,7 +379,7 @@ impl Broker {
                 self.stats.heartbeats += 1;
             }
         }
-        self.beat += 1;
+        self.beat = self.beat.wrapping_add(1);
     }
 
     /// Frames to send a subscriber that resumes after `last_event_id`.
@@ -394,7 +394,7 @@ impl Broker {
             None => {
                 let replay_from = self.history.front().map(|e| &*e.id);
                 let body = serde_json::json!({ "lastEventId": last_event_id, "replayFrom": replay_from });
-                let gap = sse::encode(&sse::Event { name: Some("gap"), data: &body.to_string(), id: None });
+                let gap = sse::encode(&sse::Event { name: Some(GAP_EVENT), data: &body.to_string(), id: None });
                 frames.push(gap);
                 0
             }

@@ -90,37 +90,37 @@ pub const FLAGS: &[Flag] = &[
         name: "max-head-bytes",
         value: "BYTES",
         help: "longest request head (request line + headers); longer gets 431 [default: 16384]",
-        apply: |c, v| positive(v).map(|n| c.settings.limits.max_head_bytes = n),
+        apply: |c, v| in_range(v, 1, MIB).map(|n| c.settings.limits.max_head_bytes = n),
     },
     Flag {
         name: "max-body-bytes",
         value: "BYTES",
         help: "longest request body; longer gets 413 [default: 65536]",
-        apply: |c, v| positive(v).map(|n| c.settings.limits.max_body_bytes = n),
+        apply: |c, v| in_range(v, 1, GIB).map(|n| c.settings.limits.max_body_bytes = n),
     },
     Flag {
         name: "max-connections",
         value: "N",
         help: "most open connections; more get 503 [default: the open-file limit less 32]",
-        apply: |c, v| positive(v).map(|n| c.max_connections = n),
+        apply: |c, v| in_range(v, 1, 4_000_000).map(|n| c.max_connections = n),
     },
     Flag {
         name: "max-buffered-bytes",
         value: "BYTES",
         help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576]",
-        apply: |c, v| positive(v).map(|n| c.max_buffered_bytes = n),
+        apply: |c, v| in_range(v, 1, GIB).map(|n| c.max_buffered_bytes = n),
     },
     Flag {
         name: "history",
         value: "N",
         help: "events kept for Last-Event-ID replay; 0 disables replay [default: 1000]",
-        apply: |c, v| whole(v).map(|n| c.history.events = n),
+        apply: |c, v| in_range(v, 0, 10_000_000).map(|n| c.history.events = n),
     },
     Flag {
         name: "history-bytes",
         value: "BYTES",
         help: "most bytes of events kept for replay [default: 16777216]",
-        apply: |c, v| positive(v).map(|n| c.history.bytes = n),
+        apply: |c, v| in_range(v, 1, 16 * GIB).map(|n| c.history.bytes = n),
     },
     Flag {
         name: "retry-ms",
@@ -135,25 +135,25 @@ pub const FLAGS: &[Flag] = &[
         name: "heartbeat",
         value: "SECS",
         help: "seconds between comment lines on idle streams; 0 disables [default: 15]",
-        apply: |c, v| whole(v).map(|n| c.heartbeat_secs = n as u64),
+        apply: |c, v| in_range(v, 0, DAY).map(|n| c.heartbeat_secs = n as u64),
     },
     Flag {
         name: "header-timeout",
         value: "SECS",
         help: "time for a request's head and body to arrive; then 408 [default: 10]",
-        apply: |c, v| positive(v).map(|n| c.settings.limits.header_timeout = Duration::from_secs(n as u64)),
+        apply: |c, v| in_range(v, 1, DAY).map(|n| c.settings.limits.header_timeout = Duration::from_secs(n as u64)),
     },
     Flag {
         name: "idle-timeout",
         value: "SECS",
         help: "time a keep-alive connection may idle between requests [default: 60]",
-        apply: |c, v| positive(v).map(|n| c.settings.limits.idle_timeout = Duration::from_secs(n as u64)),
+        apply: |c, v| in_range(v, 1, DAY).map(|n| c.settings.limits.idle_timeout = Duration::from_secs(n as u64)),
     },
     Flag {
         name: "shutdown-timeout",
         value: "SECS",
         help: "time a graceful shutdown (SIGINT, SIGTERM) may take to flush [default: 5]",
-        apply: |c, v| whole(v).map(|n| c.shutdown_timeout_secs = n as u64),
+        apply: |c, v| in_range(v, 0, 3600).map(|n| c.shutdown_timeout_secs = n as u64),
     },
     Flag {
         name: "publish-token",
@@ -186,9 +186,9 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "log-level",
         value: "LEVEL",
-        help: "least severe log lines printed: error, warn, info, debug [default: info]",
+        help: "least severe log lines printed: error, warn, info, debug, trace, off [default: info]",
         apply: |c, v| {
-            c.log_level = v.parse().map_err(|_| "expected error, warn, info, debug or off".to_owned())?;
+            c.log_level = v.parse().map_err(|_| "expected error, warn, info, debug, trace or off".to_owned())?;
             Ok(())
         },
     },
@@ -296,10 +296,17 @@ fn switch(value: &str) -> Result<bool, String> {
     }
 }
 
-fn positive(value: &str) -> Result<usize, String> {
+/// Upper bounds for numeric flags. They are far above any sensible setting;
+/// they exist so that an absurd value is refused at start instead of
+/// overflowing a deadline or an allocation later.
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+const DAY: usize = 86_400;
+
+fn in_range(value: &str, min: usize, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("expected a positive whole number".to_owned()),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
     }
 }
 
@@ -348,7 +355,10 @@ mod tests {
             (&["--nope"][..], &[][..], "unknown flag --nope"),
             (&["--listen"], &[], "needs a value"),
             (&["--listen", "nowhere"], &[], "not an address"),
-            (&["--max-body-bytes", "-1"], &[], "positive whole number"),
+            (&["--max-body-bytes", "-1"], &[], "whole number from 1"),
+            (&["--idle-timeout", "18446744073709551615"], &[], "from 1 to 86400"),
+            (&["--max-head-bytes", "18446744073709551615"], &[], "from 1 to 1048576"),
+            (&["--max-connections", "100000000000"], &[], "from 1 to 4000000"),
             (&["extra"], &[], "unexpected argument"),
             (&[], &[("BARE_SSE_MAX_HEAD_BYTES", "x")], "BARE_SSE_MAX_HEAD_BYTES"),
         ] {

@@ -25,8 +25,9 @@
 //!                                                our write side)
 //! ```
 //!
-//! `Head` also covers reading a request body (the pending request); every
-//! state change goes through [`Conn::set_state`].
+//! `Head` also covers reading a request body (the pending request, which
+//! `parse` takes out while it works on it and puts back); every state change
+//! goes through [`Conn::set_state`].
 //!
 //! **Timers.** A connection has at most one deadline ([`Conn::deadline`]),
 //! and the server calls [`Conn::on_timeout`] when it passes:
@@ -446,7 +447,7 @@ impl Conn {
                     };
                     self.input.drain(..used);
                     if !request.decoder.is_done() {
-                        self.state = State::Head(Some(request));
+                        self.set_state(State::Head(Some(request)));
                         return None;
                     }
                     // The next request gets a deadline of its own.
@@ -542,7 +543,7 @@ impl Conn {
     /// body.
     fn start_request(&mut self, head: RequestHead, settings: &Settings) {
         if settings.access_log {
-            let query = if head.query.is_empty() { String::new() } else { format!("?{}", head.query) };
+            let query = if head.query.is_empty() { String::new() } else { format!("?{}", redact_token(&head.query)) };
             let request = format!("{} {}{query}", head.method_name, head.path);
             self.notes.get_or_insert_default().open_request = Some(request);
         }
@@ -610,7 +611,8 @@ impl Conn {
                 let query = match api::parse_subscribe_query(&head.query) {
                     Ok(query) => query,
                     Err(why) => {
-                        self.reply(Status::BAD_REQUEST, &why, &grant, head.keep_alive);
+                        self.reply(Status::BAD_REQUEST, &why, &grant, &head);
+                        self.note(Status::BAD_REQUEST, Some("invalid subscription query"));
                         return None;
                     }
                 };
@@ -627,7 +629,10 @@ impl Conn {
                 let opening = format!(": ok\nretry: {}\n\n", settings.retry_ms);
                 self.outbox.push(opening.into_bytes().into());
                 self.set_state(State::Streaming);
-                let last_event_id = head.last_event_id.or(query.last_event_id);
+                // An empty header (some clients send one) does not hide the
+                // query parameter.
+                let header = head.last_event_id.filter(|id| !id.is_empty());
+                let last_event_id = header.or(query.last_event_id);
                 Some(Action::Subscribe(Subscribe { topics: query.topics, last_event_id }))
             }
             Endpoint::Publish => match api::parse_publish(&body) {
@@ -637,7 +642,8 @@ impl Conn {
                     Some(Action::Publish(publish))
                 }
                 Err(why) => {
-                    self.reply(Status::BAD_REQUEST, &why, &grant, head.keep_alive);
+                    self.reply(Status::BAD_REQUEST, &why, &grant, &head);
+                    self.note(Status::BAD_REQUEST, Some("invalid publish body"));
                     None
                 }
             },
@@ -704,14 +710,16 @@ impl Conn {
 
     /// A JSON error answer, then close.
     fn reply_error(&mut self, status: Status, why: &'static str, grant: &Grant) {
-        self.reply(status, why, grant, false);
+        let body = api::error_body(why);
+        self.respond(status, grant, &[], "application/json", body.as_bytes(), false, false);
         self.note(status, Some(why));
     }
 
-    /// A JSON error answer.
-    fn reply(&mut self, status: Status, why: &str, grant: &Grant, keep_alive: bool) {
+    /// A JSON error answer to a well-framed request (no body for HEAD).
+    fn reply(&mut self, status: Status, why: &str, grant: &Grant, head: &RequestHead) {
         let body = api::error_body(why);
-        self.respond(status, grant, &[], "application/json", body.as_bytes(), false, keep_alive);
+        let head_only = head.method == Method::Head;
+        self.respond(status, grant, &[], "application/json", body.as_bytes(), head_only, head.keep_alive);
     }
 
     /// Queues a complete response. With `keep_alive` false the connection
@@ -785,6 +793,12 @@ fn authorized(endpoint: Endpoint, head: &RequestHead, settings: &Settings) -> bo
         Some(given) => constant_time_eq(given.as_bytes(), required.as_bytes()),
         None => false,
     }
+}
+
+/// A query string with the value of `token=` hidden, for the access log.
+fn redact_token(query: &str) -> String {
+    let pairs = query.split('&').map(|pair| if pair.starts_with("token=") { "token=REDACTED" } else { pair });
+    pairs.collect::<Vec<_>>().join("&")
 }
 
 /// Compares two byte strings in time that depends only on their lengths, so

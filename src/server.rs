@@ -77,6 +77,10 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 /// the others.
 const MAX_READS_PER_EVENT: usize = 16;
 
+/// Most connections accepted per loop turn, so a flood of new connections
+/// cannot keep the loop from the ones it has.
+const MAX_ACCEPTS_PER_TURN: usize = 256;
+
 /// Most events taken from the [`Publisher`] queue per loop turn.
 const MAX_PUBLISHES_PER_TURN: usize = 4096;
 
@@ -137,6 +141,10 @@ struct Client {
     membership: Option<u32>,
     /// Whether WRITABLE interest is registered (only while output is queued).
     wants_writable: bool,
+    /// Replay bytes still queued, allowed on top of `--max-buffered-bytes`: a
+    /// resuming client gets its whole replay (frames shared with the history,
+    /// so they cost no copy) before the cap applies to it.
+    replay_grace: u32,
     /// The earliest reminder for this connection in the server's timers.
     scheduled: Option<Instant>,
 }
@@ -415,7 +423,7 @@ impl Server {
         if self.accept_paused_until.is_some() || !self.accepting {
             return;
         }
-        loop {
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok((mut socket, _peer)) if self.clients.len() >= self.max_connections => {
                     // Over the cap: a short answer, then close. A static
@@ -424,6 +432,7 @@ impl Server {
                     let _ = socket.write(OVER_CAPACITY);
                     let _ = socket.shutdown(Shutdown::Write);
                     self.metrics.refused_over_capacity += 1;
+                    self.metrics.responses[4] += 1;
                     self.note_refused_connection();
                 }
                 Ok((mut socket, _peer)) => {
@@ -442,6 +451,7 @@ impl Server {
                             conn: Conn::new(&self.settings, now),
                             membership: None,
                             wants_writable: false,
+                            replay_grace: 0,
                             scheduled: None,
                         });
                         self.metrics.connections_accepted += 1;
@@ -457,11 +467,23 @@ impl Server {
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
-                // The peer gave up before we accepted (ECONNABORTED) and the
-                // like: nothing to do for that connection; keep accepting.
-                Err(_) => continue,
+                // The peer gave up before we accepted: nothing to do for that
+                // connection; keep accepting.
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {
+                    continue;
+                }
+                // Anything else (ENOBUFS, ENOMEM...) may persist: back off
+                // rather than spin.
+                Err(e) => {
+                    log::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
             }
         }
+        // A flood of connections: take the rest next turn, after serving the
+        // connections we have. The listener will not signal again for them.
+        self.accept_paused_until = Some(Instant::now());
     }
 
     /// Counts a connection refused for the cap, logging at most once a second.
@@ -587,6 +609,8 @@ impl Server {
             return self.broker.unsubscribe(joined.membership);
         };
         client.membership = Some(joined.membership as u32);
+        let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
+        client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
         }
@@ -615,6 +639,10 @@ impl Server {
             Ok(flushed) => flushed,
             Err(_) => return self.close(key),
         };
+        // The replay sits at the front of the queue, so once fewer bytes than
+        // the grace are queued, that much of the replay has gone out.
+        let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
+        client.replay_grace = client.replay_grace.min(queued);
         let wants_writable = flushed == Flushed::Partly;
         if wants_writable != client.wants_writable {
             let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
@@ -657,7 +685,10 @@ impl Server {
                 Delivery::Done => {}
                 // Too far behind: drop it rather than buffer without bound. It
                 // can reconnect with Last-Event-ID and replay what it missed.
-                Delivery::Queued if client.conn.outbox().queued_bytes() > self.max_buffered_bytes => {
+                Delivery::Queued
+                    if client.conn.outbox().queued_bytes()
+                        > self.max_buffered_bytes.saturating_add(client.replay_grace as usize) =>
+                {
                     self.metrics.dropped_slow += 1;
                     log::info!(
                         "{}: dropped, {} bytes behind",
@@ -705,10 +736,19 @@ impl Server {
         };
         let one = |value: u64| [(String::new(), value)];
         metric("bare_sse_connections", "gauge", "Open client connections.", &one(self.clients.len() as u64));
-        let mut topics: Vec<(String, u64)> =
-            self.broker.topics().map(|(topic, n)| (format!("{{topic=\"{topic}\"}}"), n as u64)).collect();
-        topics.sort();
-        metric("bare_sse_subscribers", "gauge", "Open event streams, by topic.", &topics);
+        metric("bare_sse_streams", "gauge", "Open event streams.", &one(self.broker.subscribers() as u64));
+        // Topics are named by clients, so their number is unbounded: only the
+        // largest get a series of their own, which keeps this answer (and a
+        // Prometheus server's memory) small whatever clients do.
+        let mut topics: Vec<(&str, usize)> = self.broker.topics().collect();
+        metric("bare_sse_topics", "gauge", "Topics with subscribers.", &one(topics.len() as u64));
+        topics.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let topics: Vec<(String, u64)> = topics
+            .into_iter()
+            .take(MAX_TOPIC_SERIES)
+            .map(|(topic, n)| (format!("{{topic=\"{topic}\"}}"), n as u64))
+            .collect();
+        metric("bare_sse_subscribers", "gauge", "Open event streams by topic, for the largest topics only.", &topics);
         metric("bare_sse_events_published_total", "counter", "Events published.", &one(stats.events));
         metric("bare_sse_frames_delivered_total", "counter", "Event frames handed to subscribers.", &one(stats.frames));
         metric(
@@ -759,6 +799,9 @@ impl Server {
         }
     }
 }
+
+/// Most topics given a `bare_sse_subscribers` series of their own.
+const MAX_TOPIC_SERIES: usize = 100;
 
 /// The content type of the Prometheus text exposition format.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -301,3 +301,24 @@ fn history_is_bounded_in_bytes_too() {
     assert!((3..=6).contains(&replayed.len()), "{replayed:?}");
     assert_eq!(replayed.last().map(String::as_str), Some("event number 9"));
 }
+
+#[test]
+fn a_long_replay_is_not_mistaken_for_a_slow_consumer() {
+    // 12 MB of replay is far over the 1 MiB cap, but it is shared history,
+    // not memory the client made us allocate: a client that reads must get
+    // all of it, and live events after it.
+    let server = TestServer::with(|c| c.history.bytes = 64 * 1024 * 1024);
+    let big = "z".repeat(60_000);
+    let first = server.connect().publish("first").json()["id"].as_str().unwrap().to_owned();
+    let mut publisher = server.connect();
+    for i in 0..200 {
+        assert_eq!(publisher.publish(&format!("{i} {big}")).status, 200);
+    }
+    let mut stream = Client::connect(server.addr).subscribe(&format!("/events?lastEventId={first}"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(publisher.publish("live").status, 200);
+    for i in 0..200 {
+        assert_eq!(stream.next_data(), format!("{i} {big}"));
+    }
+    assert_eq!(stream.next_data(), "live");
+}
