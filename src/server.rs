@@ -7,8 +7,9 @@
 //!
 //! Follow one publish from `accept` to the wire:
 //!
-//! 1. The listener is readable: [`Server::accept`] takes every pending
-//!    connection (until `WouldBlock`) and registers each for readability.
+//! 1. The listener is readable: [`Server::accept`] takes the pending
+//!    connections (until `WouldBlock`, at most 256 a turn) and registers each
+//!    for readability, with a fresh [`Conn`].
 //! 2. A client is readable: [`Server::drive`] reads into one scratch buffer
 //!    shared by all connections and gives the bytes to [`Conn::receive`].
 //! 3. [`Conn::poll`] parses the request. A `POST /send-event` comes back as
