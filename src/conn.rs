@@ -27,7 +27,7 @@
 //!
 //! `Head` also covers reading a request body (the pending request, which
 //! `parse` takes out while it works on it and puts back); every state change
-//! goes through [`Conn::set_state`].
+//! goes through `Conn::set_state`.
 //!
 //! **Timers.** A connection has at most one deadline ([`Conn::deadline`]),
 //! and the server calls [`Conn::on_timeout`] when it passes:

@@ -9,7 +9,7 @@
 //! smuggling: a request with both `Content-Length` and `Transfer-Encoding`, two
 //! different lengths, a transfer coding other than `chunked`, or a malformed
 //! chunk line is rejected, and the connection is closed afterwards because its
-//! framing can no longer be trusted. "Incomplete" ([`Ok(None)`]) is always
+//! framing can no longer be trusted. "Incomplete" (`Ok(None)`) is always
 //! kept apart from "invalid" ([`Err`]), and both are bounded: a head can never
 //! grow past the configured limit, a body past its own.
 

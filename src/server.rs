@@ -7,14 +7,14 @@
 //!
 //! Follow one publish from `accept` to the wire:
 //!
-//! 1. The listener is readable: [`Server::accept`] takes the pending
+//! 1. The listener is readable: `Server::accept` takes the pending
 //!    connections (until `WouldBlock`, at most 256 a turn) and registers each
 //!    for readability, with a fresh [`Conn`].
-//! 2. A client is readable: [`Server::drive`] reads into one scratch buffer
+//! 2. A client is readable: `Server::drive` reads into one scratch buffer
 //!    shared by all connections and gives the bytes to [`Conn::receive`].
 //! 3. [`Conn::poll`] parses the request. A `POST /send-event` comes back as
 //!    [`Action::Publish`]: the loop encodes the event once
-//!    ([`sse::encode`]) and hands the frame to [`Broker::publish`], then
+//!    ([`crate::sse::encode`]) and hands the frame to [`Broker::publish`], then
 //!    answers the publisher.
 //! 4. When every ready connection has been handled, [`Broker::fan_out`]
 //!    writes the iteration's frames to every subscriber: one `write()` (or
@@ -29,7 +29,7 @@
 //! same batch) is ignored. When a connection stops reading before
 //! `WouldBlock` (its budget ran out, or it is paused behind its own unread
 //! answers), the loop itself must come back to it, since no new event will:
-//! the `again` list and the flush-then-continue in [`Server::drive`] do that.
+//! the `again` list and the flush-then-continue in `Server::drive` do that.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -231,7 +231,7 @@ impl Publisher {
     }
 
     /// Publishes an event with topics and an event name. Waits if the loop
-    /// is behind by more than [`PUBLISH_QUEUE`] events.
+    /// is behind by more than `PUBLISH_QUEUE` (65,536) events.
     pub fn publish(&self, publish: Publish) -> Result<(), PublishError> {
         publish.validate().map_err(PublishError::Invalid)?;
         if self.stop.load(Ordering::SeqCst) {
@@ -320,7 +320,7 @@ impl Server {
     }
 
     /// Runs the event loop until [`Handle::shutdown`] or a signal, then shuts
-    /// down gracefully (see [`Server::shut_down`]).
+    /// down gracefully (see `Server::shut_down`).
     pub fn run(mut self) -> io::Result<()> {
         if self.tick {
             let publisher = self.publisher();
