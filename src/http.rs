@@ -258,9 +258,12 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.unwrap_or("").split(',').map(trim_ows) {
-                close |= token.eq_ignore_ascii_case("close");
-                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            // Tokens are compared as bytes: a non-UTF-8 byte elsewhere in the
+            // field must not hide a `close` (found by the head fuzz target).
+            for token in header.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("expect") {
             match value {
@@ -617,6 +620,8 @@ mod tests {
         assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
         assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n").unwrap().keep_alive);
+        let not_utf8 = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, \xff\r\n\r\n";
+        assert!(!parse_head(not_utf8).unwrap().keep_alive);
     }
 
     #[test]
