@@ -1,0 +1,3 @@
+module baresse/peers/go
+
+go 1.19
