@@ -257,7 +257,7 @@ impl Server {
     /// Binds the listening socket and prepares the loop.
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let mut listener = listen(config.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
@@ -803,6 +803,23 @@ impl Server {
 
 /// Most topics given a `bare_sse_subscribers` series of their own.
 const MAX_TOPIC_SERIES: usize = 100;
+
+/// The listen backlog: connections the kernel completes before we accept them.
+/// mio's default of 128 overflows when a thousand clients reconnect at once
+/// (after a restart, say); the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listening socket with a deep backlog and `SO_REUSEADDR`
+/// (so a restarted server can bind while old connections sit in TIME_WAIT).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
 
 /// The content type of the Prometheus text exposition format.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
