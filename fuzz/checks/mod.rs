@@ -955,11 +955,18 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
     let mut payload = Vec::new();
     let mut total: u128 = 0;
     let mut pos = 0;
+    // Where the trailer section starts, once it does: running out of input
+    // near the trailer bound is "near the limit" too (the decoder may refuse
+    // a CR at the bound that this reference would wait to see the LF of).
+    let mut trailer_start: Option<usize> = None;
     macro_rules! byte {
         () => {
             match input.get(pos) {
                 Some(&b) => b,
-                None => return (Chunked::Incomplete { payload }, false),
+                None => {
+                    let near = trailer_start.is_some_and(|t| pos - t + 2 >= http::MAX_TRAILER_BYTES);
+                    return (Chunked::Incomplete { payload }, near);
+                }
             }
         };
     }
@@ -1014,6 +1021,7 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
         }
     }
     let trailers = pos;
+    trailer_start = Some(trailers);
     let near_limit = |pos: usize| pos - trailers + 2 >= http::MAX_TRAILER_BYTES;
     loop {
         if byte!() == b'\r' {
