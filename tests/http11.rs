@@ -240,7 +240,8 @@ fn many_pipelined_requests_are_all_answered_promptly() {
     for _ in 0..count {
         assert_eq!(client.read_response().status, 200);
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
+    // The failure this guards against is a stall until the 10 s request timer.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "took {:?}", started.elapsed());
     // Half-closed after pipelining: every request is still answered.
     let mut client = server.connect();
     client.send(get("/").repeat(count));
