@@ -10,21 +10,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Raises the soft open-file limit to the hard one; returns the limit now
 /// in force.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write only `lim`, a valid
-    // rlimit owned by this frame.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    lim.rlim_cur
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
 /// CPU time (user + system) this process has used, in seconds: tells
@@ -44,19 +30,9 @@ pub fn own_cpu_s() -> f64 {
 /// no TIME_WAIT behind. Without it, each run of 10k-20k subscribers leaves
 /// as many TIME_WAIT sockets for a minute, and the next run's connects
 /// crawl through the crowded ephemeral port range.
-pub fn reset_on_close(socket: &impl AsRawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `linger`, a
-    // valid value owned by this frame, for a descriptor the caller owns.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+pub fn reset_on_close(socket: &mio::net::TcpStream) {
+    // Best effort: a socket that refuses just lingers normally.
+    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// Starts a non-blocking connect to `target`, from `source` when given.
