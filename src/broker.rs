@@ -45,6 +45,43 @@ use slab::Slab;
 use crate::api::{GAP_EVENT, Publish};
 use crate::sse::{self, Frame};
 
+/// An event's id, `<ms>-<seq>`, ordered as the pair `(ms, seq)`.
+///
+/// A lone server's ids are `<start time in Unix ms>-<counter>`; in a cluster
+/// they are Redis stream ids, which have the same form and the same order. So
+/// replay works the same way in both: find the place in the history by
+/// comparing ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EventId {
+    /// Parses `<ms>-<seq>` (ASCII digits on both sides, nothing else).
+    ///
+    /// ```
+    /// use bare_sse::broker::EventId;
+    /// assert_eq!(EventId::parse("1700000000000-7"), Some(EventId { ms: 1_700_000_000_000, seq: 7 }));
+    /// assert_eq!(EventId::parse("7"), None);
+    /// assert_eq!(EventId::parse("+1-2"), None);
+    /// ```
+    pub fn parse(id: &str) -> Option<EventId> {
+        let (ms, seq) = id.split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return None;
+        }
+        Some(EventId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
 /// Something frames can be delivered to: in the server, a connection's
 /// outbox in front of its socket.
 pub trait Subscriber {
