@@ -4,7 +4,9 @@
 use std::io::{self, IoSlice, Write};
 
 use bare_sse::api::Publish;
-use bare_sse::broker::{Broker, Delivery, HistoryLimits, Subscriber};
+use std::sync::Arc;
+
+use bare_sse::broker::{Broker, Delivery, EventId, HistoryLimits, Published, Subscriber};
 use bare_sse::outbox::{Flushed, Outbox};
 use bare_sse::sse::Frame;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -48,7 +50,8 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
     for subscribers in [1_000usize, 10_000] {
         for burst in [1usize, 10] {
-            let mut broker = Broker::new(HistoryLimits::default());
+            let mut broker = Broker::new(HistoryLimits::default(), Some(EventId::default()));
+            let mut seq = 0;
             let mut sinks = Slab::new();
             for _ in 0..subscribers {
                 let key = sinks.insert(MemorySubscriber { outbox: Outbox::new(), sink: CountingSink(0) });
@@ -60,8 +63,10 @@ fn fan_out(c: &mut Criterion) {
             let id = BenchmarkId::new(format!("burst{burst}"), subscribers);
             group.bench_with_input(id, &subscribers, |b, _| {
                 b.iter(|| {
+                    // Numbered and framed once per publish, as the hub does.
                     for _ in 0..burst {
-                        broker.publish(&publish);
+                        seq += 1;
+                        broker.accept(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
                     }
                     broker.fan_out(&mut sinks, &mut attention);
                     attention.clear();

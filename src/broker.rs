@@ -1,25 +1,28 @@
 //! The broadcast path: event ids, the shared history, topics, who is
 //! subscribed to what, and how one published frame reaches all of them.
 //!
-//! **Ids.** Every event gets `<epoch>-<seq>`: `epoch` is the time the broker
-//! started, in Unix milliseconds, and `seq` counts from 1. Ids are strictly
-//! increasing for the life of the process. A client holding an id from an
-//! earlier process (a different epoch) is noticed, and treated like one whose
-//! id fell out of the history (below).
+//! A broker belongs to one event loop and knows only that loop's
+//! subscribers. Events reach it already numbered and framed, in the one order
+//! every loop sees ([`crate::hub`] says where ids come from and how that order
+//! is kept); the broker retains them, fans them out, and replays them.
 //!
 //! **History.** The last events (bounded in count and in bytes) stay in a ring
-//! shared by all subscribers: each entry is the event's frame, already
+//! shared by this loop's subscribers: each entry is the event's frame, already
 //! encoded, behind an `Arc`, so retaining it costs one copy however many
-//! subscribers replay it. Sequence numbers in the ring are contiguous, so the
-//! place to resume from is found by subtraction.
+//! subscribers (and loops) replay it. Ids in the ring are increasing, so the
+//! place to resume from is found by binary search. The broker also keeps a
+//! *floor*: every event after the floor is in the ring. It starts at the
+//! first id that could ever be issued (so nothing before this process is
+//! claimed) and rises as old events are evicted.
 //!
 //! **Replay.** A subscriber that sends `Last-Event-ID` first gets every retained
 //! event after that id on its topics, in order, then the live stream. The
 //! server adds a subscriber only between fan-outs (see [`Broker::subscribe`]),
 //! so an event is either in the replay or in the live stream, never both and
-//! never neither. If the id is older than the history, from another process,
-//! or not an id at all, the subscriber gets a `gap` event saying so, then
-//! everything retained on its topics. A new subscriber without
+//! never neither. If the id is below the floor (it fell out of the history, or
+//! comes from an earlier process), above the last event (from another
+//! process), or not an id at all, the subscriber gets a `gap` event saying
+//! so, then everything retained on its topics. A new subscriber without
 //! `Last-Event-ID` gets the current id in its opening block (an `id:` field
 //! with no data sets the client's last event id without firing an event), so
 //! even a client that never received an event resumes without a gap.
@@ -38,7 +41,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
@@ -104,8 +106,6 @@ pub enum Delivery {
 /// Counters of the broadcast path, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Events published.
-    pub events: u64,
     /// Event frames handed to subscribers (one per event per subscriber).
     pub frames: u64,
     /// Bytes of those frames.
@@ -129,21 +129,31 @@ impl Default for HistoryLimits {
     }
 }
 
-/// One published event, shared by the pending batch and the history.
+/// One published event, numbered and framed once, shared by every loop's
+/// pending batch and history.
 #[derive(Debug)]
 pub struct Published {
-    pub seq: u64,
-    pub id: Box<str>,
+    pub id: EventId,
     pub topics: Box<[Box<str>]>,
     /// The encoded event, `id:` field included.
     pub frame: Frame,
+}
+
+impl Published {
+    /// Frames `publish` (which must be valid, [`Publish::validate`]) with `id`.
+    pub fn new(id: EventId, publish: &Publish) -> Published {
+        let id_text = id.to_string();
+        let frame =
+            sse::encode(&sse::Event { id: Some(&id_text), name: publish.event.as_deref(), data: &publish.message });
+        Published { id, topics: publish.topics.iter().map(|t| t.as_str().into()).collect(), frame }
+    }
 }
 
 /// What a publish returns to its publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The event's id.
-    pub id: Box<str>,
+    pub id: EventId,
     /// How many subscribers it will be sent to.
     pub subscribers: usize,
 }
@@ -151,8 +161,12 @@ pub struct Receipt {
 /// Topics, subscribers, history and the batch of frames not yet sent.
 #[derive(Debug)]
 pub struct Broker {
-    epoch: u64,
-    next_seq: u64,
+    /// Every event after this id is in `history` (see the module docs);
+    /// `None` while the history is not known yet (a cluster node that has not
+    /// reached Redis).
+    floor: Option<EventId>,
+    /// The last event accepted, or the floor.
+    last: EventId,
     history: VecDeque<Arc<Published>>,
     history_bytes: usize,
     limits: HistoryLimits,
@@ -230,16 +244,13 @@ pub struct Joined {
 }
 
 impl Broker {
-    pub fn new(limits: HistoryLimits) -> Broker {
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Broker::with_epoch(limits, epoch)
-    }
-
-    /// A broker whose ids start with `epoch` (tests use fixed epochs).
-    pub fn with_epoch(limits: HistoryLimits, epoch: u64) -> Broker {
+    /// A broker whose history starts at `floor` (see the module docs):
+    /// replay from `floor` or later is exact. `None` means the history is
+    /// not known yet: [`Broker::backfill`] brings it.
+    pub fn new(limits: HistoryLimits, floor: Option<EventId>) -> Broker {
         Broker {
-            epoch,
-            next_seq: 1,
+            floor,
+            last: floor.unwrap_or_default(),
             history: VecDeque::new(),
             history_bytes: 0,
             limits,
@@ -261,9 +272,9 @@ impl Broker {
         self.members.reserve(subscribers);
     }
 
-    /// The id of the last event published (`<epoch>-0` before any).
-    pub fn last_id(&self) -> String {
-        format!("{}-{}", self.epoch, self.next_seq - 1)
+    /// The id of the last event accepted (the floor before any).
+    pub fn last_id(&self) -> EventId {
+        self.last
     }
 
     /// How many subscribers there are.
@@ -271,14 +282,9 @@ impl Broker {
         self.members.len()
     }
 
-    /// Each topic with subscribers, and how many it has.
-    pub fn topics(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.topic_members.iter().map(|(_, topic)| (&*topic.name, topic.members.len()))
-    }
-
     /// The broadcast counters.
     pub fn stats(&self) -> Stats {
-        Stats { events: self.next_seq - 1, ..self.stats }
+        self.stats
     }
 
     /// Whether frames are waiting for a fan-out. The server must fan out
@@ -287,21 +293,37 @@ impl Broker {
         !self.pending.is_empty()
     }
 
-    /// Assigns the next id, frames the event once, retains it, and queues it
-    /// for the next [`Broker::fan_out`]. `publish` must be valid
-    /// ([`Publish::validate`]).
-    pub fn publish(&mut self, publish: &Publish) -> Receipt {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let id = format!("{}-{seq}", self.epoch);
-        let frame = sse::encode(&sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message });
-        let topics: Box<[Box<str>]> = publish.topics.iter().map(|t| t.as_str().into()).collect();
-        let subscribers = self.count_subscribers(&topics);
-        let event = Arc::new(Published { seq, id: id.into(), topics, frame });
+    /// Takes the next event of the one order all loops see: retains it and
+    /// queues it for the next [`Broker::fan_out`]. Ids must increase.
+    pub fn accept(&mut self, event: Arc<Published>) {
+        debug_assert!(event.id > self.last || self.floor.is_none(), "events arrive in id order");
+        self.last = self.last.max(event.id);
         self.retain(event.clone());
-        let receipt = Receipt { id: event.id.clone(), subscribers };
         self.pending.push(event);
-        receipt
+    }
+
+    /// Sets the history of a broker created with no floor: `events` (oldest
+    /// first) are what is retained, and every event after `floor` is among
+    /// them. Nothing is fanned out: these events happened before the broker
+    /// could know of them. Ignored once the history is known.
+    pub fn backfill(&mut self, floor: EventId, events: impl IntoIterator<Item = Arc<Published>>) {
+        if self.floor.is_some() {
+            return;
+        }
+        self.floor = Some(floor);
+        self.last = self.last.max(floor);
+        for event in events {
+            if event.id > self.last {
+                self.last = event.id;
+                self.retain(event);
+            }
+        }
+    }
+
+    /// The topics of a membership returned by [`Broker::subscribe`].
+    pub fn topics_of(&self, membership: usize) -> impl Iterator<Item = &str> {
+        let slots = self.members.get(membership).map(|m| m.topics.iter());
+        slots.into_iter().flatten().filter_map(|(topic, _)| self.topic_members.get(topic).map(|t| &*t.name))
     }
 
     /// Subscribes the connection `client` to `topics`, computing what it must
@@ -310,7 +332,8 @@ impl Broker {
     pub fn subscribe(&mut self, client: usize, topics: &[String], last_event_id: Option<&str>) -> Joined {
         debug_assert!(self.pending.is_empty(), "subscribe between fan-outs only");
         let backlog = match last_event_id.filter(|id| !id.is_empty()) {
-            None => vec![Arc::from(format!("id: {}\n\n", self.last_id()).into_bytes())],
+            None if self.floor.is_none() => Vec::new(),
+            None => vec![Arc::from(format!("id: {}\n\n", self.last).into_bytes())],
             Some(id) => self.replay(topics, id),
         };
         let membership = self.members.vacant_key();
@@ -421,15 +444,13 @@ impl Broker {
 
     /// Frames to send a subscriber that resumes after `last_event_id`.
     fn replay(&self, topics: &[String], last_event_id: &str) -> Vec<Frame> {
-        let oldest = self.history.front().map_or(self.next_seq, |e| e.seq);
-        let resume_after = parse_id(last_event_id)
-            .filter(|&(epoch, seq)| epoch == self.epoch && seq < self.next_seq && seq + 1 >= oldest)
-            .map(|(_, seq)| seq);
+        let resume_after =
+            EventId::parse(last_event_id).filter(|id| self.floor.is_some_and(|floor| floor <= *id) && *id <= self.last);
         let mut frames = Vec::new();
         let start = match resume_after {
-            Some(seq) => (seq + 1 - oldest) as usize,
+            Some(after) => self.history.partition_point(|e| e.id <= after),
             None => {
-                let replay_from = self.history.front().map(|e| &*e.id);
+                let replay_from = self.history.front().map(|e| e.id.to_string());
                 let body = serde_json::json!({ "lastEventId": last_event_id, "replayFrom": replay_from });
                 let gap = sse::encode(&sse::Event { name: Some(GAP_EVENT), data: &body.to_string(), id: None });
                 frames.push(gap);
@@ -441,8 +462,11 @@ impl Broker {
         frames
     }
 
+    /// Keeps `event` in the history, evicting the oldest beyond the bounds
+    /// (which raises the floor).
     fn retain(&mut self, event: Arc<Published>) {
         if self.limits.events == 0 {
+            self.floor = Some(event.id);
             return;
         }
         self.history_bytes += event.frame.len();
@@ -450,30 +474,7 @@ impl Broker {
         while self.history.len() > self.limits.events || self.history_bytes > self.limits.bytes {
             let Some(old) = self.history.pop_front() else { break };
             self.history_bytes -= old.frame.len();
-        }
-    }
-
-    /// Subscribers of any of `topics`, each counted once.
-    fn count_subscribers(&self, topics: &[Box<str>]) -> usize {
-        let keys: Vec<usize> = topics.iter().filter_map(|t| self.topics.get(t).copied()).collect();
-        match keys.as_slice() {
-            [] => 0,
-            [one] => self.topic_members[*one].members.len(),
-            [first, rest @ ..] => {
-                let in_earlier = |membership: usize, upto: usize| {
-                    self.members
-                        .get(membership)
-                        .is_some_and(|m| m.topics.iter().any(|(k, _)| keys[..upto].contains(&k)))
-                };
-                let others: usize = rest
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &key)| {
-                        self.topic_members[key].members.iter().filter(|&(_, &m)| !in_earlier(m as usize, i + 1)).count()
-                    })
-                    .sum();
-                self.topic_members[*first].members.len() + others
-            }
+            self.floor = Some(old.id);
         }
     }
 }
@@ -490,14 +491,4 @@ fn deliver<S: Subscriber>(
             other => attention.push((key, other)),
         }
     }
-}
-
-/// Parses `<epoch>-<seq>`.
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (epoch, seq) = id.split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(epoch) || !digits(seq) {
-        return None;
-    }
-    Some((epoch.parse().ok()?, seq.parse().ok()?))
 }

@@ -29,10 +29,23 @@ pub struct Config {
     pub heartbeat_secs: u64,
     /// Publish the time every second on topic `time`.
     pub tick: bool,
+    /// Event loops to run, each on its own thread; 0 means one per core.
+    pub threads: usize,
     /// Seconds a graceful shutdown may take.
     pub shutdown_timeout_secs: u64,
     /// Least severe log level printed (`error`, `warn`, `info`, `debug`).
     pub log_level: log::LevelFilter,
+}
+
+impl Config {
+    /// How many event loops to run: `threads`, with 0 read as one per
+    /// available core.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +58,7 @@ impl Default for Config {
             history: HistoryLimits::default(),
             heartbeat_secs: 15,
             tick: false,
+            threads: 1,
             shutdown_timeout_secs: 5,
             log_level: log::LevelFilter::Info,
         }
@@ -85,6 +99,12 @@ pub const FLAGS: &[Flag] = &[
             c.listen = resolve(v)?;
             Ok(())
         },
+    },
+    Flag {
+        name: "threads",
+        value: "N",
+        help: "event loops, each on its own thread (0: one per core); connections are spread across them",
+        apply: |c, v| in_range(v, 0, 1024).map(|n| c.threads = n),
     },
     Flag {
         name: "max-head-bytes",

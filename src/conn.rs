@@ -469,10 +469,31 @@ impl Conn {
 
     /// Answers the request handed out by [`Conn::poll`] with `200` and `body`.
     pub fn answer(&mut self, content_type: &str, body: &[u8], settings: &Settings, now: Instant) {
+        self.answer_waiting(Status::OK, &[], content_type, body, settings, now);
+    }
+
+    /// Answers the publish handed out by [`Conn::poll`] with `503` and a JSON
+    /// error saying `why`: the cluster bus could not take it. The request was
+    /// well framed, so the connection stays open.
+    pub fn unavailable(&mut self, why: &str, settings: &Settings, now: Instant) {
+        let body = api::error_body(why);
+        let headers = [("Retry-After", "1")];
+        self.answer_waiting(Status::SERVICE_UNAVAILABLE, &headers, "application/json", body.as_bytes(), settings, now);
+    }
+
+    fn answer_waiting(
+        &mut self,
+        status: Status,
+        headers: &[(&str, &str)],
+        content_type: &str,
+        body: &[u8],
+        settings: &Settings,
+        now: Instant,
+    ) {
         if let State::Waiting { keep_alive, head_only, grant } = &self.state {
             let (keep_alive, head_only, grant) = (*keep_alive, *head_only, grant.clone());
             self.set_state(State::Head(None));
-            self.respond(Status::OK, &grant, &[], content_type, body, head_only, keep_alive);
+            self.respond(status, &grant, headers, content_type, body, head_only, keep_alive);
             self.arm_timer(settings, now);
         }
     }

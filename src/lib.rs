@@ -7,11 +7,12 @@
 //!
 //! | module          | role |
 //! |-----------------|------|
-//! | [`server`]      | the mio event loop: accept, read, write, close. The only code that touches sockets. |
+//! | [`server`]      | the mio event loops: accept, read, write, close. The only code that touches sockets. |
 //! | [`conn`]        | one connection as a state machine: bytes in, responses and [`conn::Action`]s out. |
 //! | [`http`]        | RFC 9112 request parsing (via httparse) and validation, body decoding, response heads. |
 //! | [`api`]         | the endpoints, the publish body and query, the JSON answers, the demo page. |
-//! | [`broker`]      | ids, the shared replay history, topics, subscribers, and the fan-out of frames to them. |
+//! | [`hub`]         | what the event loops share: the one order of events (ids), the inboxes, counts and caps. |
+//! | [`broker`]      | one loop's replay history, topics, subscribers, and the fan-out of frames to them. |
 //! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
 //! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
 //! | [`config`]      | flags, environment variables, `--help`. |
@@ -57,6 +58,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod hub;
 pub mod outbox;
 pub mod server;
 pub mod sse;

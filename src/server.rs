@@ -1,9 +1,15 @@
 //! The event loop: the only code that touches sockets.
 //!
-//! One `mio::Poll` watches the listening socket, a waker, and every client
-//! connection. Connections live in a [`Slab`], and a connection's slab key is
-//! its mio [`Token`]. The loop only moves bytes and readiness; what the bytes
-//! mean is decided by [`Conn`] (per connection) and [`Broker`] (broadcast).
+//! A server runs one event loop per `--threads` (one by default), each on
+//! its own thread. A loop's `mio::Poll` watches its listening socket, its
+//! waker, and its client connections. Connections live in a [`Slab`], and a
+//! connection's slab key is its mio [`Token`]. The loop only moves bytes and
+//! readiness; what the bytes mean is decided by [`Conn`] (per connection) and
+//! [`Broker`] (broadcast); what the loops share is in [`Hub`].
+//!
+//! With several loops, each has its own listening socket on the same address
+//! (`SO_REUSEPORT`), so the kernel spreads new connections across them with
+//! no hand-off between threads; a connection then stays on its loop.
 //!
 //! Follow one publish from `accept` to the wire:
 //!
@@ -13,12 +19,14 @@
 //! 2. A client is readable: `Server::drive` reads into one scratch buffer
 //!    shared by all connections and gives the bytes to [`Conn::receive`].
 //! 3. [`Conn::poll`] parses the request. A `POST /send-event` comes back as
-//!    [`Action::Publish`]: the loop encodes the event once
-//!    ([`crate::sse::encode`]) and hands the frame to [`Broker::publish`], then
-//!    answers the publisher.
-//! 4. When every ready connection has been handled, [`Broker::fan_out`]
-//!    writes the iteration's frames to every subscriber: one `write()` (or
-//!    `writev()` for a burst) per subscriber, straight from the loop.
+//!    [`Action::Publish`]: the loop hands it to [`Hub::publish`], which
+//!    numbers it, encodes it once ([`crate::sse::encode`]) and puts the frame
+//!    in every loop's inbox; the loop then answers the publisher.
+//! 4. When every ready connection has been handled, the loop takes its inbox
+//!    into its broker and [`Broker::fan_out`] writes the turn's frames to
+//!    every subscriber: one `write()` (or `writev()` for a burst) per
+//!    subscriber, straight from the loop. Other loops, woken by the hub, do
+//!    the same for theirs.
 //! 5. Whatever a socket did not take stays in that connection's
 //!    [`crate::outbox::Outbox`]; the loop then asks for `WRITABLE` readiness,
 //!    and only until the outbox is empty again.
@@ -48,6 +56,7 @@ use crate::api::Publish;
 use crate::broker::{Broker, Delivery, Subscriber};
 use crate::config::Config;
 use crate::conn::{Action, Conn, Settings, SocketCommand, Subscribe};
+use crate::hub::{Gauges, Hub, Inbox, Message};
 use crate::outbox::Flushed;
 use crate::sse::Frame;
 
@@ -85,6 +94,11 @@ const MAX_ACCEPTS_PER_TURN: usize = 256;
 /// Most events taken from the [`Publisher`] queue per loop turn.
 const MAX_PUBLISHES_PER_TURN: usize = 4096;
 
+/// Most messages taken from a loop's inbox per turn, so a flood of events
+/// from other loops cannot keep this one from its sockets (the rest wait for
+/// the next turn, which then comes at once).
+const MAX_INBOX_PER_TURN: usize = 4096;
+
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -92,26 +106,40 @@ const EVENTS_CAPACITY: usize = 1024;
 /// [`Publisher`] waits: back-pressure rather than unbounded memory.
 const PUBLISH_QUEUE: usize = 64 * 1024;
 
-/// A bound server, ready to [`run`](Server::run).
+/// A bound server, ready to [`run`](Server::run): its event loops and what
+/// they share.
 pub struct Server {
+    loops: Vec<Loop>,
+    hub: Arc<Hub>,
+    tick: bool,
+    publisher: Publisher,
+    handle: Handle,
+}
+
+/// One event loop: a poll, a listening socket, and the connections accepted
+/// on it, with their broker and timers. Touched only by its own thread.
+struct Loop {
+    /// Which loop this is (0 is the first; it also takes the [`Publisher`]
+    /// queue and the signals).
+    index: usize,
     poll: Poll,
     listener: TcpListener,
     clients: Slab<Client>,
     broker: Broker,
+    hub: Arc<Hub>,
+    inbox: Receiver<Message>,
     settings: Settings,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
     heartbeat: Option<Duration>,
-    tick: bool,
     scratch: Box<[u8]>,
     /// Connections that still had input when their read budget ran out.
     again: Vec<usize>,
     /// Subscribers whose last delivery needs a follow-up (see [`Delivery`]).
     attention: Vec<(usize, Delivery)>,
-    publishes: Receiver<Publish>,
-    publisher: Publisher,
+    /// The [`Publisher`] queue, on loop 0 only.
+    publishes: Option<Receiver<Publish>>,
     handle: Handle,
-    max_connections: usize,
     /// Deadlines of connections, earliest first. An entry is a reminder to
     /// look at the connection, which holds the authoritative deadline, so
     /// stale entries are harmless; each connection has at most a few.
@@ -122,12 +150,15 @@ pub struct Server {
     out_of_descriptors: bool,
     /// False once shutting down.
     accepting: bool,
-    /// The publish queue still held events after the last turn's bounded
-    /// drain: poll again at once.
-    publishes_left: bool,
+    /// The publish queue or the inbox still held messages after the last
+    /// turn's bounded drain: poll again at once.
+    backlog_left: bool,
     /// Connections refused since the last log line about it.
     refused: usize,
     last_refusal_log: Option<Instant>,
+    /// Counts accepted connections, to tell a connection from a later one
+    /// with the same key (see [`Client::serial`]).
+    serials: u32,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// How long a graceful shutdown may take to flush and finish requests.
     shutdown_timeout: Duration,
@@ -148,6 +179,10 @@ struct Client {
     replay_grace: u32,
     /// The earliest reminder for this connection in the server's timers.
     scheduled: Option<Instant>,
+    /// This connection's number on its loop: an answer that comes back
+    /// later (from the cluster bus) names it, so that it cannot reach a
+    /// newer connection that reused the slab key.
+    serial: u32,
 }
 
 impl Subscriber for Client {
@@ -161,7 +196,8 @@ impl Subscriber for Client {
 }
 
 /// The loop's own counters, for `/metrics`. Plain integers: the loop is one
-/// thread, so no atomics or locks are needed on the hot path.
+/// thread, so no atomics or locks are needed on the hot path; once per turn
+/// they are copied into the loop's [`Gauges`] in the hub.
 #[derive(Debug, Default)]
 struct Metrics {
     /// Responses by status class, 1xx to 5xx.
@@ -169,22 +205,20 @@ struct Metrics {
     connections_accepted: u64,
     refused_over_capacity: u64,
     dropped_slow: u64,
-    started: Option<Instant>,
 }
 
 /// Lets other threads stop a running server. Cheap to clone.
 #[derive(Clone)]
 pub struct Handle {
     stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    hub: Arc<Hub>,
 }
 
 impl Handle {
     /// Asks the server to stop; [`Server::run`] returns soon after.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // If the wake fails the loop is already gone.
-        let _ = self.waker.wake();
+        self.hub.wake_all();
     }
 
     fn is_stopped(&self) -> bool {
@@ -254,44 +288,73 @@ impl Publisher {
 }
 
 impl Server {
-    /// Binds the listening socket and prepares the loop.
+    /// Binds the listening sockets (one per loop) and prepares the loops.
     pub fn bind(config: &Config) -> io::Result<Server> {
-        let poll = Poll::new()?;
-        let mut listener = listen(config.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let threads = config.threads();
+        let reuse_port = threads > 1;
+        let mut polls = Vec::with_capacity(threads);
+        let mut listeners = Vec::with_capacity(threads);
+        let mut addr = config.listen;
+        for _ in 0..threads {
+            let poll = Poll::new()?;
+            // The first socket resolves port 0; the others share its port.
+            let mut listener = listen(addr, reuse_port)?;
+            addr = listener.local_addr()?;
+            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+            polls.push(poll);
+            listeners.push(listener);
+        }
+        let wakers =
+            polls.iter().map(|poll| Waker::new(poll.registry(), WAKER).map(Arc::new)).collect::<io::Result<_>>()?;
+        let (hub, inboxes) = Hub::new(wakers, config.max_connections);
+        let first_waker =
+            inboxes.first().map(|inbox| inbox.waker.clone()).ok_or_else(|| io::Error::other("no loop"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let handle = Handle { stop: stop.clone(), hub: hub.clone() };
         let (queue, publishes) = crossbeam_channel::bounded(PUBLISH_QUEUE);
-        let mut broker = Broker::new(config.history);
-        broker.reserve(config.max_connections);
-        Ok(Server {
-            poll,
-            listener,
-            // Reserved, not touched: only pages of slots in use become resident.
-            clients: Slab::with_capacity(config.max_connections),
-            broker,
-            settings: config.settings.clone(),
-            max_buffered_bytes: config.max_buffered_bytes,
-            heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
-            tick: config.tick,
-            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            again: Vec::new(),
-            attention: Vec::new(),
-            publishes,
-            publisher: Publisher { queue, waker: waker.clone(), stop: stop.clone() },
-            handle: Handle { stop, waker },
-            max_connections: config.max_connections,
-            timers: BinaryHeap::new(),
-            accept_paused_until: None,
-            out_of_descriptors: false,
-            accepting: true,
-            publishes_left: false,
-            refused: 0,
-            last_refusal_log: None,
-            signals: None,
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
-            metrics: Metrics { started: Some(Instant::now()), ..Metrics::default() },
-        })
+        let mut publishes = Some(publishes);
+        let floor = hub.local_floor();
+        let loops = polls
+            .into_iter()
+            .zip(listeners)
+            .zip(inboxes)
+            .enumerate()
+            .map(|(index, ((poll, listener), Inbox { messages, waker: _ }))| {
+                let mut broker = Broker::new(config.history, Some(floor));
+                broker.reserve(config.max_connections);
+                Loop {
+                    index,
+                    poll,
+                    listener,
+                    // Reserved, not touched: only pages of slots in use become resident.
+                    clients: Slab::with_capacity(config.max_connections),
+                    broker,
+                    hub: hub.clone(),
+                    inbox: messages,
+                    settings: config.settings.clone(),
+                    max_buffered_bytes: config.max_buffered_bytes,
+                    heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
+                    scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+                    again: Vec::new(),
+                    attention: Vec::new(),
+                    publishes: publishes.take(),
+                    handle: handle.clone(),
+                    timers: BinaryHeap::new(),
+                    accept_paused_until: None,
+                    out_of_descriptors: false,
+                    accepting: true,
+                    backlog_left: false,
+                    refused: 0,
+                    last_refusal_log: None,
+                    serials: 0,
+                    signals: None,
+                    shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+                    metrics: Metrics::default(),
+                }
+            })
+            .collect();
+        let publisher = Publisher { queue, waker: first_waker, stop };
+        Ok(Server { loops, hub, tick: config.tick, publisher, handle })
     }
 
     /// Makes SIGINT and SIGTERM stop the server gracefully (the binary does
@@ -299,14 +362,24 @@ impl Server {
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
         let mut signals =
             signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        self.signals = Some(signals);
+        if let Some(first) = self.loops.first_mut() {
+            first.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+            first.signals = Some(signals);
+        }
         Ok(())
     }
 
     /// The address the server listens on (useful after binding port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.loops.first() {
+            Some(first) => first.listener.local_addr(),
+            None => Err(io::Error::other("no event loop")),
+        }
+    }
+
+    /// How many event loops the server runs.
+    pub fn threads(&self) -> usize {
+        self.hub.loops()
     }
 
     /// A handle to stop the server from another thread.
@@ -319,17 +392,47 @@ impl Server {
         self.publisher.clone()
     }
 
-    /// Runs the event loop until [`Handle::shutdown`] or a signal, then shuts
-    /// down gracefully (see `Server::shut_down`).
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs the event loops (the first on this thread, the others on threads
+    /// of their own) until [`Handle::shutdown`] or a signal, then shuts down
+    /// gracefully (see `Loop::shut_down`). If any loop fails, all stop, and
+    /// the first error is returned.
+    pub fn run(self) -> io::Result<()> {
         if self.tick {
             let publisher = self.publisher();
             std::thread::Builder::new().name("bare-sse-ticker".into()).spawn(move || crate::ticker::run(publisher))?;
         }
+        let mut loops = self.loops.into_iter();
+        let first = loops.next();
+        let mut others = Vec::new();
+        for event_loop in loops {
+            let name = format!("bare-sse-loop-{}", event_loop.index);
+            match std::thread::Builder::new().name(name).spawn(move || event_loop.run()) {
+                Ok(thread) => others.push(thread),
+                Err(e) => {
+                    self.handle.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        let mut result = first.map_or(Ok(()), Loop::run);
+        for thread in others {
+            let outcome = thread.join().unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
+            result = result.and(outcome);
+        }
+        result
+    }
+}
+
+impl Loop {
+    /// Runs this loop until the server stops, then shuts it down gracefully.
+    fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut next_heartbeat = self.heartbeat.map(|every| Instant::now() + every);
         while !self.handle.is_stopped() {
-            self.turn(&mut events, next_heartbeat)?;
+            if let Err(e) = self.turn(&mut events, next_heartbeat) {
+                self.handle.shutdown();
+                return Err(e);
+            }
             if let (Some(at), Some(every)) = (next_heartbeat, self.heartbeat) {
                 let now = Instant::now();
                 if now >= at {
@@ -352,7 +455,7 @@ impl Server {
             .into_iter()
             .flatten()
             .min();
-        let timeout = if self.again.is_empty() && !self.publishes_left {
+        let timeout = if self.again.is_empty() && !self.backlog_left {
             wake_at.map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(Duration::ZERO)
@@ -360,10 +463,7 @@ impl Server {
         match self.poll.poll(events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => {
-                self.publisher.stop.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
         for key in std::mem::take(&mut self.again) {
             self.drive(key);
@@ -371,14 +471,15 @@ impl Server {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(),
-                WAKER => self.take_publishes(),
+                // Publisher queue and inbox are taken every turn (below).
+                WAKER => {}
                 SIGNALS => self.take_signals(),
                 Token(key) => self.drive(key),
             }
         }
-        if self.publishes_left {
-            self.take_publishes();
-        }
+        self.backlog_left = false;
+        self.take_publishes();
+        self.take_inbox();
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
@@ -386,6 +487,7 @@ impl Server {
         }
         self.expire_timers(now);
         self.fan_out();
+        self.store_gauges();
         Ok(())
     }
 
@@ -397,8 +499,14 @@ impl Server {
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
         self.accepting = false;
-        while self.publishes_left || !self.publishes.is_empty() {
+        // Every event published before the stop is in a queue or an inbox by
+        // now: take them all, so each is sent on before streams close.
+        while self.publishes.as_ref().is_some_and(|queue| !queue.is_empty()) {
             self.take_publishes();
+        }
+        while !self.inbox.is_empty() {
+            self.take_inbox();
+            self.fan_out();
         }
         self.fan_out();
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -409,6 +517,7 @@ impl Server {
                 self.close(key);
             }
             if self.clients.is_empty() || Instant::now() >= deadline {
+                self.store_gauges();
                 return Ok(());
             }
             // Wake at least every 50 ms to check the deadline and quiet
@@ -426,7 +535,7 @@ impl Server {
         }
         for _ in 0..MAX_ACCEPTS_PER_TURN {
             match self.listener.accept() {
-                Ok((mut socket, _peer)) if self.clients.len() >= self.max_connections => {
+                Ok((mut socket, _peer)) if !self.hub.try_connect() => {
                     // Over the cap: a short answer, then close. A static
                     // response fits the fresh socket's buffer, so one
                     // non-blocking write suffices.
@@ -447,6 +556,7 @@ impl Server {
                     let key = entry.key();
                     if self.poll.registry().register(&mut socket, Token(key), Interest::READABLE).is_ok() {
                         let now = Instant::now();
+                        self.serials = self.serials.wrapping_add(1);
                         entry.insert(Client {
                             socket,
                             conn: Conn::new(&self.settings, now),
@@ -454,9 +564,12 @@ impl Server {
                             wants_writable: false,
                             replay_grace: 0,
                             scheduled: None,
+                            serial: self.serials,
                         });
                         self.metrics.connections_accepted += 1;
                         self.schedule(key);
+                    } else {
+                        self.hub.disconnected();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -492,7 +605,7 @@ impl Server {
         self.refused += 1;
         let now = Instant::now();
         if self.last_refusal_log.is_none_or(|at| now - at >= Duration::from_secs(1)) {
-            log::warn!("refused {} connection(s): over --max-connections {}", self.refused, self.max_connections);
+            log::warn!("refused {} connection(s): over --max-connections {}", self.refused, self.hub.max_connections());
             self.refused = 0;
             self.last_refusal_log = Some(now);
         }
@@ -502,7 +615,7 @@ impl Server {
         if let Some(signals) = &mut self.signals {
             for signal in signals.pending() {
                 log::info!("signal {signal}: shutting down gracefully");
-                self.handle.stop.store(true, Ordering::SeqCst);
+                self.handle.shutdown();
             }
         }
     }
@@ -584,11 +697,12 @@ impl Server {
             let Some(action) = action else { return self.take_notes(key) };
             match action {
                 Action::Publish(publish) => {
-                    let receipt = self.broker.publish(&publish);
-                    client.conn.published(&receipt.id, receipt.subscribers, &self.settings, Instant::now());
+                    let receipt = self.hub.publish(&publish, Some(self.index));
+                    client.conn.published(&receipt.id.to_string(), receipt.subscribers, &self.settings, Instant::now());
                 }
                 Action::Subscribe(subscribe) => self.subscribe(key, subscribe),
                 Action::Metrics => {
+                    self.store_gauges();
                     let text = self.render_metrics();
                     if let Some(client) = self.clients.get_mut(key) {
                         client.conn.answer(METRICS_CONTENT_TYPE, text.as_bytes(), &self.settings, Instant::now());
@@ -609,6 +723,7 @@ impl Server {
         let Some(client) = self.clients.get_mut(key) else {
             return self.broker.unsubscribe(joined.membership);
         };
+        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
         client.membership = Some(joined.membership as u32);
         let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
         client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
@@ -617,18 +732,63 @@ impl Server {
         }
     }
 
-    /// Takes the events other threads published through a [`Publisher`].
-    /// At most [`MAX_PUBLISHES_PER_TURN`] per turn, so publishing threads
-    /// that never pause cannot keep the loop from its sockets.
+    /// Takes the events other threads published through a [`Publisher`]
+    /// (loop 0 only). At most [`MAX_PUBLISHES_PER_TURN`] per turn, so
+    /// publishing threads that never pause cannot keep the loop from its
+    /// sockets.
     fn take_publishes(&mut self) {
+        let Some(queue) = &self.publishes else { return };
         for _ in 0..MAX_PUBLISHES_PER_TURN {
-            let Ok(publish) = self.publishes.try_recv() else {
-                self.publishes_left = false;
-                return;
-            };
-            self.broker.publish(&publish);
+            let Ok(publish) = queue.try_recv() else { return };
+            self.hub.publish(&publish, Some(self.index));
         }
-        self.publishes_left = true;
+        self.backlog_left = true;
+    }
+
+    /// Takes what the hub sent this loop: events into the broker (to go out
+    /// at the next fan-out), and answers for waiting publishers. Bounded per
+    /// turn like [`Loop::take_publishes`].
+    fn take_inbox(&mut self) {
+        for _ in 0..MAX_INBOX_PER_TURN {
+            let Ok(message) = self.inbox.try_recv() else { return };
+            match message {
+                Message::Event(event) => self.broker.accept(event),
+                Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
+                Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
+            }
+        }
+        self.backlog_left = true;
+    }
+
+    /// Answers a publish that waited for the cluster bus, if the connection
+    /// that made it is still there.
+    fn answer_publish(&mut self, key: usize, serial: u32, answer: Result<crate::broker::Receipt, String>) {
+        let Some(client) = self.clients.get_mut(key).filter(|client| client.serial == serial) else { return };
+        let now = Instant::now();
+        match answer {
+            Ok(receipt) => client.conn.published(&receipt.id.to_string(), receipt.subscribers, &self.settings, now),
+            Err(why) => client.conn.unavailable(&why, &self.settings, now),
+        }
+        self.take_notes(key);
+        self.flush(key);
+        self.schedule(key);
+    }
+
+    /// Copies this loop's counters into its gauges in the hub.
+    fn store_gauges(&self) {
+        let Some(gauges) = self.hub.gauges(self.index) else { return };
+        let stats = self.broker.stats();
+        let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
+        let Gauges { frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } = gauges;
+        store(frames, stats.frames);
+        store(bytes, stats.bytes);
+        store(heartbeats, stats.heartbeats);
+        store(dropped_slow, self.metrics.dropped_slow);
+        for (gauge, &value) in responses.iter().zip(&self.metrics.responses) {
+            store(gauge, value);
+        }
+        store(accepted, self.metrics.connections_accepted);
+        store(refused, self.metrics.refused_over_capacity);
     }
 
     /// Writes a connection's queued output and applies its socket command.
@@ -724,10 +884,11 @@ impl Server {
         }
     }
 
-    /// The Prometheus text exposition of the server's state.
+    /// The Prometheus text exposition of the server's state: sums over all
+    /// loops (each loop's counters as of its last turn, this one's as of now).
     fn render_metrics(&self) -> String {
         use std::fmt::Write as _;
-        let stats = self.broker.stats();
+        let totals = self.hub.totals();
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -736,57 +897,48 @@ impl Server {
             }
         };
         let one = |value: u64| [(String::new(), value)];
-        metric("bare_sse_connections", "gauge", "Open client connections.", &one(self.clients.len() as u64));
-        metric("bare_sse_streams", "gauge", "Open event streams.", &one(self.broker.subscribers() as u64));
+        metric("bare_sse_connections", "gauge", "Open client connections.", &one(self.hub.connections() as u64));
         // Topics are named by clients, so their number is unbounded: only the
         // largest get a series of their own, which keeps this answer (and a
         // Prometheus server's memory) small whatever clients do.
-        let mut topics: Vec<(&str, usize)> = self.broker.topics().collect();
-        metric("bare_sse_topics", "gauge", "Topics with subscribers.", &one(topics.len() as u64));
-        topics.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let topics: Vec<(String, u64)> = topics
-            .into_iter()
-            .take(MAX_TOPIC_SERIES)
-            .map(|(topic, n)| (format!("{{topic=\"{topic}\"}}"), n as u64))
-            .collect();
+        let (streams, topic_count, topics) = self.hub.streams(MAX_TOPIC_SERIES);
+        metric("bare_sse_streams", "gauge", "Open event streams.", &one(streams as u64));
+        metric("bare_sse_topics", "gauge", "Topics with subscribers.", &one(topic_count as u64));
+        let topics: Vec<(String, u64)> =
+            topics.into_iter().map(|(topic, n)| (format!("{{topic=\"{topic}\"}}"), n as u64)).collect();
         metric("bare_sse_subscribers", "gauge", "Open event streams by topic, for the largest topics only.", &topics);
-        metric("bare_sse_events_published_total", "counter", "Events published.", &one(stats.events));
-        metric("bare_sse_frames_delivered_total", "counter", "Event frames handed to subscribers.", &one(stats.frames));
+        metric("bare_sse_events_published_total", "counter", "Events published.", &one(self.hub.events()));
+        metric(
+            "bare_sse_frames_delivered_total",
+            "counter",
+            "Event frames handed to subscribers.",
+            &one(totals.frames),
+        );
         metric(
             "bare_sse_delivered_bytes_total",
             "counter",
             "Bytes of event frames handed to subscribers.",
-            &one(stats.bytes),
+            &one(totals.bytes),
         );
-        metric("bare_sse_heartbeats_total", "counter", "Heartbeat comments sent.", &one(stats.heartbeats));
+        metric("bare_sse_heartbeats_total", "counter", "Heartbeat comments sent.", &one(totals.heartbeats));
         metric(
             "bare_sse_subscribers_dropped_slow_total",
             "counter",
             "Subscribers closed for falling more than --max-buffered-bytes behind.",
-            &one(self.metrics.dropped_slow),
+            &one(totals.dropped_slow),
         );
-        let classes: Vec<(String, u64)> = self
-            .metrics
-            .responses
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (format!("{{class=\"{}xx\"}}", i + 1), n))
-            .collect();
+        let classes: Vec<(String, u64)> =
+            totals.responses.iter().enumerate().map(|(i, &n)| (format!("{{class=\"{}xx\"}}", i + 1), n)).collect();
         metric("bare_sse_responses_total", "counter", "Responses sent, by status class.", &classes);
-        metric(
-            "bare_sse_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            &one(self.metrics.connections_accepted),
-        );
+        metric("bare_sse_connections_accepted_total", "counter", "Connections accepted.", &one(totals.accepted));
         metric(
             "bare_sse_connections_refused_total",
             "counter",
             "Connections refused with 503 for being over --max-connections.",
-            &one(self.metrics.refused_over_capacity),
+            &one(totals.refused),
         );
-        let uptime = self.metrics.started.map_or(0, |at| at.elapsed().as_secs());
-        metric("bare_sse_uptime_seconds", "gauge", "Seconds since the server started.", &one(uptime));
+        metric("bare_sse_event_loops", "gauge", "Event loops (--threads).", &one(self.hub.loops() as u64));
+        metric("bare_sse_uptime_seconds", "gauge", "Seconds since the server started.", &one(self.hub.uptime_secs()));
         let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
         metric("bare_sse_build_info", "gauge", "Build information; always 1.", &[(version, 1)]);
         out
@@ -795,8 +947,11 @@ impl Server {
     /// Forgets a connection; dropping the socket closes it (and removes it
     /// from the poll set).
     fn close(&mut self, key: usize) {
-        if let Some(membership) = self.clients.try_remove(key).and_then(|client| client.membership) {
-            self.broker.unsubscribe(membership as usize);
+        let Some(client) = self.clients.try_remove(key) else { return };
+        self.hub.disconnected();
+        if let Some(membership) = client.membership.map(|m| m as usize) {
+            self.hub.stream_closed(self.broker.topics_of(membership));
+            self.broker.unsubscribe(membership);
         }
     }
 }
@@ -810,11 +965,15 @@ const MAX_TOPIC_SERIES: usize = 100;
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// A non-blocking listening socket with a deep backlog and `SO_REUSEADDR`
-/// (so a restarted server can bind while old connections sit in TIME_WAIT).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// (so a restarted server can bind while old connections sit in TIME_WAIT),
+/// and `SO_REUSEPORT` when there are several loops.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // One listening socket per loop on the same port; the kernel spreads
+    // new connections across them.
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -834,10 +993,11 @@ fn peer(socket: &TcpStream) -> String {
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
-impl Drop for Server {
+impl Drop for Loop {
     fn drop(&mut self) {
-        // Publishers fail fast once the loop is gone.
-        self.publisher.stop.store(true, Ordering::SeqCst);
+        // Once any loop is gone (done or failed) the others stop too, and
+        // publishers fail fast.
+        self.handle.shutdown();
     }
 }
 

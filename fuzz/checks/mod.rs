@@ -27,11 +27,11 @@
 
 use std::collections::HashSet;
 use std::io::{self, IoSlice, Write};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bare_sse::api::{self, Publish};
-use bare_sse::broker::{Broker, Delivery, HistoryLimits, Subscriber};
+use bare_sse::broker::{Broker, Delivery, EventId, HistoryLimits, Published, Subscriber};
 use bare_sse::conn::{self, Action, Conn, Limits, Settings, SocketCommand};
 use bare_sse::http::{self, BodyFraming, ChunkedDecoder, Method};
 use bare_sse::sse;
@@ -258,7 +258,7 @@ impl<'p, 'a> Harness<'p, 'a> {
         Harness {
             plan,
             conn: Conn::new(&plan.settings, now),
-            broker: Broker::with_epoch(HistoryLimits::default(), EPOCH),
+            broker: Broker::new(HistoryLimits::default(), Some(EventId { ms: EPOCH, seq: 0 })),
             sink: Sink { taken: Vec::new(), schedule: plan.writes, next: 0, shut: false },
             now,
             rest: plan.stream,
@@ -300,11 +300,13 @@ impl<'p, 'a> Harness<'p, 'a> {
                 }
                 Action::Publish(publish) => {
                     check_valid_publish(publish);
-                    let receipt = self.broker.publish(publish);
-                    let event =
-                        sse::Event { id: Some(&receipt.id), name: publish.event.as_deref(), data: &publish.message };
+                    // As the hub numbers and frames it, and the loop takes it in.
+                    let id = EventId { ms: EPOCH, seq: self.broker.last_id().seq + 1 };
+                    self.broker.accept(Arc::new(Published::new(id, publish)));
+                    let id = id.to_string();
+                    let event = sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message };
                     check_frame_roundtrip(&event);
-                    self.conn.published(&receipt.id, receipt.subscribers, settings, self.now);
+                    self.conn.published(&id, 0, settings, self.now);
                 }
                 Action::Subscribe(subscribe) => {
                     assert!((1..=api::MAX_TOPICS).contains(&subscribe.topics.len()));

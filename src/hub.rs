@@ -1,0 +1,395 @@
+//! The hub: what the event loops of one server share, and the one way an
+//! event reaches all of them.
+//!
+//! With `--threads N` a server runs N event loops, each with its own poll,
+//! connections, timers and [`Broker`](crate::broker::Broker). A connection
+//! lives on one loop for its whole life. What they must agree on lives here:
+//!
+//! * **One order of events.** [`Hub::publish`] takes one lock, gives the event
+//!   the next id, frames it once ([`Published::new`]), and sends the same
+//!   `Arc` down every loop's inbox (a crossbeam channel) before it lets go.
+//!   Since ids are handed out and sends are made under the same lock, every
+//!   inbox receives events in id order, so every loop, and every subscriber
+//!   on any loop, sees a topic's events in the same order with the same ids.
+//!   The lock is held per publish, never per subscriber: a publish costs
+//!   O(loops) sends plus a wake of each other loop, and each loop then does
+//!   O(its own subscribers) work to fan it out.
+//! * **Replay.** Each loop keeps its own history of those shared `Arc`s (a
+//!   pointer each, not a copy), fed from its inbox in the same order, so
+//!   `Last-Event-ID` gets the same answer on any loop. The seam stays exact
+//!   per loop: a loop subscribes a connection only between fan-outs, so every
+//!   event it has taken from its inbox is in the newcomer's replay and every
+//!   event still in the inbox reaches the newcomer live. Nothing races,
+//!   because a loop's broker is touched only by that loop's thread.
+//! * **Counts and caps.** The subscription registry (streams per topic) is in
+//!   the same lock, updated when a stream opens or closes, so a publish can
+//!   answer how many streams it reaches, on all loops, without asking them.
+//!   The connection count behind `--max-connections` is one atomic. Each loop
+//!   copies its counters into its [`Gauges`] once per turn; `/metrics` adds
+//!   them up.
+//!
+//! In a cluster ([`crate::bus`]) the order comes from a Redis stream instead
+//! of the lock's counter: the bus's reader hands events to
+//! [`Hub::distribute`], the same path a local publish takes after numbering.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+
+use crate::api::Publish;
+use crate::broker::{EventId, Published, Receipt};
+
+/// What a loop finds in its inbox.
+#[derive(Debug)]
+pub enum Message {
+    /// The next event of the one order.
+    Event(Arc<Published>),
+    /// A cluster node's history, once, before any event (see
+    /// [`crate::broker::Broker::backfill`]).
+    Backfill(EventId, Arc<[Arc<Published>]>),
+    /// The bus answered a publish made by connection `key` of this loop
+    /// (`serial` tells it apart from a later connection with the same key).
+    Answer { key: usize, serial: u32, answer: Result<Receipt, String> },
+}
+
+/// One loop's end of the hub.
+pub struct Inbox {
+    pub messages: Receiver<Message>,
+    pub waker: Arc<Waker>,
+}
+
+/// A loop's counters, copied in by the loop itself once per turn (plain
+/// stores; nothing on the hot path is atomic) and summed by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub dropped_slow: AtomicU64,
+    pub responses: [AtomicU64; 5],
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The sum of every loop's [`Gauges`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub frames: u64,
+    pub bytes: u64,
+    pub heartbeats: u64,
+    pub dropped_slow: u64,
+    pub responses: [u64; 5],
+    pub accepted: u64,
+    pub refused: u64,
+}
+
+/// Shared by every loop of a server (and its publishers) behind an `Arc`.
+pub struct Hub {
+    state: Mutex<State>,
+    outlets: Box<[Outlet]>,
+    gauges: Box<[Gauges]>,
+    /// Open connections on all loops.
+    connections: AtomicUsize,
+    max_connections: usize,
+    /// Events distributed so far.
+    events: AtomicU64,
+    started: Instant,
+}
+
+struct Outlet {
+    messages: Sender<Message>,
+    waker: Arc<Waker>,
+}
+
+/// What the lock guards.
+struct State {
+    /// The `ms` part of local ids: the time the server started.
+    epoch: u64,
+    /// The `seq` of the next local id.
+    next_seq: u64,
+    registry: Registry,
+}
+
+impl Hub {
+    /// A hub for one loop per waker; returns it and each loop's inbox, in the
+    /// order of `wakers`.
+    pub fn new(wakers: Vec<Arc<Waker>>, max_connections: usize) -> (Arc<Hub>, Vec<Inbox>) {
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut outlets = Vec::with_capacity(wakers.len());
+        let mut inboxes = Vec::with_capacity(wakers.len());
+        for waker in wakers {
+            // Unbounded: a publishing loop must never wait on a loop that may
+            // be waiting on it. What bounds an inbox is the pace of the
+            // publishers, each held back by its own connection or queue.
+            let (messages, receiver) = crossbeam_channel::unbounded();
+            outlets.push(Outlet { messages, waker: waker.clone() });
+            inboxes.push(Inbox { messages: receiver, waker });
+        }
+        let gauges = (0..outlets.len()).map(|_| Gauges::default()).collect();
+        let hub = Hub {
+            state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default() }),
+            outlets: outlets.into(),
+            gauges,
+            connections: AtomicUsize::new(0),
+            max_connections,
+            events: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        (Arc::new(hub), inboxes)
+    }
+
+    /// How many loops share this hub.
+    pub fn loops(&self) -> usize {
+        self.outlets.len()
+    }
+
+    /// The floor of a new local history: before the first id this server
+    /// will issue (see [`crate::broker`]).
+    pub fn local_floor(&self) -> EventId {
+        EventId { ms: self.lock().epoch, seq: 0 }
+    }
+
+    /// Numbers `publish` (which must be valid), frames it once, and sends it
+    /// to every loop. `from` is the calling loop, which needs no wake-up: it
+    /// drains its inbox at the end of the turn anyway.
+    pub fn publish(&self, publish: &Publish, from: Option<usize>) -> Receipt {
+        let mut state = self.lock();
+        let id = EventId { ms: state.epoch, seq: state.next_seq };
+        state.next_seq += 1;
+        let subscribers = state.registry.count(&publish.topics);
+        let event = Arc::new(Published::new(id, publish));
+        self.send_to_all(&state, Message::Event, event, from);
+        self.events.fetch_add(1, Ordering::Relaxed);
+        Receipt { id, subscribers }
+    }
+
+    /// Sends events that already have their ids (from the cluster bus), in
+    /// order, to every loop.
+    pub fn distribute(&self, events: impl IntoIterator<Item = Arc<Published>>) {
+        let state = self.lock();
+        for event in events {
+            self.send_to_all(&state, Message::Event, event, None);
+            self.events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a cluster node's history to every loop (see [`Message::Backfill`]).
+    pub fn backfill(&self, floor: EventId, events: Vec<Arc<Published>>) {
+        let state = self.lock();
+        let events: Arc<[Arc<Published>]> = events.into();
+        self.send_to_all(&state, |events| Message::Backfill(floor, events), events, None);
+    }
+
+    /// How many streams, on all loops, an event on `topics` would reach.
+    pub fn count_subscribers(&self, topics: &[String]) -> usize {
+        self.lock().registry.count(topics)
+    }
+
+    /// Hands loop `index` the answer to a publish one of its connections made.
+    pub fn answer(&self, index: usize, key: usize, serial: u32, answer: Result<Receipt, String>) {
+        if let Some(outlet) = self.outlets.get(index) {
+            // Fails only once the loop is gone, and then nobody is waiting.
+            if outlet.messages.send(Message::Answer { key, serial, answer }).is_ok() {
+                let _ = outlet.waker.wake();
+            }
+        }
+    }
+
+    /// Wakes every loop (to notice a shutdown).
+    pub fn wake_all(&self) {
+        for outlet in self.outlets.iter() {
+            let _ = outlet.waker.wake();
+        }
+    }
+
+    /// Counts a stream that opened on `topics`.
+    pub fn stream_opened<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        self.lock().registry.add(topics);
+    }
+
+    /// Counts a stream on `topics` that closed.
+    pub fn stream_closed<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        self.lock().registry.remove(topics);
+    }
+
+    /// Open streams on all loops, and per topic (largest first, at most
+    /// `most` topics) with the number of topics in all.
+    pub fn streams(&self, most: usize) -> (usize, usize, Vec<(String, usize)>) {
+        let state = self.lock();
+        let registry = &state.registry;
+        let mut topics: Vec<(&str, usize)> = registry.per_topic.iter().map(|(t, &n)| (&**t, n)).collect();
+        topics.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let largest = topics.iter().take(most).map(|&(t, n)| (t.to_owned(), n)).collect();
+        (registry.streams, topics.len(), largest)
+    }
+
+    /// Takes a connection slot under `--max-connections`; false when full.
+    pub fn try_connect(&self) -> bool {
+        let max = self.max_connections;
+        self.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Gives back a slot taken by [`Hub::try_connect`].
+    pub fn disconnected(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Open connections on all loops.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// The connection cap shared by all loops.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Seconds since the hub (the server) was created.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Events distributed since the start.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Loop `index`'s counters, for it to store into.
+    pub fn gauges(&self, index: usize) -> Option<&Gauges> {
+        self.gauges.get(index)
+    }
+
+    /// Every loop's counters, summed.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        for gauges in self.gauges.iter() {
+            totals.frames += load(&gauges.frames);
+            totals.bytes += load(&gauges.bytes);
+            totals.heartbeats += load(&gauges.heartbeats);
+            totals.dropped_slow += load(&gauges.dropped_slow);
+            for (total, n) in totals.responses.iter_mut().zip(&gauges.responses) {
+                *total += load(n);
+            }
+            totals.accepted += load(&gauges.accepted);
+            totals.refused += load(&gauges.refused);
+        }
+        totals
+    }
+
+    /// Sends `item` (wrapped by `wrap`) to every loop, under the lock held as
+    /// `_state` (which is what keeps the order the same in every inbox).
+    fn send_to_all<T: Clone>(&self, _state: &State, wrap: impl Fn(T) -> Message, item: T, from: Option<usize>) {
+        for (index, outlet) in self.outlets.iter().enumerate() {
+            // A send fails only when the loop has exited (shut down).
+            if outlet.messages.send(wrap(item.clone())).is_ok() && from != Some(index) {
+                let _ = outlet.waker.wake();
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only counters half-updated:
+        // carry on with them rather than take every loop down.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Who is subscribed to what, on all loops, kept so that a publish can say
+/// how many streams it reaches without asking the loops.
+#[derive(Debug, Default)]
+struct Registry {
+    streams: usize,
+    /// Streams per topic (a stream on several topics counts under each).
+    per_topic: HashMap<Box<str>, usize>,
+    /// Streams on more than one topic, per set of topics (sorted), so an
+    /// event on several topics counts each stream once. Rare, and bounded by
+    /// the number of streams.
+    multi: HashMap<Box<[Box<str>]>, usize>,
+}
+
+impl Registry {
+    fn add<'a>(&mut self, topics: impl IntoIterator<Item = &'a str>) {
+        let set = Self::set(topics);
+        self.streams += 1;
+        for topic in set.iter() {
+            *self.per_topic.entry(topic.clone()).or_default() += 1;
+        }
+        if set.len() > 1 {
+            *self.multi.entry(set).or_default() += 1;
+        }
+    }
+
+    fn remove<'a>(&mut self, topics: impl IntoIterator<Item = &'a str>) {
+        let set = Self::set(topics);
+        self.streams = self.streams.saturating_sub(1);
+        for topic in set.iter() {
+            decrement(&mut self.per_topic, topic);
+        }
+        if set.len() > 1 {
+            decrement(&mut self.multi, &set);
+        }
+    }
+
+    /// Streams subscribed to any of `topics`, each counted once.
+    fn count(&self, topics: &[impl AsRef<str>]) -> usize {
+        let per_topic = |t: &str| self.per_topic.get(t).copied().unwrap_or(0);
+        match topics {
+            [one] => per_topic(one.as_ref()),
+            _ => {
+                // Each topic's streams, less those on several of the topics,
+                // which are then counted once each.
+                let wanted = |t: &str| topics.iter().any(|w| w.as_ref() == t);
+                let mut count: usize = topics.iter().map(|t| per_topic(t.as_ref())).sum();
+                for (set, &n) in &self.multi {
+                    let hits = set.iter().filter(|t| wanted(t)).count();
+                    count = count.saturating_sub(hits.saturating_sub(1) * n);
+                }
+                count
+            }
+        }
+    }
+
+    fn set<'a>(topics: impl IntoIterator<Item = &'a str>) -> Box<[Box<str>]> {
+        let mut set: Vec<Box<str>> = topics.into_iter().map(Box::from).collect();
+        set.sort();
+        set.dedup();
+        set.into()
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq + ?Sized>(map: &mut HashMap<Box<K>, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_counts_each_stream_once() {
+        let mut registry = Registry::default();
+        registry.add(["a"]);
+        registry.add(["b", "a"]);
+        registry.add(["b"]);
+        registry.add(["a", "b", "c"]);
+        assert_eq!(registry.count(&["a"]), 3);
+        assert_eq!(registry.count(&["b"]), 3);
+        assert_eq!(registry.count(&["a", "b"]), 4);
+        assert_eq!(registry.count(&["c", "a"]), 3);
+        assert_eq!(registry.count(&["nobody"]), 0);
+        registry.remove(["a", "b"]);
+        registry.remove(["a", "c", "b"]);
+        assert_eq!(registry.count(&["a", "b"]), 2);
+        assert_eq!((registry.streams, registry.multi.len(), registry.per_topic.len()), (2, 0, 2));
+    }
+}
