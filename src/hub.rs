@@ -66,6 +66,8 @@ pub struct Inbox {
 /// stores; nothing on the hot path is atomic) and summed by `/metrics`.
 #[derive(Debug, Default)]
 pub struct Gauges {
+    /// Open connections on this loop (the total is the hub's own count).
+    pub connections: AtomicU64,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     pub heartbeats: AtomicU64,
@@ -261,6 +263,11 @@ impl Hub {
     /// Loop `index`'s counters, for it to store into.
     pub fn gauges(&self, index: usize) -> Option<&Gauges> {
         self.gauges.get(index)
+    }
+
+    /// Open connections per loop, as of each loop's last turn.
+    pub fn connections_per_loop(&self) -> Vec<u64> {
+        self.gauges.iter().map(|gauges| gauges.connections.load(Ordering::Relaxed)).collect()
     }
 
     /// Every loop's counters, summed.

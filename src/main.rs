@@ -76,9 +76,10 @@ fn main() -> ExitCode {
     eprint!(
         "{}",
         format_args!(
-            "bare-sse {} listening on http://{addr} (max {} connections, {} B head, {} B body, \
-             {} B buffered per subscriber, history {} events)\n",
+            "bare-sse {} listening on http://{addr} ({} event loop(s), max {} connections, {} B head, \
+             {} B body, {} B buffered per subscriber, history {} events)\n",
             env!("CARGO_PKG_VERSION"),
+            server.threads(),
             config.max_connections,
             limits.max_head_bytes,
             limits.max_body_bytes,

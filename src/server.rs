@@ -779,7 +779,8 @@ impl Loop {
         let Some(gauges) = self.hub.gauges(self.index) else { return };
         let stats = self.broker.stats();
         let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
-        let Gauges { frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } = gauges;
+        let Gauges { connections, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } = gauges;
+        store(connections, self.clients.len() as u64);
         store(frames, stats.frames);
         store(bytes, stats.bytes);
         store(heartbeats, stats.heartbeats);
@@ -937,7 +938,10 @@ impl Loop {
             "Connections refused with 503 for being over --max-connections.",
             &one(totals.refused),
         );
-        metric("bare_sse_event_loops", "gauge", "Event loops (--threads).", &one(self.hub.loops() as u64));
+        let per_loop: Vec<(String, u64)> = (self.hub.connections_per_loop().into_iter().enumerate())
+            .map(|(index, n)| (format!("{{loop=\"{index}\"}}"), n))
+            .collect();
+        metric("bare_sse_loop_connections", "gauge", "Open connections per event loop (--threads).", &per_loop);
         metric("bare_sse_uptime_seconds", "gauge", "Seconds since the server started.", &one(self.hub.uptime_secs()));
         let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
         metric("bare_sse_build_info", "gauge", "Build information; always 1.", &[(version, 1)]);

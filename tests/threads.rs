@@ -1,0 +1,248 @@
+//! `--threads N`: several event loops behind one address, sharing one
+//! broadcast. Connections must spread across the loops, and every subscriber,
+//! on whichever loop, must see every event once, in one order, with the same
+//! ids; replay must give the same answer on any loop.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Binary, Client, EventStream, TestServer, get};
+
+fn server(threads: usize) -> TestServer {
+    TestServer::with(|config| {
+        config.threads = threads;
+        config.heartbeat_secs = 0;
+    })
+}
+
+/// `bare_sse_loop_connections` per loop, from `/metrics`.
+#[track_caller]
+fn connections_per_loop(server: &TestServer) -> Vec<u64> {
+    let text = server.connect().request(get("/metrics")).text();
+    let mut per_loop: Vec<(usize, u64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("bare_sse_loop_connections{loop=\""))
+        .map(|rest| {
+            let (index, value) = rest.split_once("\"} ").expect("a loop sample");
+            (index.parse().unwrap(), value.parse().unwrap())
+        })
+        .collect();
+    per_loop.sort();
+    per_loop.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Waits until the loops report `total` connections between them (each
+/// reports as of its last turn), and returns the split.
+#[track_caller]
+fn settled_split(server: &TestServer, total: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let split = connections_per_loop(server);
+        // The /metrics connection itself counts on one of the loops.
+        if split.iter().sum::<u64>() >= total {
+            return split;
+        }
+        assert!(Instant::now() < deadline, "loops report {split:?}, expected {total} in all");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn subscribe_all(server: &TestServer, n: usize, path: &str) -> Vec<EventStream> {
+    (0..n).map(|_| Client::connect(server.addr).subscribe(path)).collect()
+}
+
+#[test]
+fn connections_spread_across_two_loops() {
+    // 1000 streams hold 2000 descriptors in this process (both ends).
+    let _ = rlimit::increase_nofile_limit(8192);
+    let server = server(2);
+    let streams = subscribe_all(&server, 1000, "/events");
+    let split = settled_split(&server, 1000);
+    assert_eq!(split.len(), 2, "{split:?}");
+    let total: u64 = split.iter().sum();
+    for &n in &split {
+        assert!(n * 100 <= total * 65, "one loop holds {n} of {total} connections: {split:?}");
+    }
+    // And a publish reaches the streams of both loops.
+    assert_eq!(server.publish("to all"), 1000);
+    drop(streams);
+}
+
+/// Several publishers on their own keep-alive connections publish at once;
+/// every subscriber, on any loop, must see the same events in the same order.
+fn concurrent_publishers_give_one_order(threads: usize) {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 100;
+    let server = server(threads);
+    let mut streams = subscribe_all(&server, 8 * threads, "/events");
+    let split = settled_split(&server, streams.len() as u64);
+    assert!(split.iter().all(|&n| n > 0), "a loop has no streams: {split:?}");
+    let addr = server.addr;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                (0..EACH)
+                    .map(|i| {
+                        let response = client.publish(&format!("p{p}-{i}"));
+                        assert_eq!(response.status, 200, "{response:?}");
+                        response.json()["id"].as_str().unwrap().to_owned()
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let acknowledged: BTreeSet<String> = publishers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    assert_eq!(acknowledged.len(), PUBLISHERS * EACH, "ids are unique");
+    let seen: Vec<Vec<(String, String)>> = streams
+        .iter_mut()
+        .map(|stream| {
+            (0..PUBLISHERS * EACH)
+                .map(|_| {
+                    let event = stream.next_event();
+                    (event.id.unwrap(), event.data)
+                })
+                .collect()
+        })
+        .collect();
+    let first = &seen[0];
+    let ids: BTreeSet<String> = first.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, acknowledged, "the stream's ids are the acknowledged ones, each once");
+    let messages: BTreeSet<&str> = first.iter().map(|(_, data)| data.as_str()).collect();
+    assert_eq!(messages.len(), PUBLISHERS * EACH, "every message once");
+    // Each publisher's own events stay in its order.
+    for p in 0..PUBLISHERS {
+        let mine: Vec<&str> =
+            first.iter().map(|(_, data)| data.as_str()).filter(|d| d.starts_with(&format!("p{p}-"))).collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("p{p}-{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+    for (i, other) in seen.iter().enumerate() {
+        assert_eq!(other, first, "stream {i} saw another order");
+    }
+}
+
+#[test]
+fn concurrent_publishers_give_one_order_on_two_loops() {
+    concurrent_publishers_give_one_order(2);
+}
+
+#[test]
+fn concurrent_publishers_give_one_order_on_four_loops() {
+    concurrent_publishers_give_one_order(4);
+}
+
+#[test]
+fn replay_is_the_same_on_every_loop() {
+    let server = server(2);
+    let mut watcher = server.subscribe();
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            server.publish(&format!("m{i}"));
+            watcher.next_event().id.unwrap()
+        })
+        .collect();
+    // Resuming after the 10th event, on many connections (so on both loops):
+    // each gets events 11..30 exactly, then the live stream.
+    let path = format!("/events?lastEventId={}", ids[9]);
+    let mut resumed = subscribe_all(&server, 16, &path);
+    let split = settled_split(&server, resumed.len() as u64 + 1);
+    assert!(split.iter().all(|&n| n > 0), "a loop has no streams: {split:?}");
+    server.publish("live");
+    for stream in &mut resumed {
+        let got: Vec<(String, String)> = (0..21)
+            .map(|_| {
+                let event = stream.next_event();
+                (event.id.unwrap(), event.data)
+            })
+            .collect();
+        let expected: Vec<(String, String)> = (10..30)
+            .map(|i| (ids[i].clone(), format!("m{i}")))
+            .chain([(got[20].0.clone(), "live".to_owned())])
+            .collect();
+        assert_eq!(got, expected);
+        assert!(got[20].0 > ids[29], "the live event comes after the replay");
+    }
+}
+
+#[test]
+fn the_connection_cap_is_shared_by_the_loops() {
+    let server = TestServer::with(|config| {
+        config.threads = 2;
+        config.max_connections = 10;
+    });
+    let streams = subscribe_all(&server, 10, "/events");
+    // All 10 slots are taken, whichever loop holds them: the next is refused.
+    let refused = server.connect().request(get("/healthz"));
+    assert_eq!(refused.status, 503, "{refused:?}");
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.connect().request(get("/healthz")).status != 200 {
+        assert!(Instant::now() < deadline, "slots not given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_are_sums_over_the_loops() {
+    let server = server(2);
+    let streams = subscribe_all(&server, 12, "/events?topic=news");
+    settled_split(&server, 12);
+    for i in 0..5 {
+        let response =
+            server.connect().request(support::post("/send-event", &format!(r#"{{"message":"n{i}","topic":"news"}}"#)));
+        assert_eq!(response.json()["subscribers"], 12);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.connect().request(get("/metrics")).text();
+        let value = |name: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+            line.rsplit_once(' ').unwrap().1.parse().unwrap()
+        };
+        assert_eq!(value("bare_sse_streams "), 12);
+        assert_eq!(value("bare_sse_subscribers{topic=\"news\"} "), 12);
+        assert_eq!(value("bare_sse_events_published_total "), 5);
+        // Frames are counted by each loop as it fans out.
+        if value("bare_sse_frames_delivered_total ") == 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "frames never summed to 60:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(streams);
+}
+
+#[test]
+fn sigterm_with_open_streams_on_several_loops_exits_0() {
+    let server = Binary::start(&["--threads", "4"]);
+    assert!(server.start_line.contains("4 event loop(s)"), "{}", server.start_line);
+    let mut streams: Vec<_> = (0..24).map(|_| Client::connect(server.addr).subscribe("/events")).collect();
+    let mut publisher = Client::connect(server.addr);
+    // The count covers all loops once each has registered its streams.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publisher.publish("warm up").json()["subscribers"] != 24 {
+        assert!(Instant::now() < deadline, "streams never all counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(publisher.publish("last words").json()["subscribers"], 24);
+    let pid = server.child.id();
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let mut server = server;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    for stream in &mut streams {
+        while stream.next_data() != "last words" {}
+        assert!(stream.client.read_to_end().is_empty());
+    }
+}
