@@ -16,7 +16,7 @@ import sys
 from html import escape
 
 # Server order in tables and charts; unknown servers follow in name order.
-SERVERS = ["bare-sse", "floor", "axum", "go", "nchan"]
+SERVERS = ["bare-sse", "bare-sse-t2", "bare-sse-t2-2cpu", "floor", "axum", "go", "nchan"]
 COLORS = {
     "bare-sse": "#d9480f",
     "floor": "#868e96",
@@ -84,6 +84,7 @@ def combine(rows):
             "bytes_per_idle_subscriber",
             "rss_idle_kb",
             "deliveries_per_s",
+            "deliver_ms",
             "cpu_us_per_delivery",
             "cpu_us_per_request",
             "core_us_per_delivery",
@@ -133,7 +134,7 @@ def table(combined):
             workloads.append(w)
     servers = server_order({s for s, _ in combined})
     head = (
-        "| workload | server | subs | connect ms | bytes/idle sub | deliveries/s "
+        "| workload | server | subs | connect ms | bytes/idle sub | deliveries/s | deliver ms "
         "| CPU µs/delivery | core µs/delivery | p50 ms | p99 ms | publish req/s | CPU µs/req "
         "| core µs/req | loadgen % | missing/dup/ooo | errors |"
     )
@@ -158,13 +159,14 @@ def table(combined):
                 problems.append(f"machine {r['busy']:.0f}% busy before")
             problems += r["errors"]
             lines.append(
-                "| {w} | {s} | {subs} | {conn} | {bps} | {dps} | {cpu} | {core} | {p50} | {p99} | {rps} | {cpr} | {corer} | {lg} | {mdo} | {err} |".format(
+                "| {w} | {s} | {subs} | {conn} | {bps} | {dps} | {dms} | {cpu} | {core} | {p50} | {p99} | {rps} | {cpr} | {corer} | {lg} | {mdo} | {err} |".format(
                     w=w,
                     s=s,
                     subs=fmt(r["subscribers_connected"]),
                     conn=fmt(r["connect_ms"]),
                     bps=fmt(r["bytes_per_idle_subscriber"]),
                     dps=fmt(r["deliveries_per_s"]),
+                    dms=fmt(r["deliver_ms"]),
                     cpu=fmt(r["cpu_us_per_delivery"], 2),
                     core=fmt(r["core_us_per_delivery"], 2),
                     p50=fmt(r["latency_p50_us"], 1, 1000.0),

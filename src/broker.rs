@@ -27,13 +27,27 @@
 //! with no data sets the client's last event id without firing an event), so
 //! even a client that never received an event resumes without a gap.
 //!
-//! **Fan-out.** A publish does not write to sockets. It appends its frame
-//! (encoded once) to a pending batch; at the end of the event-loop iteration
-//! [`Broker::fan_out`] hands each subscriber the batch's frames for its topics
-//! in one call: one `write()` per subscriber for one publish, and still one
-//! (vectored) write for a burst. The broker knows subscribers only by key; the
-//! server lends it the connections through the [`Subscriber`] trait, so the
-//! broadcast loop also runs (and is benchmarked) over in-memory sinks.
+//! **Fan-out.** Accepting an event writes nothing. It goes into the
+//! *unsent* queue, and fan-out passes walk the subscribers, handing each one,
+//! in one call, every unsent event on its topics that it has not had yet:
+//! one `write()` (or `writev()`) per subscriber per pass, however many events
+//! arrived. A pass is done in slices ([`Broker::fan_out_some`], a bounded
+//! number of deliveries per loop turn), so the loop keeps reading between
+//! slices; events published meanwhile (a sequential publisher's next one, say)
+//! join the same pass for the subscribers it has not reached yet. That is
+//! where coalescing comes from: the busier the server, the more events each
+//! write carries, so the cost per delivery falls as the load rises, and no
+//! subscriber waits behind a whole pass to get an event published mid-pass
+//! except for the pass itself. Each subscriber remembers how far into the
+//! queue it has been served (`Member::sent`); a pass that ends drops the
+//! events every subscriber has had. The broker knows subscribers only by
+//! key; the server lends it the connections through the [`Subscriber`]
+//! trait, so the broadcast loop also runs (and is benchmarked) over
+//! in-memory sinks.
+//!
+//! The replay seam follows: a newcomer starts at the end of the unsent
+//! queue, and its replay is taken from the history, which holds every
+//! accepted event, sent or not. So an event is in exactly one of the two.
 //!
 //! **Heartbeats.** One timer per loop, not one per connection: every interval
 //! the server calls [`Broker::heartbeat`], and only subscribers that were sent
@@ -175,16 +189,33 @@ pub struct Broker {
     /// Per topic: its subscribers.
     topic_members: Slab<Topic>,
     members: Slab<Member>,
-    /// Events published since the last fan-out, in publish order.
-    pending: Vec<Arc<Published>>,
-    /// Counts fan-outs, to send each subscriber a batch only once.
-    round: u64,
+    /// One past the highest key `members` has used: where a pass ends.
+    member_keys: usize,
+    /// Accepted events not yet handed to every subscriber that wants them,
+    /// in order. Only events with a subscriber on this loop are queued.
+    unsent: VecDeque<Unsent>,
+    /// Position (counting queued events since the start) of `unsent[0]`.
+    unsent_base: u64,
+    /// Position one past the last queued event.
+    unsent_end: u64,
+    /// The pass under way: the next member key to visit, and `unsent_end`
+    /// when the pass began (every member has had the events before it once
+    /// the pass ends).
+    pass: Option<(usize, u64)>,
     /// Counts heartbeat intervals.
     beat: u32,
     /// Reused per subscriber during a fan-out, to avoid an allocation each.
     scratch: Vec<Frame>,
     heartbeat_frame: Frame,
     stats: Stats,
+}
+
+/// An event waiting in the unsent queue, with its topics as keys of this
+/// broker's topics (resolved once, not per subscriber).
+#[derive(Debug)]
+struct Unsent {
+    event: Arc<Published>,
+    topics: Box<[u32]>,
 }
 
 /// One topic with subscribers.
@@ -203,8 +234,9 @@ struct Member {
     /// The last heartbeat interval in which it was sent something (only
     /// compared for equality, so wrapping is harmless).
     beat: u32,
-    /// The last fan-out round that reached this subscriber.
-    round: u64,
+    /// How far into the unsent queue it has been served: the position of
+    /// the first event it has not been handed.
+    sent: u64,
     /// `(topic key, key in that topic's member slab)` per topic.
     topics: Slots,
 }
@@ -257,8 +289,11 @@ impl Broker {
             topics: HashMap::new(),
             topic_members: Slab::new(),
             members: Slab::new(),
-            pending: Vec::new(),
-            round: 0,
+            member_keys: 0,
+            unsent: VecDeque::new(),
+            unsent_base: 0,
+            unsent_end: 0,
+            pass: None,
             beat: 0,
             scratch: Vec::new(),
             heartbeat_frame: Arc::from(&b":\n\n"[..]),
@@ -287,19 +322,23 @@ impl Broker {
         self.stats
     }
 
-    /// Whether frames are waiting for a fan-out. The server must fan out
-    /// before [`Broker::subscribe`] so the replay seam is exact.
+    /// Whether events wait to be fanned out.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.unsent.is_empty()
     }
 
-    /// Takes the next event of the one order all loops see: retains it and
-    /// queues it for the next [`Broker::fan_out`]. Ids must increase.
+    /// Takes the next event of the one order all loops see: retains it and,
+    /// if a subscriber here wants it, queues it for fan-out. Ids must
+    /// increase.
     pub fn accept(&mut self, event: Arc<Published>) {
         debug_assert!(event.id > self.last || self.floor.is_none(), "events arrive in id order");
         self.last = self.last.max(event.id);
+        let topics: Box<[u32]> = event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect();
         self.retain(event.clone());
-        self.pending.push(event);
+        if !topics.is_empty() {
+            self.unsent.push_back(Unsent { event, topics });
+            self.unsent_end += 1;
+        }
     }
 
     /// Sets the history of a broker created with no floor: `events` (oldest
@@ -327,10 +366,10 @@ impl Broker {
     }
 
     /// Subscribes the connection `client` to `topics`, computing what it must
-    /// be sent first (see the module docs on replay). Call only when nothing
-    /// is pending (after [`Broker::fan_out`]).
+    /// be sent first (see the module docs on replay). Any time is right: the
+    /// newcomer is served from the end of the unsent queue, and everything
+    /// before that is in its replay.
     pub fn subscribe(&mut self, client: usize, topics: &[String], last_event_id: Option<&str>) -> Joined {
-        debug_assert!(self.pending.is_empty(), "subscribe between fan-outs only");
         let backlog = match last_event_id.filter(|id| !id.is_empty()) {
             None if self.floor.is_none() => Vec::new(),
             None => vec![Arc::from(format!("id: {}\n\n", self.last).into_bytes())],
@@ -351,7 +390,8 @@ impl Broker {
             keys.push((topic_key as u32, slot as u32));
         }
         let topics = Slots::new(&keys);
-        self.members.insert(Member { client: client as u32, beat: self.beat, round: self.round, topics });
+        self.members.insert(Member { client: client as u32, beat: self.beat, sent: self.unsent_end, topics });
+        self.member_keys = self.member_keys.max(membership + 1);
         Joined { membership, backlog }
     }
 
@@ -373,59 +413,64 @@ impl Broker {
         }
     }
 
-    /// Sends the pending frames to their subscribers: each subscriber gets, in
-    /// one delivery, the frames of the batch on its topics. Subscribers whose
-    /// delivery needs the server's attention are appended to `attention`.
+    /// Fans out until every subscriber has every event (the whole of what
+    /// [`Broker::fan_out_some`] does in slices), for shutdown and tests.
     pub fn fan_out<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, attention: &mut Vec<(usize, Delivery)>) {
-        if self.pending.is_empty() {
-            return;
+        while self.fan_out_some(subscribers, attention, usize::MAX) {}
+    }
+
+    /// Goes on with the fan-out pass (starting one if events wait), making
+    /// at most `budget` deliveries: each subscriber visited gets, in one
+    /// delivery, every unsent event on its topics it has not had. Subscribers
+    /// whose delivery needs the server's attention are appended to
+    /// `attention`. Returns whether work remains (call again soon).
+    pub fn fan_out_some<S: Subscriber>(
+        &mut self,
+        subscribers: &mut Slab<S>,
+        attention: &mut Vec<(usize, Delivery)>,
+        budget: usize,
+    ) -> bool {
+        if self.unsent.is_empty() {
+            return false;
         }
-        self.round += 1;
-        let pending = std::mem::take(&mut self.pending);
-        // Topic keys of each pending event, resolved once per fan-out.
-        let event_topics: Vec<Vec<usize>> =
-            pending.iter().map(|e| e.topics.iter().filter_map(|t| self.topics.get(t).copied()).collect()).collect();
-        let single_topic = match event_topics.first() {
-            Some(first) if first.len() == 1 && event_topics.iter().all(|t| t == first) => Some(first[0]),
-            _ => None,
-        };
-        if let Some(topic) = single_topic {
-            // The common case: every event of the batch is for one topic, so
-            // all its subscribers get all the frames.
-            self.scratch.extend(pending.iter().map(|e| e.frame.clone()));
-            let batch_bytes: usize = self.scratch.iter().map(|f| f.len()).sum();
-            for (_, &membership) in self.topic_members[topic].members.iter() {
-                let Some(member) = self.members.get_mut(membership as usize) else { continue };
-                member.round = self.round;
-                member.beat = self.beat;
-                deliver(subscribers, member.client as usize, &self.scratch, attention);
-                self.stats.frames += self.scratch.len() as u64;
-                self.stats.bytes += batch_bytes as u64;
+        let (mut next, pass_start) = self.pass.unwrap_or((0, self.unsent_end));
+        let mut deliveries = 0;
+        while next < self.member_keys {
+            if deliveries == budget {
+                self.pass = Some((next, pass_start));
+                return true;
             }
+            let Some(member) = self.members.get_mut(next) else {
+                next += 1;
+                continue;
+            };
+            next += 1;
+            if member.sent >= self.unsent_end {
+                continue;
+            }
+            // Members always start at or after the queue's base (see the end
+            // of the pass), so this never reaches before the queue.
+            let from = member.sent.saturating_sub(self.unsent_base) as usize;
+            member.sent = self.unsent_end;
+            let wants = |unsent: &&Unsent| member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)));
+            self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
+            if self.scratch.is_empty() {
+                continue;
+            }
+            member.beat = self.beat;
+            deliver(subscribers, member.client as usize, &self.scratch, attention);
+            deliveries += 1;
+            self.stats.frames += self.scratch.len() as u64;
+            self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
             self.scratch.clear();
-        } else {
-            for topics in &event_topics {
-                for &topic in topics {
-                    for (_, &membership) in self.topic_members[topic].members.iter() {
-                        let Some(member) = self.members.get_mut(membership as usize) else { continue };
-                        if member.round == self.round {
-                            continue; // Already sent the batch via another topic.
-                        }
-                        member.round = self.round;
-                        member.beat = self.beat;
-                        let wants = |keys: &Vec<usize>| member.topics.iter().any(|(k, _)| keys.contains(&k));
-                        let frames = pending.iter().zip(&event_topics).filter(|(_, keys)| wants(keys));
-                        self.scratch.extend(frames.map(|(e, _)| e.frame.clone()));
-                        deliver(subscribers, member.client as usize, &self.scratch, attention);
-                        self.stats.frames += self.scratch.len() as u64;
-                        self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
-                        self.scratch.clear();
-                    }
-                }
-            }
         }
-        self.pending = pending;
-        self.pending.clear();
+        // The pass is over: every member has had the events queued before it
+        // began (one that joined since started later still).
+        self.pass = None;
+        while self.unsent_base < pass_start && self.unsent.pop_front().is_some() {
+            self.unsent_base += 1;
+        }
+        !self.unsent.is_empty()
     }
 
     /// Sends a comment line to every subscriber that was sent nothing during
@@ -490,5 +535,147 @@ fn deliver<S: Subscriber>(
             Delivery::Done => {}
             other => attention.push((key, other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber that records the frames it is handed, one entry per
+    /// delivery.
+    #[derive(Default)]
+    struct Recorder(Vec<Vec<String>>);
+
+    impl Subscriber for Recorder {
+        fn deliver(&mut self, frames: &[Frame]) -> Delivery {
+            self.0.push(frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect());
+            Delivery::Done
+        }
+    }
+
+    const START: EventId = EventId { ms: 7, seq: 0 };
+
+    fn event(seq: u64, topics: &[&str]) -> Arc<Published> {
+        let publish =
+            Publish { message: format!("m{seq}"), topics: topics.iter().map(|t| t.to_string()).collect(), event: None };
+        Arc::new(Published::new(EventId { ms: 7, seq }, &publish))
+    }
+
+    /// `n` subscribers on `topics`, keyed 0..n in both the broker and `sinks`.
+    fn broker_with(n: usize, topics: &[&str]) -> (Broker, Slab<Recorder>) {
+        let mut broker = Broker::new(HistoryLimits::default(), Some(START));
+        let mut sinks = Slab::new();
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        for _ in 0..n {
+            let key = sinks.insert(Recorder::default());
+            broker.subscribe(key, &topics, None);
+        }
+        (broker, sinks)
+    }
+
+    fn data(deliveries: &[Vec<String>]) -> Vec<Vec<&str>> {
+        fn field(frame: &str) -> &str {
+            frame.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("?")
+        }
+        deliveries.iter().map(|d| d.iter().map(|f| field(f)).collect()).collect()
+    }
+
+    #[test]
+    fn events_accepted_mid_pass_ride_along_to_those_not_yet_reached() {
+        let (mut broker, mut sinks) = broker_with(4, &["t"]);
+        let mut attention = Vec::new();
+        broker.accept(event(1, &["t"]));
+        // A slice of two: subscribers 0 and 1 get event 1.
+        assert!(broker.fan_out_some(&mut sinks, &mut attention, 2));
+        broker.accept(event(2, &["t"]));
+        // The rest of the pass: 2 and 3 get 1 and 2 in one delivery. Then 0
+        // and 1 still lack event 2: a second pass gives it to them.
+        assert!(broker.fan_out_some(&mut sinks, &mut attention, 10));
+        assert!(!broker.fan_out_some(&mut sinks, &mut attention, 10));
+        let got: Vec<Vec<Vec<&str>>> = sinks.iter().map(|(_, r)| data(&r.0)).collect();
+        assert_eq!(got[0], [vec!["m1"], vec!["m2"]]);
+        assert_eq!(got[1], [vec!["m1"], vec!["m2"]]);
+        assert_eq!(got[2], [vec!["m1", "m2"]]);
+        assert_eq!(got[3], [vec!["m1", "m2"]]);
+        assert!(!broker.has_pending(), "the queue empties once everyone has everything");
+        assert_eq!(broker.stats().frames, 8);
+    }
+
+    #[test]
+    fn a_subscriber_joining_mid_pass_gets_each_event_once() {
+        let (mut broker, mut sinks) = broker_with(3, &["t"]);
+        let mut attention = Vec::new();
+        broker.accept(event(1, &["t"]));
+        broker.accept(event(2, &["t"]));
+        assert!(broker.fan_out_some(&mut sinks, &mut attention, 1));
+        // Resumes after event 1, in the middle of the pass.
+        let key = sinks.insert(Recorder::default());
+        let joined = broker.subscribe(key, &["t".to_owned()], Some("7-1"));
+        let replay: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        assert_eq!(data(&[replay]), [vec!["m2"]]);
+        broker.accept(event(3, &["t"]));
+        broker.fan_out(&mut sinks, &mut attention);
+        assert_eq!(data(&sinks[key].0), [vec!["m3"]], "live events only after the replay");
+        for (key, recorder) in sinks.iter().take(3) {
+            let all: Vec<&str> = data(&recorder.0).concat();
+            assert_eq!(all, ["m1", "m2", "m3"], "subscriber {key}");
+        }
+    }
+
+    #[test]
+    fn topics_filter_per_subscriber_and_multi_topic_events_arrive_once() {
+        let mut broker = Broker::new(HistoryLimits::default(), Some(START));
+        let mut sinks = Slab::new();
+        let mut join = |topics: &[&str]| {
+            let key = sinks.insert(Recorder::default());
+            broker.subscribe(key, &topics.iter().map(|t| t.to_string()).collect::<Vec<_>>(), None);
+            key
+        };
+        let (a, ab, b) = (join(&["a"]), join(&["a", "b"]), join(&["b"]));
+        broker.accept(event(1, &["a"]));
+        broker.accept(event(2, &["b"]));
+        broker.accept(event(3, &["a", "b"]));
+        broker.accept(event(4, &["nobody"]));
+        assert_eq!(broker.unsent.len(), 3, "an event no one here wants is not queued");
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[a].0), [vec!["m1", "m3"]]);
+        assert_eq!(data(&sinks[ab].0), [vec!["m1", "m2", "m3"]]);
+        assert_eq!(data(&sinks[b].0), [vec!["m2", "m3"]]);
+    }
+
+    #[test]
+    fn replay_is_exact_from_the_floor_and_a_gap_below_it() {
+        let limits = HistoryLimits { events: 3, bytes: 1 << 20 };
+        let mut broker = Broker::new(limits, Some(START));
+        for seq in 1..=5 {
+            broker.accept(event(seq, &["t"]));
+        }
+        let topics = ["t".to_owned()];
+        let replay = |broker: &mut Broker, id: &str| {
+            let frames = broker.subscribe(0, &topics, Some(id)).backlog;
+            let text: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            (text.first().is_some_and(|f| f.starts_with("event: gap")), data(&[text]).concat().len())
+        };
+        // History holds 3, 4, 5; the floor is 2.
+        assert_eq!(replay(&mut broker, "7-2"), (false, 3));
+        assert_eq!(replay(&mut broker, "7-4"), (false, 1));
+        assert_eq!(replay(&mut broker, "7-5"), (false, 0));
+        assert_eq!(replay(&mut broker, "7-1"), (true, 4), "fell out of the history");
+        assert_eq!(replay(&mut broker, "6-9"), (true, 4), "an earlier process");
+        assert_eq!(replay(&mut broker, "7-6"), (true, 4), "not issued yet");
+        assert_eq!(replay(&mut broker, "junk"), (true, 4));
+    }
+
+    #[test]
+    fn a_broker_without_history_learns_it_from_a_backfill() {
+        let mut broker = Broker::new(HistoryLimits::default(), None);
+        let fresh = broker.subscribe(0, &["t".to_owned()], None);
+        assert!(fresh.backlog.is_empty(), "no id to offer before the history is known");
+        broker.backfill(EventId { ms: 7, seq: 1 }, [event(2, &["t"]), event(3, &["t"])]);
+        assert!(!broker.has_pending(), "a backfill is history, not news");
+        assert_eq!(broker.last_id(), EventId { ms: 7, seq: 3 });
+        let resumed = broker.subscribe(1, &["t".to_owned()], Some("7-2")).backlog;
+        assert_eq!(resumed.len(), 1);
     }
 }

@@ -23,10 +23,11 @@
 //!    numbers it, encodes it once ([`crate::sse::encode`]) and puts the frame
 //!    in every loop's inbox; the loop then answers the publisher.
 //! 4. When every ready connection has been handled, the loop takes its inbox
-//!    into its broker and [`Broker::fan_out`] writes the turn's frames to
-//!    every subscriber: one `write()` (or `writev()` for a burst) per
-//!    subscriber, straight from the loop. Other loops, woken by the hub, do
-//!    the same for theirs.
+//!    into its broker and [`Broker::fan_out_some`] writes the new frames to
+//!    the subscribers: one `write()` (or `writev()` for several events) per
+//!    subscriber, straight from the loop, in slices of
+//!    `FAN_OUT_PER_TURN` subscribers so the loop keeps reading meanwhile.
+//!    Other loops, woken by the hub, do the same for theirs.
 //! 5. Whatever a socket did not take stays in that connection's
 //!    [`crate::outbox::Outbox`]; the loop then asks for `WRITABLE` readiness,
 //!    and only until the outbox is empty again.
@@ -98,6 +99,14 @@ const MAX_PUBLISHES_PER_TURN: usize = 4096;
 /// from other loops cannot keep this one from its sockets (the rest wait for
 /// the next turn, which then comes at once).
 const MAX_INBOX_PER_TURN: usize = 4096;
+
+/// Most subscribers written to per loop turn. A pass over all subscribers
+/// is cut into slices this size, and the loop polls between them: a publish
+/// that arrives meanwhile is taken in at once and rides along in the same
+/// writes to the subscribers not yet reached (see [`crate::broker`]), and
+/// other connections are not kept waiting behind a long pass. At some 10 µs
+/// per loopback write, a slice is a few milliseconds.
+const FAN_OUT_PER_TURN: usize = 256;
 
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
@@ -486,7 +495,7 @@ impl Loop {
             self.accept();
         }
         self.expire_timers(now);
-        self.fan_out();
+        self.fan_out(FAN_OUT_PER_TURN);
         self.store_gauges();
         Ok(())
     }
@@ -506,9 +515,8 @@ impl Loop {
         }
         while !self.inbox.is_empty() {
             self.take_inbox();
-            self.fan_out();
         }
-        self.fan_out();
+        self.fan_out(usize::MAX);
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
             let quiet: Vec<usize> =
@@ -712,13 +720,10 @@ impl Loop {
         }
     }
 
-    /// Adds a new stream to the broker and queues its backlog (replay).
+    /// Adds a new stream to the broker and queues its backlog (replay). The
+    /// broker makes the seam between the two exact at any time, even in the
+    /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
-        // The replay seam: events already published in this iteration go out
-        // to the existing subscribers first, so the newcomer's replay (which
-        // includes them) and its live stream (which starts after) meet
-        // exactly.
-        self.fan_out();
         let joined = self.broker.subscribe(key, &subscribe.topics, subscribe.last_event_id.as_deref());
         let Some(client) = self.clients.get_mut(key) else {
             return self.broker.unsubscribe(joined.membership);
@@ -823,12 +828,14 @@ impl Loop {
         }
     }
 
-    /// Sends this iteration's published frames to their subscribers and deals
-    /// with the subscribers that could not take them all.
-    fn fan_out(&mut self) {
+    /// Goes on with the fan-out for one slice of at most `budget` deliveries,
+    /// and deals with the subscribers that could not take theirs at once.
+    /// Notes when more is left, so the next turn comes at once.
+    fn fan_out(&mut self, budget: usize) {
         if self.broker.has_pending() {
             let mut attention = std::mem::take(&mut self.attention);
-            self.broker.fan_out(&mut self.clients, &mut attention);
+            let more = self.broker.fan_out_some(&mut self.clients, &mut attention, budget);
+            self.backlog_left |= more;
             self.attend(attention);
         }
     }
