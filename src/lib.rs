@@ -12,6 +12,7 @@
 //! | [`http`]        | RFC 9112 request parsing (via httparse) and validation, body decoding, response heads. |
 //! | [`api`]         | the endpoints, the publish body and query, the JSON answers, the demo page. |
 //! | [`broker`]      | ids, the shared replay history, topics, subscribers, and the fan-out of frames to them. |
+//! | [`bus`]         | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads. |
 //! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
 //! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
 //! | [`config`]      | flags, environment variables, `--help`. |
@@ -54,6 +55,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod http;
