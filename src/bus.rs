@@ -69,8 +69,12 @@ pub struct BusEvent {
 pub trait BusSink: Send + Sync + 'static {
     /// Called once, after the reader's first successful connection, before
     /// any [`BusSink::deliver`]: `floor` is the id at or below which events
-    /// may be missing from `events` (0-0 if nothing was ever trimmed), and
-    /// `events` is the whole retained stream, oldest first.
+    /// may be missing from `events` (0-0 if none was ever trimmed or
+    /// deleted), and `events` is the whole retained stream, oldest first.
+    ///
+    /// Redis 7 moves `XINFO STREAM`'s `max-deleted-entry-id` on `XDEL` only,
+    /// not on trimming, so after any removal the floor is also just below
+    /// the first retained entry.
     fn backfill(&self, floor: EventId, events: Vec<BusEvent>);
     /// Each new entry after the backfill, in stream order, exactly once,
     /// including this node's own and those added while disconnected.
@@ -385,7 +389,7 @@ impl Shared {
             }
             start = format!("({last}");
         }
-        let floor = self.info(con)?.map_or(EventId::default(), |info| info.max_deleted);
+        let floor = self.info(con)?.map_or(EventId::default(), |info| info.floor);
         Ok((floor, events, last))
     }
 
@@ -395,8 +399,8 @@ impl Shared {
         match self.info(con)? {
             None if last != EventId::default() => log::warn!("redis stream {key} is gone (redis lost its data?)"),
             Some(info) if info.last_generated < last => log::warn!("redis stream {key} restarted below {last}"),
-            Some(info) if info.max_deleted > last => {
-                log::warn!("events after {last} up to {} were trimmed while disconnected: lost", info.max_deleted)
+            Some(info) if info.floor > last => {
+                log::warn!("events after {last} up to {} may have been trimmed while disconnected: lost", info.floor)
             }
             _ => {}
         }
@@ -414,11 +418,24 @@ impl Shared {
             Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
             _ => return Err(malformed("XINFO STREAM")),
         };
-        let id = |name: &str| {
-            let found = pairs.iter().find(|(k, _)| text(k) == Some(name));
-            found.and_then(|(_, v)| EventId::parse(text(v)?)).ok_or_else(|| malformed("XINFO STREAM (redis 7+?)"))
+        let field = |name: &str| pairs.iter().find(|(k, _)| text(k) == Some(name)).map(|(_, v)| *v);
+        let id = |name| field(name).and_then(text).and_then(EventId::parse);
+        let int = |name| match field(name) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
         };
-        Ok(Some(StreamInfo { max_deleted: id("max-deleted-entry-id")?, last_generated: id("last-generated-id")? }))
+        let first = field("first-entry").and_then(list).and_then(|entry| entry.first()).and_then(text);
+        let (Some(max_deleted), Some(last_generated), Some(added), Some(length)) =
+            (id("max-deleted-entry-id"), id("last-generated-id"), int("entries-added"), int("length"))
+        else {
+            return Err(malformed("XINFO STREAM (redis 7 or newer needed)"));
+        };
+        // Trimming moves the head but not max-deleted-entry-id (only XDEL
+        // does): if entries were removed, all below the first retained one
+        // may be gone too (all of them if none is left).
+        let head = first.and_then(EventId::parse).map_or(last_generated, before);
+        let floor = if added > length { max_deleted.max(head) } else { max_deleted };
+        Ok(Some(StreamInfo { floor, last_generated }))
     }
 
     /// The writer thread: one `XADD` per queued publish, a `PING` when idle.
@@ -479,9 +496,17 @@ impl Shared {
 
 /// What the reader needs from `XINFO STREAM`.
 struct StreamInfo {
-    /// The largest id ever trimmed or deleted (0-0 if none).
-    max_deleted: EventId,
+    /// The id at or below which entries may have been removed (0-0 if none was).
+    floor: EventId,
     last_generated: EventId,
+}
+
+/// The greatest id below `id`.
+fn before(id: EventId) -> EventId {
+    match (id.ms, id.seq) {
+        (ms, 0) if ms > 0 => EventId { ms: ms - 1, seq: u64::MAX },
+        (ms, seq) => EventId { ms, seq: seq.saturating_sub(1) },
+    }
 }
 
 /// Turns stream entries into events, skipping with a warning each that is
