@@ -223,12 +223,15 @@ enum Role {
     Writer,
 }
 
-/// The state of both connections, and whether the current outage was logged.
+/// The state of both connections, and of the current outage.
 #[derive(Default)]
 struct Health {
     reader: bool,
     writer: bool,
-    outage: bool,
+    /// During an outage (logged at its start): which roles have worked since.
+    /// It ends when both have, so a drop one thread notices late (the
+    /// writer, at its next PING) is not logged as a second outage.
+    outage: Option<[bool; 2]>,
     last_error: String,
 }
 
@@ -259,7 +262,7 @@ impl Shared {
         self.stopped.try_recv().is_err_and(|e| e.is_disconnected())
     }
 
-    /// Records that `role` is connected or not, logging an outage's start and end once.
+    /// Records that `role` worked or failed, logging an outage's start and end once.
     fn set_up(&self, role: Role, up: Result<(), String>) {
         let mut health = self.health();
         let flag = match role {
@@ -267,19 +270,22 @@ impl Shared {
             Role::Writer => &mut health.writer,
         };
         *flag = up.is_ok();
-        match up {
-            Err(why) => {
-                if !health.outage {
+        match (up, &mut health.outage) {
+            (Err(why), outage) => {
+                if outage.is_none() {
                     log::warn!("redis unavailable: {why}");
-                    health.outage = true;
+                    *outage = Some([false; 2]);
                 }
                 health.last_error = why;
             }
-            Ok(()) if health.reader && health.writer && health.outage => {
-                log::info!("redis reachable again");
-                health.outage = false;
+            (Ok(()), Some(worked)) => {
+                worked[role as usize] = true;
+                if *worked == [true; 2] {
+                    log::info!("redis reachable again");
+                    health.outage = None;
+                }
             }
-            Ok(()) => {}
+            (Ok(()), None) => {}
         }
     }
 
@@ -342,15 +348,8 @@ impl Shared {
             }
         };
         while !self.is_stopped() {
-            let reply: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(PAGE)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&self.key)
-                .arg(last.to_string())
-                .query(con)?;
+            let args = ("COUNT", PAGE, "BLOCK", BLOCK_MS, "STREAMS", &self.key, last.to_string());
+            let reply: Value = redis::cmd("XREAD").arg(args).query(con)?;
             let entries = match &reply {
                 Value::Nil => continue,
                 Value::Array(streams) => streams.first().and_then(|s| list(s)?.get(1)),
@@ -457,7 +456,10 @@ impl Shared {
                     recv(self.stopped) -> _ => break None,
                     recv(queue) -> job => if let Ok(job) = job {
                         match self.xadd(&mut con, &job.publish) {
-                            Ok(id) => job.answer(Ok(id)),
+                            Ok(id) => {
+                                job.answer(Ok(id));
+                                self.set_up(Role::Writer, Ok(()));
+                            }
                             Err(e) => {
                                 job.fail(reason(&e));
                                 if e.is_io_error() || e.is_unrecoverable_error() {
@@ -466,8 +468,9 @@ impl Shared {
                             }
                         }
                     },
-                    default(PING_IDLE) => if let Err(e) = redis::cmd("PING").query::<()>(&mut con) {
-                        break Some(e);
+                    default(PING_IDLE) => match redis::cmd("PING").query::<()>(&mut con) {
+                        Ok(()) => self.set_up(Role::Writer, Ok(())),
+                        Err(e) => break Some(e),
                     },
                 }
             };
@@ -588,9 +591,9 @@ fn malformed(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Parse, "unexpected reply to", what.to_owned()))
 }
 
-/// A short text for an error: the OS's words for I/O errors.
+/// A short text for an error (a timeout reads "Resource temporarily unavailable" otherwise).
 fn reason(e: &redis::RedisError) -> String {
-    e.to_string()
+    if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }
 }
 
 /// Locks, ignoring poisoning: the data behind these locks stays consistent
