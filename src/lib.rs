@@ -13,6 +13,7 @@
 //! | [`api`]         | the endpoints, the publish body and query, the JSON answers, the demo page. |
 //! | [`hub`]         | what the event loops share: the one order of events (ids), the inboxes, counts and caps. |
 //! | [`broker`]      | one loop's replay history, topics, subscribers, and the fan-out of frames to them. |
+//! | [`bus`]         | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads. |
 //! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
 //! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
 //! | [`config`]      | flags, environment variables, `--help`. |
@@ -55,6 +56,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -1,0 +1,603 @@
+//! The cluster bus: nodes started with `--redis URL` share their events
+//! through one Redis stream, so any node's publish reaches every node's
+//! subscribers, in the same order everywhere.
+//!
+//! **Why a stream.** A Redis stream (`XADD`/`XREAD`) is an append-only log
+//! with ids of the same `<ms>-<seq>` form as [`EventId`], strictly increasing.
+//! So the stream is at once the one order of events (each node delivers in
+//! stream order, with the stream's ids, so `Last-Event-ID` works against any
+//! node), and the shared history (`XADD ... MAXLEN n` keeps the last `n`,
+//! which a node reads at start to fill its replay ring). Pub/sub would lose
+//! events while a node is disconnected; a stream keeps them.
+//!
+//! **Two threads, two connections.** The event loop must never wait on
+//! Redis, so it only queues: [`Bus::submit`] puts the publish on a bounded
+//! queue and returns; the *writer* thread `XADD`s it and calls the reply with
+//! the stream id (or an error, within its socket timeouts). The *reader* thread
+//! first hands the whole retained stream to [`BusSink::backfill`], then loops
+//! on `XREAD BLOCK` and hands each page to [`BusSink::deliver`]. A node sees
+//! its own publishes through the reader like anyone else's, which is what
+//! makes the order the same on every node.
+//!
+//! **Exactly once** rests on the stream's ids alone: the reader keeps the id of
+//! the last entry it handed on (valid or skipped) and always reads strictly
+//! after it, on any connection. Ids only grow, so nothing is handed on twice
+//! and nothing retained is skipped, however often the connection drops.
+//!
+//! **When Redis is down** both threads retry with backoff (100 ms doubling to
+//! 2 s); the outage is logged once, and so is its end. Meanwhile `submit`
+//! fails at once, so publishers get an error rather than a wait, and
+//! [`Bus::is_up`] says so for `/healthz`. After reconnecting the reader
+//! resumes from its last id, so entries other nodes added meanwhile still
+//! arrive. If some were trimmed away meanwhile, that is logged as lost. If
+//! Redis lost its data (restarted empty), the reader reads on: new ids are
+//! time-based, so they are still greater than the last one it delivered.
+//!
+//! **Nothing from Redis is trusted**: an entry that is not a valid publish
+//! (see [`Publish::validate`]) is skipped with a warning, and a reply of an
+//! unexpected shape is an error that drops the connection, never a panic.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
+use redis::{Connection, RedisResult, Value};
+
+use crate::api::Publish;
+use crate::broker::EventId;
+
+/// Where the bus is and how much history it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// A redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Key namespace, `bare-sse:` by default; the stream key is `{prefix}events`.
+    pub prefix: String,
+    /// The exact `MAXLEN` of `XADD`: how many events the stream retains.
+    pub max_len: usize,
+}
+
+/// One entry read from the stream, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusEvent {
+    pub id: EventId,
+    pub publish: Publish,
+}
+
+/// Where the reader thread hands what it reads. Called from the bus's own thread.
+pub trait BusSink: Send + Sync + 'static {
+    /// Called once, after the reader's first successful connection, before
+    /// any [`BusSink::deliver`]: `floor` is the id at or below which events
+    /// may be missing from `events` (0-0 if none was ever trimmed or
+    /// deleted), and `events` is the whole retained stream, oldest first.
+    ///
+    /// Redis 7 moves `XINFO STREAM`'s `max-deleted-entry-id` on `XDEL` only,
+    /// not on trimming, so after any removal the floor is also just below
+    /// the first retained entry.
+    fn backfill(&self, floor: EventId, events: Vec<BusEvent>);
+    /// Each new entry after the backfill, in stream order, exactly once,
+    /// including this node's own and those added while disconnected.
+    fn deliver(&self, events: Vec<BusEvent>);
+}
+
+/// What [`Bus::submit`] calls with the stream id of the event, or why not.
+pub type Reply = Box<dyn FnOnce(Result<EventId, BusError>) + Send>;
+
+/// Why a publish did not reach the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusError {
+    /// Redis is not reachable, failed the command, or the bus is stopped.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}
+
+/// Entries per `XRANGE`/`XREAD` page.
+const PAGE: usize = 512;
+/// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
+const BLOCK_MS: u64 = 500;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Socket read and write timeout of the writer, so a hung Redis fails a reply
+/// in bounded time.
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The writer pings after this long idle, so [`Bus::is_up`] notices an outage
+/// even when nobody publishes.
+const PING_IDLE: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Publishes waiting for the writer; past this, `submit` fails at once.
+const QUEUE_LEN: usize = 1024;
+/// Largest `data` accepted from the stream.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A connection to the cluster bus; see the module docs.
+pub struct Bus {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    /// Dropped to stop the threads (their `stop` receivers then disconnect).
+    stop: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Bus {
+    /// Spawns the threads and returns at once, even if Redis is down (then it
+    /// keeps retrying with backoff). Err only for a URL that cannot be parsed.
+    pub fn start(config: BusConfig, sink: Arc<dyn BusSink>) -> Result<Bus, String> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("bad redis URL: {e}"))?;
+        let (jobs, queue) = crossbeam_channel::bounded(QUEUE_LEN);
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let shared = Arc::new(Shared {
+            client,
+            key: format!("{}events", config.prefix),
+            max_len: config.max_len,
+            stopped,
+            health: Mutex::new(Health::default()),
+        });
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.to_owned()).spawn(run).map_err(|e| format!("spawn {name}: {e}"))
+        };
+        let (reader, writer) = (shared.clone(), shared.clone());
+        let threads = vec![
+            spawn("bus-reader", Box::new(move || reader.read(&*sink)))?,
+            spawn("bus-writer", Box::new(move || writer.write(&queue)))?,
+        ];
+        Ok(Bus { jobs, shared, stop: Mutex::new(Some(stop)), threads: Mutex::new(threads) })
+    }
+
+    /// Queues an `XADD` of `publish`; never blocks. See the module docs.
+    pub fn submit(&self, publish: Publish, reply: Reply) {
+        let job = Job { publish, reply: Some(reply) };
+        if let Some(why) = self.shared.health().writer_down() {
+            return job.fail(why);
+        }
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => job.fail("too many publishes waiting for redis".to_owned()),
+            Err(TrySendError::Disconnected(job)) => job.fail("bus stopped".to_owned()),
+        }
+    }
+
+    /// Whether both the reader and the writer are connected now.
+    pub fn is_up(&self) -> bool {
+        let health = self.shared.health();
+        health.reader && health.writer
+    }
+
+    /// Stops the threads; returns within about 2 s even if Redis hangs.
+    pub fn shutdown(&self) {
+        drop(lock(&self.stop).take());
+        for thread in lock(&self.threads).drain(..) {
+            if thread.join().is_err() {
+                log::error!("a redis bus thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A queued publish. Its reply is called exactly once: with the result, or
+/// with an error if the job is dropped unanswered (say, at shutdown).
+struct Job {
+    publish: Publish,
+    reply: Option<Reply>,
+}
+
+impl Job {
+    fn answer(mut self, result: Result<EventId, BusError>) {
+        if let Some(reply) = self.reply.take() {
+            reply(result);
+        }
+    }
+
+    fn fail(self, why: String) {
+        self.answer(Err(BusError::Unavailable(why)));
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            reply(Err(BusError::Unavailable("bus stopped".to_owned())));
+        }
+    }
+}
+
+/// Which connection a health change is about.
+#[derive(Clone, Copy)]
+enum Role {
+    Reader,
+    Writer,
+}
+
+/// The state of both connections, and of the current outage.
+#[derive(Default)]
+struct Health {
+    reader: bool,
+    writer: bool,
+    /// During an outage (logged at its start): which roles have worked since.
+    /// It ends when both have, so a drop one thread notices late (the
+    /// writer, at its next PING) is not logged as a second outage.
+    outage: Option<[bool; 2]>,
+    last_error: String,
+}
+
+impl Health {
+    /// Why a submit must fail now, if the writer is not connected.
+    fn writer_down(&self) -> Option<String> {
+        let why = if self.last_error.is_empty() { "not connected yet" } else { &self.last_error };
+        (!self.writer).then(|| why.to_owned())
+    }
+}
+
+/// What both threads share.
+struct Shared {
+    client: redis::Client,
+    key: String,
+    max_len: usize,
+    /// Disconnects when the bus stops.
+    stopped: Receiver<()>,
+    health: Mutex<Health>,
+}
+
+impl Shared {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        lock(&self.health)
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.try_recv().is_err_and(|e| e.is_disconnected())
+    }
+
+    /// Records that `role` worked or failed, logging an outage's start and end once.
+    fn set_up(&self, role: Role, up: Result<(), String>) {
+        let mut health = self.health();
+        let flag = match role {
+            Role::Reader => &mut health.reader,
+            Role::Writer => &mut health.writer,
+        };
+        *flag = up.is_ok();
+        match (up, &mut health.outage) {
+            (Err(why), outage) => {
+                if outage.is_none() {
+                    log::warn!("redis unavailable: {why}");
+                    *outage = Some([false; 2]);
+                }
+                health.last_error = why;
+            }
+            (Ok(()), Some(worked)) => {
+                worked[role as usize] = true;
+                if *worked == [true; 2] {
+                    log::info!("redis reachable again");
+                    health.outage = None;
+                }
+            }
+            (Ok(()), None) => {}
+        }
+    }
+
+    /// Connects for `role`, retrying with backoff; `pause` waits between
+    /// tries and says whether the bus stopped meanwhile. `None` once stopped.
+    fn connect(&self, role: Role, mut pause: impl FnMut(Duration) -> bool) -> Option<Connection> {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            if self.is_stopped() {
+                return None;
+            }
+            let timeout = match role {
+                Role::Reader => Duration::from_millis(BLOCK_MS) + Duration::from_secs(1),
+                Role::Writer => IO_TIMEOUT,
+            };
+            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|c| {
+                c.set_read_timeout(Some(timeout))?;
+                c.set_write_timeout(Some(timeout))?;
+                Ok(c)
+            });
+            match connection {
+                Ok(connection) => {
+                    self.set_up(role, Ok(()));
+                    return Some(connection);
+                }
+                Err(e) => self.set_up(role, Err(reason(&e))),
+            }
+            if pause(backoff) {
+                return None;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The reader thread: backfill once, then follow the stream until stopped.
+    fn read(&self, sink: &dyn BusSink) {
+        let wait = |pause| matches!(self.stopped.recv_timeout(pause), Err(RecvTimeoutError::Disconnected));
+        // The last entry handed on; `None` until the backfill was.
+        let mut cursor: Option<EventId> = None;
+        while let Some(mut connection) = self.connect(Role::Reader, wait) {
+            match self.follow(&mut connection, sink, &mut cursor) {
+                Ok(()) => return,
+                Err(e) => self.set_up(Role::Reader, Err(reason(&e))),
+            }
+        }
+    }
+
+    /// Reads on one connection until it fails (`Err`) or the bus stops (`Ok`).
+    fn follow(&self, con: &mut Connection, sink: &dyn BusSink, cursor: &mut Option<EventId>) -> RedisResult<()> {
+        let mut last = match *cursor {
+            Some(last) => {
+                self.check_resume(con, last)?;
+                last
+            }
+            None => {
+                let (floor, events, last) = self.backfill(con)?;
+                sink.backfill(floor, events);
+                *cursor = Some(last);
+                last
+            }
+        };
+        while !self.is_stopped() {
+            let args = ("COUNT", PAGE, "BLOCK", BLOCK_MS, "STREAMS", &self.key, last.to_string());
+            let reply: Value = redis::cmd("XREAD").arg(args).query(con)?;
+            let entries = match &reply {
+                Value::Nil => continue,
+                Value::Array(streams) => streams.first().and_then(|s| list(s)?.get(1)),
+                Value::Map(streams) => streams.first().map(|(_, entries)| entries),
+                _ => None,
+            };
+            let (events, page_last) = decode(list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?);
+            if let Some(page_last) = page_last {
+                last = page_last.max(last);
+            }
+            if !events.is_empty() {
+                sink.deliver(events);
+            }
+            *cursor = Some(last);
+        }
+        Ok(())
+    }
+
+    /// The whole retained stream in pages, then the floor below which some
+    /// may be missing. The floor is read last: anything trimmed during the
+    /// paging is then at or below it, so the promise holds without a lock.
+    fn backfill(&self, con: &mut Connection) -> RedisResult<(EventId, Vec<BusEvent>, EventId)> {
+        let (mut events, mut last, mut start) = (Vec::new(), EventId::default(), "-".to_owned());
+        loop {
+            let page: Value =
+                redis::cmd("XRANGE").arg(&self.key).arg(&start).arg("+").arg("COUNT").arg(PAGE).query(con)?;
+            let entries = list_or_empty(&page)?;
+            let (mut batch, page_last) = decode(entries);
+            events.append(&mut batch);
+            match page_last {
+                Some(id) => last = id.max(last),
+                None => break,
+            }
+            if entries.len() < PAGE {
+                break;
+            }
+            start = format!("({last}");
+        }
+        let floor = self.info(con)?.map_or(EventId::default(), |info| info.floor);
+        Ok((floor, events, last))
+    }
+
+    /// After a reconnect: warns if entries after `last` are gone for good.
+    fn check_resume(&self, con: &mut Connection, last: EventId) -> RedisResult<()> {
+        let key = &self.key;
+        match self.info(con)? {
+            None if last != EventId::default() => log::warn!("redis stream {key} is gone (redis lost its data?)"),
+            Some(info) if info.last_generated < last => log::warn!("redis stream {key} restarted below {last}"),
+            Some(info) if info.floor > last => {
+                log::warn!("events after {last} up to {} may have been trimmed while disconnected: lost", info.floor)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `XINFO STREAM`, or `None` if the stream does not exist.
+    fn info(&self, con: &mut Connection) -> RedisResult<Option<StreamInfo>> {
+        let reply: Value = match redis::cmd("XINFO").arg("STREAM").arg(&self.key).query(con) {
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            reply => reply?,
+        };
+        let pairs: Vec<(&Value, &Value)> = match &reply {
+            Value::Array(flat) => flat.chunks_exact(2).filter_map(|kv| kv.first().zip(kv.get(1))).collect(),
+            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            _ => return Err(malformed("XINFO STREAM")),
+        };
+        let field = |name: &str| pairs.iter().find(|(k, _)| text(k) == Some(name)).map(|(_, v)| *v);
+        let id = |name| field(name).and_then(text).and_then(EventId::parse);
+        let int = |name| match field(name) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        let first = field("first-entry").and_then(list).and_then(|entry| entry.first()).and_then(text);
+        let (Some(max_deleted), Some(last_generated), Some(added), Some(length)) =
+            (id("max-deleted-entry-id"), id("last-generated-id"), int("entries-added"), int("length"))
+        else {
+            return Err(malformed("XINFO STREAM (redis 7 or newer needed)"));
+        };
+        // Trimming moves the head but not max-deleted-entry-id (only XDEL
+        // does): if entries were removed, all below the first retained one
+        // may be gone too (all of them if none is left).
+        let head = first.and_then(EventId::parse).map_or(last_generated, before);
+        let floor = if added > length { max_deleted.max(head) } else { max_deleted };
+        Ok(Some(StreamInfo { floor, last_generated }))
+    }
+
+    /// The writer thread: one `XADD` per queued publish, a `PING` when idle.
+    fn write(&self, queue: &Receiver<Job>) {
+        // While disconnected, publishes queued in the meantime fail at once.
+        let pause = |pause: Duration| {
+            let until = Instant::now() + pause;
+            loop {
+                select! {
+                    recv(self.stopped) -> _ => return true,
+                    recv(queue) -> job => if let Ok(job) = job { job.fail(self.health().last_error.clone()) },
+                    default(until.saturating_duration_since(Instant::now())) => return false,
+                }
+            }
+        };
+        while let Some(mut con) = self.connect(Role::Writer, pause) {
+            let failed = loop {
+                select! {
+                    recv(self.stopped) -> _ => break None,
+                    recv(queue) -> job => if let Ok(job) = job {
+                        match self.xadd(&mut con, &job.publish) {
+                            Ok(id) => {
+                                job.answer(Ok(id));
+                                self.set_up(Role::Writer, Ok(()));
+                            }
+                            Err(e) => {
+                                job.fail(reason(&e));
+                                if e.is_io_error() || e.is_unrecoverable_error() {
+                                    break Some(e);
+                                }
+                            }
+                        }
+                    },
+                    default(PING_IDLE) => match redis::cmd("PING").query::<()>(&mut con) {
+                        Ok(()) => self.set_up(Role::Writer, Ok(())),
+                        Err(e) => break Some(e),
+                    },
+                }
+            };
+            let Some(e) = failed else { break };
+            self.set_up(Role::Writer, Err(reason(&e)));
+        }
+        let mut health = self.health();
+        (health.writer, health.last_error) = (false, "bus stopped".to_owned());
+        drop(health);
+        while let Ok(job) = queue.try_recv() {
+            job.fail("bus stopped".to_owned());
+        }
+    }
+
+    fn xadd(&self, con: &mut Connection, publish: &Publish) -> RedisResult<EventId> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.key).arg("MAXLEN").arg(self.max_len).arg("*");
+        cmd.arg("data").arg(&publish.message).arg("topics").arg(publish.topics.join(","));
+        if let Some(event) = &publish.event {
+            cmd.arg("event").arg(event);
+        }
+        let id: String = cmd.query(con)?;
+        EventId::parse(&id).ok_or_else(|| malformed("XADD"))
+    }
+}
+
+/// What the reader needs from `XINFO STREAM`.
+struct StreamInfo {
+    /// The id at or below which entries may have been removed (0-0 if none was).
+    floor: EventId,
+    last_generated: EventId,
+}
+
+/// The greatest id below `id`.
+fn before(id: EventId) -> EventId {
+    match (id.ms, id.seq) {
+        (ms, 0) if ms > 0 => EventId { ms: ms - 1, seq: u64::MAX },
+        (ms, seq) => EventId { ms, seq: seq.saturating_sub(1) },
+    }
+}
+
+/// Turns stream entries into events, skipping with a warning each that is
+/// not a valid publish; also returns the largest id seen, skipped or not.
+fn decode(entries: &[Value]) -> (Vec<BusEvent>, Option<EventId>) {
+    let (mut events, mut last) = (Vec::with_capacity(entries.len()), None);
+    for entry in entries {
+        let (id, fields) = match list(entry).map(Vec::as_slice) {
+            Some([id, fields]) => (text(id).and_then(EventId::parse), fields),
+            _ => (None, &Value::Nil),
+        };
+        let Some(id) = id else {
+            log::warn!("skipped a redis stream entry without a valid id");
+            continue;
+        };
+        last = last.max(Some(id));
+        match decode_publish(fields) {
+            Ok(publish) => events.push(BusEvent { id, publish }),
+            Err(why) => log::warn!("skipped redis stream entry {id}: {why}"),
+        }
+    }
+    (events, last)
+}
+
+/// One entry's fields, `data`, `topics` (comma-separated) and `event`
+/// (optional), as a valid publish; unknown fields are ignored.
+fn decode_publish(fields: &Value) -> Result<Publish, String> {
+    let fields = list(fields).ok_or("fields are not a list")?;
+    let (mut data, mut topics, mut event) = (None, None, None);
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { return Err("odd number of fields".to_owned()) };
+        let slot = match text(name) {
+            Some("data") => &mut data,
+            Some("topics") => &mut topics,
+            Some("event") => &mut event,
+            _ => continue,
+        };
+        let Value::BulkString(bytes) = value else { return Err("a field value is not a string".to_owned()) };
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(format!("a field is over {MAX_MESSAGE_BYTES} bytes"));
+        }
+        *slot = Some(std::str::from_utf8(bytes).map_err(|_| "a field is not UTF-8")?.to_owned());
+    }
+    let mut topic_list: Vec<String> = Vec::new();
+    for topic in topics.ok_or("no topics field")?.split(',') {
+        if !topic_list.iter().any(|t| t == topic) {
+            topic_list.push(topic.to_owned());
+        }
+    }
+    let publish = Publish { message: data.ok_or("no data field")?, topics: topic_list, event };
+    publish.validate()?;
+    Ok(publish)
+}
+
+fn list(value: &Value) -> Option<&Vec<Value>> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// A list of entries, where `nil` means none.
+fn list_or_empty(value: &Value) -> RedisResult<&[Value]> {
+    match value {
+        Value::Nil => Ok(&[]),
+        other => list(other).map(Vec::as_slice).ok_or_else(|| malformed("entries")),
+    }
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn malformed(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Parse, "unexpected reply to", what.to_owned()))
+}
+
+/// A short text for an error (a timeout reads "Resource temporarily unavailable" otherwise).
+fn reason(e: &redis::RedisError) -> String {
+    if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }
+}
+
+/// Locks, ignoring poisoning: the data behind these locks stays consistent
+/// at every step, so a panic elsewhere leaves nothing half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,350 @@
+//! The cluster bus against a real `redis-server`: delivery, backfill and its
+//! floor, Redis down at start, restarts and dropped connections, bad
+//! entries, and two nodes agreeing on one order. Every wait is bounded.
+
+mod support;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bare_sse::api::Publish;
+use bare_sse::broker::EventId;
+use bare_sse::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
+use support::redis::RedisServer;
+
+/// How long any wait may take before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What a sink was handed, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    backfills: Vec<(EventId, Vec<BusEvent>)>,
+    delivered: Vec<BusEvent>,
+    delivered_before_backfill: bool,
+}
+
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+}
+
+impl BusSink for Recorder {
+    fn backfill(&self, floor: EventId, events: Vec<BusEvent>) {
+        self.seen.lock().unwrap().backfills.push((floor, events));
+        self.changed.notify_all();
+    }
+
+    fn deliver(&self, events: Vec<BusEvent>) {
+        let mut seen = self.seen.lock().unwrap();
+        seen.delivered_before_backfill |= seen.backfills.is_empty();
+        seen.delivered.extend(events);
+        self.changed.notify_all();
+    }
+}
+
+impl Recorder {
+    /// Waits until `ready` holds of what was seen, or fails after [`WAIT`].
+    #[track_caller]
+    fn wait_for(&self, what: &str, mut ready: impl FnMut(&Seen) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = self.seen.lock().unwrap();
+        while !ready(&seen) {
+            let left = deadline.checked_duration_since(Instant::now());
+            let Some(left) = left else { panic!("timed out waiting for {what}; seen {seen:?}") };
+            seen = self.changed.wait_timeout(seen, left).unwrap().0;
+        }
+    }
+
+    /// Waits for the backfill and returns it.
+    #[track_caller]
+    fn backfill(&self) -> (EventId, Vec<BusEvent>) {
+        self.wait_for("the backfill", |s| !s.backfills.is_empty());
+        let seen = self.seen.lock().unwrap();
+        assert_eq!(seen.backfills.len(), 1, "one backfill only");
+        seen.backfills[0].clone()
+    }
+
+    /// Waits until `count` events were delivered; returns them all.
+    #[track_caller]
+    fn delivered(&self, count: usize) -> Vec<BusEvent> {
+        self.wait_for(&format!("{count} delivered events"), |s| s.delivered.len() >= count);
+        let seen = self.seen.lock().unwrap();
+        assert!(!seen.delivered_before_backfill, "deliver() before backfill()");
+        seen.delivered.clone()
+    }
+
+    /// Waits for `count` deliveries, then a little longer to catch duplicates.
+    #[track_caller]
+    fn exactly(&self, count: usize) -> Vec<BusEvent> {
+        self.delivered(count);
+        std::thread::sleep(Duration::from_millis(300));
+        let delivered = self.delivered(count);
+        assert_eq!(delivered.len(), count, "more deliveries than expected: {delivered:?}");
+        delivered
+    }
+}
+
+fn config(redis: &RedisServer, prefix: &str) -> BusConfig {
+    BusConfig { url: redis.url(), prefix: prefix.to_owned(), max_len: 1000 }
+}
+
+fn start(config: BusConfig) -> (Bus, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let bus = Bus::start(config, recorder.clone()).expect("start bus");
+    (bus, recorder)
+}
+
+#[track_caller]
+fn wait_up(bus: &Bus, up: bool) {
+    let deadline = Instant::now() + WAIT;
+    while bus.is_up() != up {
+        assert!(Instant::now() < deadline, "is_up() still {}", !up);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Submits and waits for the reply.
+#[track_caller]
+fn submit(bus: &Bus, publish: Publish) -> Result<EventId, BusError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    bus.submit(publish, Box::new(move |result| tx.send(result).unwrap()));
+    rx.recv_timeout(WAIT).expect("no reply")
+}
+
+/// Submits until Redis accepts (the first try may meet a dropped connection).
+#[track_caller]
+fn submit_ok(bus: &Bus, publish: Publish) -> EventId {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match submit(bus, publish.clone()) {
+            Ok(id) => return id,
+            Err(e) => assert!(Instant::now() < deadline, "submit still fails: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw `XADD key * FIELDS...`; returns the id.
+#[track_caller]
+fn xadd(redis: &RedisServer, key: &str, fields: &[&[u8]]) -> EventId {
+    let args: Vec<&[u8]> = [&b"XADD"[..], key.as_bytes(), b"*"].into_iter().chain(fields.iter().copied()).collect();
+    let reply = redis.command_bytes(&args);
+    EventId::parse(&reply).unwrap_or_else(|| panic!("XADD replied {reply:?}"))
+}
+
+fn event(id: EventId, message: &str) -> BusEvent {
+    BusEvent { id, publish: Publish::message(message) }
+}
+
+fn messages(events: &[BusEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.publish.message.as_str()).collect()
+}
+
+#[test]
+fn a_submit_is_delivered_once_with_its_id() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t1:"));
+    assert_eq!(recorder.backfill(), (EventId::default(), vec![]));
+    wait_up(&bus, true);
+    let publish = Publish {
+        message: "two\nlines, and a comma".into(),
+        topics: vec!["news".into(), "weather".into()],
+        event: Some("update".into()),
+    };
+    let id = submit(&bus, publish.clone()).expect("submit");
+    assert_eq!(recorder.exactly(1), [BusEvent { id, publish }]);
+    let id2 = submit(&bus, Publish::message("second")).expect("submit");
+    assert!(id2 > id);
+    assert_eq!(recorder.exactly(2)[1], event(id2, "second"));
+    assert_eq!(redis.command(&["XLEN", "t1:events"]), ":2");
+}
+
+#[test]
+fn backfill_is_the_retained_stream_above_its_floor() {
+    let redis = RedisServer::start();
+    let ids: Vec<EventId> = (1..=3)
+        .map(|i| xadd(&redis, "t2:events", &[b"data", format!("m{i}").as_bytes(), b"topics", b"default"]))
+        .collect();
+    let (_bus, recorder) = start(config(&redis, "t2:"));
+    let (floor, events) = recorder.backfill();
+    assert_eq!(floor, EventId::default(), "never trimmed");
+    assert_eq!(events, [event(ids[0], "m1"), event(ids[1], "m2"), event(ids[2], "m3")]);
+
+    // Trimmed (more than a page retained): every entry removed is at or
+    // below the floor, every one retained above it.
+    let script = "for i = 1, 1300 do redis.call('XADD', KEYS[1], '*', 'data', 'm' .. i, 'topics', 'default') end";
+    redis.command(&["EVAL", script, "1", "t2b:events"]);
+    let nth = |n: &str| {
+        let script = format!("return redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', {n})[{n}][1]");
+        EventId::parse(&redis.command(&["EVAL", &script, "1", "t2b:events"])).unwrap()
+    };
+    let last_trimmed = nth("100");
+    redis.command(&["XTRIM", "t2b:events", "MAXLEN", "1200"]);
+    let (_bus, recorder) = start(config(&redis, "t2b:"));
+    let (floor, events) = recorder.backfill();
+    assert_eq!(events.len(), 1200);
+    assert_eq!((events[0].publish.message.as_str(), events[1199].publish.message.as_str()), ("m101", "m1300"));
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    assert!(last_trimmed <= floor && floor < events[0].id, "{last_trimmed} <= {floor} < {}", events[0].id);
+
+    // Deleted from the middle: the floor is the deleted id (max-deleted-entry-id).
+    let middle = nth("600");
+    redis.command(&["XDEL", "t2b:events", &middle.to_string()]);
+    let (_bus, recorder) = start(config(&redis, "t2b:"));
+    let (floor, events) = recorder.backfill();
+    assert_eq!((floor, events.len()), (middle, 1199));
+}
+
+#[test]
+fn redis_down_at_start_then_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let (bus, recorder) = start(config(&redis, "t3:"));
+    let started = Instant::now();
+    let result = submit(&bus, Publish::message("early"));
+    assert!(started.elapsed() < Duration::from_secs(3), "submit took {:?}", started.elapsed());
+    let Err(BusError::Unavailable(why)) = result else { panic!("submit with redis down: {result:?}") };
+    assert!(!why.is_empty());
+    assert!(!bus.is_up());
+
+    redis.start_again();
+    wait_up(&bus, true);
+    assert_eq!(recorder.backfill(), (EventId::default(), vec![]));
+    let id = submit_ok(&bus, Publish::message("late"));
+    assert_eq!(recorder.exactly(1), [event(id, "late")]);
+}
+
+#[test]
+fn the_reader_reconnects_after_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t4:"));
+    wait_up(&bus, true);
+    let first = submit(&bus, Publish::message("before")).expect("submit");
+    recorder.exactly(1);
+
+    redis.stop();
+    wait_up(&bus, false);
+    assert!(submit(&bus, Publish::message("while down")).is_err());
+    redis.start_again(); // empty: its new ids are time-based, so still above `first`
+    wait_up(&bus, true);
+    let raw = xadd(&redis, "t4:events", &[b"data", b"raw", b"topics", b"default"]);
+    let mine = submit_ok(&bus, Publish::message("after"));
+    assert!(raw > first);
+    assert_eq!(recorder.exactly(3)[1..], [event(raw, "raw"), event(mine, "after")]);
+}
+
+#[test]
+fn entries_added_while_disconnected_arrive_exactly_once_in_order() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t5:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    let mut added = Vec::new();
+    for round in 0..5 {
+        for i in 0..10 {
+            let message = format!("r{round}-{i}");
+            added.push((xadd(&redis, "t5:events", &[b"data", message.as_bytes(), b"topics", b"default"]), message));
+        }
+        // Drop the bus's connections, then add more before it can reconnect.
+        let killed = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        assert_ne!(killed, ":0", "the bus had connections to kill");
+        for i in 0..5 {
+            let message = format!("r{round}-gap{i}");
+            added.push((xadd(&redis, "t5:events", &[b"data", message.as_bytes(), b"topics", b"default"]), message));
+        }
+    }
+    let delivered = recorder.exactly(added.len());
+    let expected: Vec<BusEvent> = added.iter().map(|(id, m)| event(*id, m)).collect();
+    assert_eq!(delivered, expected);
+    let id = submit_ok(&bus, Publish::message("writer reconnected too"));
+    assert_eq!(recorder.exactly(added.len() + 1).last(), Some(&event(id, "writer reconnected too")));
+}
+
+#[test]
+fn bad_entries_are_skipped_and_the_good_ones_around_them_delivered() {
+    let redis = RedisServer::start();
+    let key = "t6:events";
+    let good = |message: &str| xadd(&redis, key, &[b"data", message.as_bytes(), b"topics", b"default"]);
+    let huge = vec![b'x'; 1024 * 1024 + 1];
+    let bad: [&[&[u8]]; 8] = [
+        &[b"topics", b"default"],                                   // no data
+        &[b"data", b"m", b"topics", b"a b"],                        // invalid topic
+        &[b"data", b"m", b"topics", b""],                           // no topics
+        &[b"data", b"m"],                                           // no topics field
+        &[b"data", &huge, b"topics", b"default"],                   // too big
+        &[b"data", b"\xff\xfe", b"topics", b"default"],             // not UTF-8
+        &[b"data", b"m", b"topics", b"default", b"event", b"gap"],  // reserved name
+        &[b"data", b"m", b"topics", b"default", b"event", b"a\nb"], // invalid name
+    ];
+    let before = good("before");
+    for fields in &bad[..4] {
+        xadd(&redis, key, fields);
+    }
+    let (bus, recorder) = start(config(&redis, "t6:"));
+    let (_, backfill) = recorder.backfill();
+    assert_eq!(backfill, [event(before, "before")]);
+    wait_up(&bus, true);
+
+    let first = good("first");
+    for fields in &bad {
+        xadd(&redis, key, fields);
+    }
+    let last = good("last");
+    let extra = xadd(&redis, key, &[b"data", b"dup", b"topics", b"a,b,a", b"unknown", b"ignored"]);
+    let delivered = recorder.exactly(3);
+    assert_eq!(delivered[..2], [event(first, "first"), event(last, "last")]);
+    let dup = Publish { message: "dup".into(), topics: vec!["a".into(), "b".into()], event: None };
+    assert_eq!(delivered[2], BusEvent { id: extra, publish: dup });
+}
+
+#[test]
+fn two_nodes_deliver_all_events_of_both_in_one_order() {
+    let redis = RedisServer::start();
+    let (a, seen_a) = start(config(&redis, "t7:"));
+    let (b, seen_b) = start(config(&redis, "t7:"));
+    wait_up(&a, true);
+    wait_up(&b, true);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut replies = Vec::new();
+    std::thread::scope(|s| {
+        let publishers: Vec<_> = [("a", &a), ("b", &b)]
+            .map(|(name, bus)| {
+                s.spawn(move || {
+                    (0..50).map(|i| submit(bus, Publish::message(format!("{name}{i}")))).collect::<Vec<_>>()
+                })
+            })
+            .into_iter()
+            .collect();
+        for publisher in publishers {
+            replies.extend(publisher.join().unwrap().into_iter().map(|r| r.expect("submit")));
+        }
+    });
+    let (in_a, in_b) = (seen_a.exactly(100), seen_b.exactly(100));
+    assert_eq!(in_a, in_b, "same events, same order");
+    assert!(in_a.windows(2).all(|w| w[0].id < w[1].id), "stream order");
+    let mut delivered_ids: Vec<EventId> = in_a.iter().map(|e| e.id).collect();
+    replies.sort();
+    delivered_ids.sort();
+    assert_eq!(delivered_ids, replies);
+    assert!(messages(&in_a).iter().filter(|m| m.starts_with('a')).count() == 50);
+}
+
+#[test]
+fn a_hung_redis_fails_submits_and_shutdown_in_bounded_time() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t8:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let result = submit(&bus, Publish::message("into the void"));
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "reply took {:?}", started.elapsed());
+    let started = Instant::now();
+    bus.shutdown();
+    assert!(started.elapsed() < Duration::from_millis(2500), "shutdown took {:?}", started.elapsed());
+    assert!(!bus.is_up());
+    assert!(submit(&bus, Publish::message("after shutdown")).is_err());
+    redis.signal("-CONT");
+}
