@@ -117,7 +117,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Publishes waiting for the writer; past this, `submit` fails at once.
 const QUEUE_LEN: usize = 1024;
 /// Largest `data` accepted from the stream.
-const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// A connection to the cluster bus; see the module docs.
 pub struct Bus {

@@ -31,6 +31,10 @@ pub struct Config {
     pub tick: bool,
     /// Event loops to run, each on its own thread; 0 means one per core.
     pub threads: usize,
+    /// `--redis`: the URL of the Redis that makes this server a cluster node.
+    pub redis: Option<String>,
+    /// Prefix of this cluster's keys in Redis.
+    pub redis_prefix: String,
     /// Seconds a graceful shutdown may take.
     pub shutdown_timeout_secs: u64,
     /// Least severe log level printed (`error`, `warn`, `info`, `debug`).
@@ -59,6 +63,8 @@ impl Default for Config {
             heartbeat_secs: 15,
             tick: false,
             threads: 1,
+            redis: None,
+            redis_prefix: "bare-sse:".to_owned(),
             shutdown_timeout_secs: 5,
             log_level: log::LevelFilter::Info,
         }
@@ -219,6 +225,30 @@ pub const FLAGS: &[Flag] = &[
         apply: |c, v| switch(v).map(|on| c.settings.access_log = on),
     },
     Flag {
+        name: "redis",
+        value: "URL",
+        help: "join the cluster that shares this Redis, e.g. redis://127.0.0.1:6379/0 [default: none, a lone server]",
+        apply: |c, v| {
+            if !(v.starts_with("redis://") || v.starts_with("unix://") || v.starts_with("redis+unix://")) {
+                return Err("expected a redis:// or unix:// URL".to_owned());
+            }
+            c.redis = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "redis-prefix",
+        value: "TEXT",
+        help: "prefix of the cluster's keys in Redis, so clusters can share one [default: bare-sse:]",
+        apply: |c, v| {
+            if v.is_empty() || v.len() > 64 || v.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                return Err("1-64 bytes without spaces or control characters".to_owned());
+            }
+            c.redis_prefix = v.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
         name: "tick",
         value: "",
         help: "publish the server's time (UTC) every second on topic `time`",
@@ -262,6 +292,12 @@ where
             inline.or_else(|| args.next()).ok_or_else(|| format!("--{name} needs a value ({})", flag.value))?
         };
         (flag.apply)(&mut config, &value).map_err(|why| format!("--{name} {value:?}: {why}"))?;
+    }
+    // Nodes skip stream entries larger than this, so a cluster node must not
+    // accept a publish it would then drop.
+    let max_body = config.settings.limits.max_body_bytes;
+    if config.redis.is_some() && max_body > crate::bus::MAX_MESSAGE_BYTES {
+        return Err(format!("--max-body-bytes {max_body} is over {} with --redis", crate::bus::MAX_MESSAGE_BYTES));
     }
     Ok(Command::Run(Box::new(config)))
 }

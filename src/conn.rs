@@ -131,6 +131,8 @@ pub enum Action {
     Subscribe(Subscribe),
     /// Render the metrics and answer with [`Conn::answer`].
     Metrics,
+    /// Say whether the server is healthy, with [`Conn::answer`].
+    Health,
 }
 
 /// A new subscription.
@@ -613,14 +615,10 @@ impl Conn {
                 self.answer_preflight(endpoint, &head, &grant);
                 None
             }
-            Endpoint::Health => {
-                self.respond(Status::OK, &grant, &[], "text/plain; charset=utf-8", b"ok\n", head_only, head.keep_alive);
-                None
-            }
-            Endpoint::Metrics => {
+            Endpoint::Health | Endpoint::Metrics => {
                 let grant = Box::new(grant);
                 self.set_state(State::Waiting { keep_alive: head.keep_alive, head_only, grant });
-                Some(Action::Metrics)
+                Some(if endpoint == Endpoint::Health { Action::Health } else { Action::Metrics })
             }
             Endpoint::Page => {
                 let page = api::DEMO_PAGE.as_bytes();
@@ -1192,8 +1190,10 @@ mod tests {
         conn.receive(request.as_bytes(), settings, t0());
         let mut actions = Vec::new();
         while let Some(action) = conn.poll(settings, t0()) {
-            if let Action::Publish(_) = action {
-                conn.published("1-1", 0, settings, t0());
+            match action {
+                Action::Publish(_) => conn.published("1-1", 0, settings, t0()),
+                Action::Health => conn.answer("text/plain; charset=utf-8", b"ok\n", settings, t0()),
+                _ => {}
             }
             actions.push(action);
         }

@@ -42,6 +42,7 @@ use mio::Waker;
 
 use crate::api::Publish;
 use crate::broker::{EventId, Published, Receipt};
+use crate::bus::{BusEvent, BusSink};
 
 /// What a loop finds in its inbox.
 #[derive(Debug)]
@@ -303,6 +304,20 @@ impl Hub {
         // A panic while holding the lock leaves only counters half-updated:
         // carry on with them rather than take every loop down.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The cluster bus's reader hands the stream to the loops through the hub:
+/// each event is framed once, here, on the bus's thread, and then takes the
+/// same path as a local publish.
+impl BusSink for Hub {
+    fn backfill(&self, floor: EventId, events: Vec<BusEvent>) {
+        let events = events.iter().map(|e| Arc::new(Published::new(e.id, &e.publish))).collect();
+        Hub::backfill(self, floor, events);
+    }
+
+    fn deliver(&self, events: Vec<BusEvent>) {
+        self.distribute(events.iter().map(|e| Arc::new(Published::new(e.id, &e.publish))));
     }
 }
 

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("bare-sse: cannot listen on {}: {e}", config.listen);
+            eprintln!("bare-sse: cannot start on {}: {e}", config.listen);
             return ExitCode::from(2);
         }
     };

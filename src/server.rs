@@ -54,7 +54,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::api::Publish;
-use crate::broker::{Broker, Delivery, Subscriber};
+use crate::broker::{Broker, Delivery, Receipt, Subscriber};
+use crate::bus::{Bus, BusConfig};
 use crate::config::Config;
 use crate::conn::{Action, Conn, Settings, SocketCommand, Subscribe};
 use crate::hub::{Gauges, Hub, Inbox, Message};
@@ -100,6 +101,10 @@ const MAX_PUBLISHES_PER_TURN: usize = 4096;
 /// the next turn, which then comes at once).
 const MAX_INBOX_PER_TURN: usize = 4096;
 
+/// Least number of events the cluster's Redis stream keeps (`MAXLEN`),
+/// whatever `--history` says.
+const MIN_STREAM_EVENTS: usize = 1000;
+
 /// Most subscribers written to per loop turn. A pass over all subscribers
 /// is cut into slices this size, and the loop polls between them: a publish
 /// that arrives meanwhile is taken in at once and rides along in the same
@@ -120,6 +125,7 @@ const PUBLISH_QUEUE: usize = 64 * 1024;
 pub struct Server {
     loops: Vec<Loop>,
     hub: Arc<Hub>,
+    bus: Option<Arc<Bus>>,
     tick: bool,
     publisher: Publisher,
     handle: Handle,
@@ -137,6 +143,9 @@ struct Loop {
     broker: Broker,
     hub: Arc<Hub>,
     inbox: Receiver<Message>,
+    /// The cluster bus (`--redis`): publishes go through it, and come back
+    /// in the inbox like everyone else's.
+    bus: Option<Arc<Bus>>,
     settings: Settings,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
@@ -322,14 +331,27 @@ impl Server {
         let handle = Handle { stop: stop.clone(), hub: hub.clone() };
         let (queue, publishes) = crossbeam_channel::bounded(PUBLISH_QUEUE);
         let mut publishes = Some(publishes);
-        let floor = hub.local_floor();
+        // A cluster node learns its history from Redis (Message::Backfill);
+        // a lone server's starts empty at its own first id.
+        let bus = match &config.redis {
+            None => None,
+            Some(url) => {
+                // The stream keeps at least a thousand events, so that a node
+                // that falls briefly behind (reconnecting) still finds them.
+                let max_len = config.history.events.max(MIN_STREAM_EVENTS);
+                let bus_config = BusConfig { url: url.clone(), prefix: config.redis_prefix.clone(), max_len };
+                let bus = Bus::start(bus_config, hub.clone()).map_err(io::Error::other)?;
+                Some(Arc::new(bus))
+            }
+        };
+        let floor = if bus.is_some() { None } else { Some(hub.local_floor()) };
         let loops = polls
             .into_iter()
             .zip(listeners)
             .zip(inboxes)
             .enumerate()
             .map(|(index, ((poll, listener), Inbox { messages, waker: _ }))| {
-                let mut broker = Broker::new(config.history, Some(floor));
+                let mut broker = Broker::new(config.history, floor);
                 broker.reserve(config.max_connections);
                 Loop {
                     index,
@@ -340,6 +362,7 @@ impl Server {
                     broker,
                     hub: hub.clone(),
                     inbox: messages,
+                    bus: bus.clone(),
                     settings: config.settings.clone(),
                     max_buffered_bytes: config.max_buffered_bytes,
                     heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
@@ -363,7 +386,7 @@ impl Server {
             })
             .collect();
         let publisher = Publisher { queue, waker: first_waker, stop };
-        Ok(Server { loops, hub, tick: config.tick, publisher, handle })
+        Ok(Server { loops, hub, bus, tick: config.tick, publisher, handle })
     }
 
     /// Makes SIGINT and SIGTERM stop the server gracefully (the binary does
@@ -427,6 +450,9 @@ impl Server {
         for thread in others {
             let outcome = thread.join().unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
             result = result.and(outcome);
+        }
+        if let Some(bus) = &self.bus {
+            bus.shutdown();
         }
         result
     }
@@ -704,9 +730,32 @@ impl Loop {
             let action = client.conn.poll(&self.settings, Instant::now());
             let Some(action) = action else { return self.take_notes(key) };
             match action {
-                Action::Publish(publish) => {
-                    let receipt = self.hub.publish(&publish, Some(self.index));
-                    client.conn.published(&receipt.id.to_string(), receipt.subscribers, &self.settings, Instant::now());
+                Action::Publish(publish) => match &self.bus {
+                    None => {
+                        let receipt = self.hub.publish(&publish, Some(self.index));
+                        let id = receipt.id.to_string();
+                        client.conn.published(&id, receipt.subscribers, &self.settings, Instant::now());
+                    }
+                    // The connection waits (Conn's Waiting state) until the
+                    // bus's answer comes back through the inbox.
+                    Some(bus) => {
+                        let (hub, index, serial) = (self.hub.clone(), self.index, client.serial);
+                        let topics = publish.topics.clone();
+                        bus.submit(
+                            publish,
+                            Box::new(move |result| {
+                                let answer = result
+                                    .map(|id| Receipt { id, subscribers: hub.count_subscribers(&topics) })
+                                    .map_err(|e| e.to_string());
+                                hub.answer(index, key, serial, answer);
+                            }),
+                        );
+                    }
+                },
+                Action::Health => {
+                    let degraded = self.bus.as_ref().is_some_and(|bus| !bus.is_up());
+                    let body: &[u8] = if degraded { b"degraded: redis unavailable\n" } else { b"ok\n" };
+                    client.conn.answer("text/plain; charset=utf-8", body, &self.settings, Instant::now());
                 }
                 Action::Subscribe(subscribe) => self.subscribe(key, subscribe),
                 Action::Metrics => {
@@ -745,7 +794,17 @@ impl Loop {
         let Some(queue) = &self.publishes else { return };
         for _ in 0..MAX_PUBLISHES_PER_TURN {
             let Ok(publish) = queue.try_recv() else { return };
-            self.hub.publish(&publish, Some(self.index));
+            match &self.bus {
+                None => drop(self.hub.publish(&publish, Some(self.index))),
+                Some(bus) => bus.submit(
+                    publish,
+                    Box::new(|result| {
+                        if let Err(e) = result {
+                            log::warn!("a Publisher's event was not published: {e}");
+                        }
+                    }),
+                ),
+            }
         }
         self.backlog_left = true;
     }
@@ -949,6 +1008,9 @@ impl Loop {
             .map(|(index, n)| (format!("{{loop=\"{index}\"}}"), n))
             .collect();
         metric("bare_sse_loop_connections", "gauge", "Open connections per event loop (--threads).", &per_loop);
+        if let Some(bus) = &self.bus {
+            metric("bare_sse_redis_up", "gauge", "1 while the cluster bus reaches Redis.", &one(bus.is_up() as u64));
+        }
         metric("bare_sse_uptime_seconds", "gauge", "Seconds since the server started.", &one(self.hub.uptime_secs()));
         let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
         metric("bare_sse_build_info", "gauge", "Build information; always 1.", &[(version, 1)]);

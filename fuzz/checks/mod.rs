@@ -294,6 +294,9 @@ impl<'p, 'a> Harness<'p, 'a> {
                 return;
             };
             match &action {
+                Action::Health => {
+                    self.conn.answer("text/plain; charset=utf-8", b"ok\n", settings, self.now);
+                }
                 Action::Metrics => {
                     let text = b"# HELP bare_sse_up 1 if the server runs.\nbare_sse_up 1\n";
                     self.conn.answer(METRICS_CONTENT_TYPE, text, settings, self.now);

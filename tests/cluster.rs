@@ -1,0 +1,213 @@
+//! A cluster: several nodes (`--redis`) on one real redis-server, started by
+//! the tests on a free loopback port. Publish on any node, subscribe on any
+//! node, resume on any node; and what happens while Redis is gone.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bare_sse::broker::EventId;
+use support::redis::RedisServer;
+use support::{Client, EventStream, TestServer, get, post};
+
+fn node(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::with(move |config| {
+        config.redis = Some(url);
+        config.heartbeat_secs = 1;
+    })
+}
+
+/// Opens a stream on `node` once the node knows its history (until then a
+/// resuming subscriber would get a `gap`: see the README).
+#[track_caller]
+fn subscribe(node: &TestServer, path: &str) -> EventStream {
+    Client::connect(node.addr).subscribe(path)
+}
+
+#[track_caller]
+fn publish(node: &TestServer, message: &str) -> String {
+    let response = node.connect().publish(message);
+    assert_eq!(response.status, 200, "{response:?}");
+    response.json()["id"].as_str().expect("an id").to_owned()
+}
+
+#[track_caller]
+fn health(node: &TestServer) -> String {
+    node.connect().request(get("/healthz")).text()
+}
+
+#[track_caller]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn events(stream: &mut EventStream, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|_| {
+            let event = stream.next_event();
+            (event.id.expect("an id"), event.data)
+        })
+        .collect()
+}
+
+#[test]
+fn publish_on_a_reaches_subscribers_on_b_and_c_with_the_stream_ids() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    for n in [&a, &b, &c] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let mut on_b = subscribe(&b, "/events");
+    let mut on_c = subscribe(&c, "/events");
+    let ids: Vec<String> = (0..20).map(|i| publish(&a, &format!("m{i}\nline two"))).collect();
+    let expected: Vec<(String, String)> =
+        ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("m{i}\nline two"))).collect();
+    assert_eq!(events(&mut on_b, 20), expected);
+    assert_eq!(events(&mut on_c, 20), expected);
+    // The ids are the stream's: Redis holds each one, in the same order.
+    assert_eq!(redis.command(&["XLEN", "bare-sse:events"]), ":20");
+    for id in &ids {
+        assert_eq!(redis.command(&["XRANGE", "bare-sse:events", id, id]), "*1", "{id} in the stream");
+    }
+    let parsed: Vec<EventId> = ids.iter().map(|id| EventId::parse(id).expect("an id")).collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+#[test]
+fn concurrent_publishes_on_a_and_b_give_one_order_everywhere() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    for n in &nodes {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let mut streams: Vec<EventStream> = nodes.iter().map(|n| subscribe(n, "/events")).collect();
+    let (addr_a, addr_b) = (nodes[0].addr, nodes[1].addr);
+    let publishers: Vec<_> = [("a", addr_a), ("b", addr_b)]
+        .into_iter()
+        .map(|(name, addr)| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                (0..50)
+                    .map(|i| {
+                        let response = client.publish(&format!("{name}{i}"));
+                        assert_eq!(response.status, 200, "{response:?}");
+                        response.json()["id"].as_str().unwrap().to_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let acknowledged: BTreeSet<String> = publishers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    assert_eq!(acknowledged.len(), 100);
+    let seen: Vec<Vec<(String, String)>> = streams.iter_mut().map(|s| events(s, 100)).collect();
+    let ids: BTreeSet<String> = seen[0].iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, acknowledged, "every acknowledged publish, once");
+    for (i, other) in seen.iter().enumerate() {
+        assert_eq!(other, &seen[0], "node {i} saw another order");
+    }
+}
+
+#[test]
+fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let mut on_b = subscribe(&b, "/events");
+    let first: Vec<String> = (0..10).map(|i| publish(&a, &format!("m{i}"))).collect();
+    let got = events(&mut on_b, 10);
+    assert_eq!(got.last().map(|(id, _)| id), first.last());
+    drop(on_b);
+    let missed: Vec<String> = (10..15).map(|i| publish(&a, &format!("m{i}"))).collect();
+    // A node started after all that learns the history from the stream.
+    let c = node(&redis);
+    let resume = format!("/events?lastEventId={}", first[9]);
+    let mut on_c = loop {
+        let mut stream = subscribe(&c, &resume);
+        let event = stream.next_event();
+        if event.event.as_deref() == Some("gap") {
+            // The node has not read the stream yet; a client would retry.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        assert_eq!(event.id.as_deref(), Some(missed[0].as_str()));
+        break stream;
+    };
+    let rest = events(&mut on_c, 4);
+    assert_eq!(rest.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), missed[1..]);
+    let live = publish(&a, "live");
+    assert_eq!(events(&mut on_c, 1), [(live, "live".to_owned())]);
+}
+
+#[test]
+fn redis_down_at_start_then_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let a = node(&redis);
+    assert_eq!(health(&a), "degraded: redis unavailable\n");
+    let mut stream = subscribe(&a, "/events");
+    let started = Instant::now();
+    let response = a.connect().publish("too early");
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(response.json()["error"].as_str().unwrap().contains("redis"), "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+    redis.start_again();
+    wait_until("the node reaches redis", || health(&a) == "ok\n");
+    let id = publish(&a, "now");
+    assert_eq!(events(&mut stream, 1), [(id, "now".to_owned())]);
+}
+
+#[test]
+fn redis_killed_mid_stream_then_back() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let mut on_b = subscribe(&b, "/events");
+    let before = publish(&a, "before");
+    assert_eq!(events(&mut on_b, 1), [(before, "before".to_owned())]);
+    redis.stop();
+    // Publishes fail fast with a JSON error, never hang.
+    wait_until("publishes are refused", || {
+        let started = Instant::now();
+        let response = a.connect().request(post("/send-event", r#"{"message":"lost"}"#));
+        assert!(started.elapsed() < Duration::from_secs(5), "a publish took {:?}", started.elapsed());
+        response.status == 503 && response.json()["error"].is_string()
+    });
+    wait_until("both nodes say degraded", || health(&a).starts_with("degraded") && health(&b).starts_with("degraded"));
+    // The stream stays open, and heartbeats go on.
+    let mut raw = Vec::new();
+    wait_until("a heartbeat", || {
+        raw.extend(on_b.client.read_some());
+        raw.windows(3).any(|w| w == b":\n\n")
+    });
+    redis.start_again();
+    wait_until("the nodes reach redis again", || health(&a) == "ok\n" && health(&b) == "ok\n");
+    let after = publish(&a, "after");
+    assert_eq!(events(&mut on_b, 1), [(after, "after".to_owned())]);
+    let metrics = b.connect().request(get("/metrics")).text();
+    assert!(metrics.contains("bare_sse_redis_up 1"), "{metrics}");
+}
+
+#[test]
+fn bad_entries_in_the_stream_are_skipped() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    wait_until("the node reaches redis", || health(&a) == "ok\n");
+    let mut stream = subscribe(&a, "/events");
+    let good = publish(&a, "good");
+    redis.command(&["XADD", "bare-sse:events", "*", "nodata", "x"]);
+    redis.command(&["XADD", "bare-sse:events", "*", "data", "x", "topics", "bad topic"]);
+    let huge = "x".repeat(2 * 1024 * 1024);
+    redis.command(&["XADD", "bare-sse:events", "*", "data", &huge, "topics", "default"]);
+    let after = publish(&a, "after");
+    assert_eq!(events(&mut stream, 2), [(good, "good".to_owned()), (after, "after".to_owned())]);
+}
