@@ -63,6 +63,7 @@ fn connections_spread_across_two_loops() {
     let split = settled_split(&server, 1000);
     assert_eq!(split.len(), 2, "{split:?}");
     let total: u64 = split.iter().sum();
+    eprintln!("connections per loop: {split:?}");
     for &n in &split {
         assert!(n * 100 <= total * 65, "one loop holds {n} of {total} connections: {split:?}");
     }
