@@ -8,7 +8,9 @@ loadgen: SSE fan-out load generator (one thread, mio)
 
 usage: loadgen --target HOST:PORT [options]
 
-  --target HOST:PORT     server to load (required)
+  --target HOST:PORT     server to load (required); repeat it for a cluster:
+                         subscribers are spread over the targets in turn,
+                         publishers all connect to the first
   --subscribers N        open N GET /events streams (default 0)
   --messages M           publish M messages (default 0)
   --publishers K         keep-alive publisher connections (default 1)
@@ -45,10 +47,17 @@ pub enum Pacing {
     Rate { per_s: f64 },
 }
 
+/// A server to connect to: its address and the `Host` header that names it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub target: SocketAddr,
-    pub host: String,
+    /// Subscriber `i` connects to `targets[i % len]`; publishers to `targets[0]`.
+    pub targets: Vec<Target>,
     pub subscribers: usize,
     pub messages: u64,
     pub publishers: usize,
@@ -69,7 +78,7 @@ pub struct Config {
 /// Parses the arguments after the program name. `Err` holds the message to
 /// print; `Ok(None)` means help was asked for.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, String> {
-    let mut target = None;
+    let mut hosts = Vec::new();
     let mut subscribers = 0;
     let mut messages = 0;
     let mut publishers = 1;
@@ -92,7 +101,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--target" => target = Some(value()?),
+            "--target" => hosts.push(value()?),
             "--subscribers" => subscribers = number(&flag, &value()?)?,
             "--messages" => messages = number(&flag, &value()?)?,
             "--publishers" => publishers = number(&flag, &value()?)?,
@@ -117,12 +126,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         }
     }
 
-    let host = target.ok_or("--target is required")?;
-    let target = host
-        .to_socket_addrs()
-        .map_err(|e| format!("--target {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--target {host}: no address"))?;
+    if hosts.is_empty() {
+        return Err("--target is required".into());
+    }
+    let mut targets = Vec::new();
+    for host in hosts {
+        let addr = host
+            .to_socket_addrs()
+            .map_err(|e| format!("--target {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--target {host}: no address"))?;
+        targets.push(Target { addr, host });
+    }
     if publishers == 0 {
         return Err("--publishers must be at least 1".into());
     }
@@ -136,15 +151,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         (None, true) => Pacing::Burst { depth: depth.max(1) },
         (None, false) => Pacing::Sequential,
     };
-    let sources = match target.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() && source_ips > 1 => {
-            (1..=source_ips).map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))).collect()
-        }
-        _ => Vec::new(),
+    let all_loopback_v4 = targets.iter().all(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    let sources = if all_loopback_v4 && source_ips > 1 {
+        (1..=source_ips).map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))).collect()
+    } else {
+        Vec::new()
     };
     Ok(Some(Config {
-        target,
-        host,
+        targets,
         subscribers,
         messages,
         publishers,
@@ -185,6 +199,11 @@ mod tests {
         assert_eq!(c.sources.len(), 8);
         let c = parse(args("--target 127.0.0.1:9 --source-ips 1")).expect("ok").expect("config");
         assert!(c.sources.is_empty());
+        let c = parse(args("--target 127.0.0.1:9 --target 127.0.0.1:10")).expect("ok").expect("config");
+        let hosts: Vec<&str> = c.targets.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(hosts, ["127.0.0.1:9", "127.0.0.1:10"]);
+        assert_eq!(c.targets[1].addr.port(), 10);
+        assert_eq!(c.sources.len(), 8);
         assert!(parse(args("--subscribers 5")).is_err());
         assert!(parse(args("--target 127.0.0.1:9 --rate 5 --burst")).is_err());
         assert!(parse(args("--target 127.0.0.1:9 --timeout 0")).is_err());

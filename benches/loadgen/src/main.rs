@@ -100,7 +100,8 @@ fn main() -> ExitCode {
     let cpu_s = after.cpu_s - cpu_start.cpu_s;
     let published = cfg.messages > 0;
     let fields = json!({
-        "target": cfg.host,
+        "target": cfg.targets[0].host,
+        "targets": cfg.targets.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(),
         "subscribers_requested": cfg.subscribers,
         "subscribers_limit": max_subs,
         "subscribers_connected": connected,

@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! subscribe   connect N streams, C at a time, until each has its 200 head
+//!             (stream i to target i mod T: a cluster's nodes share them)
 //! settle      keep reading (comments, retry) for --settle-ms: idle memory
-//! publish     connect K publishers, send M messages, read every stream
-//!             until each live subscriber has every acknowledged message
+//! publish     connect K publishers to the first target, send M messages,
+//!             read every stream until each live subscriber has every
+//!             acknowledged message
 //! ```
 //!
 //! Each message is `"<seq> <publisher> <nanos>"`: a global sequence number,
@@ -142,7 +144,8 @@ pub struct Run {
     events: Events,
     epoch: Instant,
     buf: Vec<u8>,
-    sub_request: Vec<u8>,
+    /// The `GET` request for each target (they differ by `Host`).
+    sub_requests: Vec<Vec<u8>>,
     subs: Vec<Sub>,
     pubs: Vec<Pub>,
     tally: Tally,
@@ -160,11 +163,17 @@ pub struct Run {
 
 impl Run {
     pub fn new(cfg: Config) -> io::Result<Run> {
-        let sub_request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-            cfg.events_path, cfg.host
-        )
-        .into_bytes();
+        let sub_requests = cfg
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+                    cfg.events_path, t.host
+                )
+                .into_bytes()
+            })
+            .collect();
         let latency_us =
             Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| io::Error::other(format!("histogram: {e}")))?;
         Ok(Run {
@@ -172,7 +181,7 @@ impl Run {
             events: Events::with_capacity(1024),
             epoch: Instant::now(),
             buf: vec![0; READ_BUF_BYTES],
-            sub_request,
+            sub_requests,
             subs: Vec::new(),
             pubs: Vec::new(),
             tally: Tally {
@@ -378,7 +387,8 @@ impl Run {
         };
         let token = Token(self.npubs() + index);
         let source = (!self.cfg.sources.is_empty()).then(|| self.cfg.sources[index % self.cfg.sources.len()]);
-        let opened = sys::connect(self.cfg.target, source).and_then(|mut s| {
+        let target = self.cfg.targets[index % self.cfg.targets.len()].addr;
+        let opened = sys::connect(target, source).and_then(|mut s| {
             sys::reset_on_close(&s);
             self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(s)
@@ -480,8 +490,9 @@ impl Run {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
             Err(e) => return Err(e),
         }
-        while sub.written < self.sub_request.len() {
-            match stream.write(&self.sub_request[sub.written..]) {
+        let request = &self.sub_requests[i % self.sub_requests.len()];
+        while sub.written < request.len() {
+            match stream.write(&request[sub.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => sub.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -574,7 +585,7 @@ impl Run {
     }
 
     fn connect_pub(&mut self, i: usize) {
-        let opened = TcpStream::connect(self.cfg.target).and_then(|mut s| {
+        let opened = TcpStream::connect(self.cfg.targets[0].addr).and_then(|mut s| {
             s.set_nodelay(true)?;
             sys::reset_on_close(&s);
             self.poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)?;
@@ -654,7 +665,7 @@ impl Run {
                 p.out,
                 "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{}",
                 self.cfg.send_path,
-                self.cfg.host,
+                self.cfg.targets[0].host,
                 content_type,
                 body.len(),
                 body
