@@ -16,7 +16,7 @@ import sys
 from html import escape
 
 # Server order in tables and charts; unknown servers follow in name order.
-SERVERS = ["bare-sse", "bare-sse-t2", "bare-sse-t2-2cpu", "floor", "axum", "go", "nchan"]
+SERVERS = ["bare-sse", "bare-sse-t2", "bare-sse-t2-2cpu", "bare-sse-cluster", "floor", "axum", "go", "nchan"]
 COLORS = {
     "bare-sse": "#d9480f",
     "floor": "#868e96",
