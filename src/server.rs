@@ -833,9 +833,10 @@ impl Loop {
             Ok(receipt) => client.conn.published(&receipt.id.to_string(), receipt.subscribers, &self.settings, now),
             Err(why) => client.conn.unavailable(&why, &self.settings, now),
         }
-        self.take_notes(key);
-        self.flush(key);
-        self.schedule(key);
+        // A pipelined request may be waiting behind this one, in the
+        // connection's input or still in the socket, and no readiness event
+        // will come for bytes that have already arrived: go on as after a read.
+        self.drive(key);
     }
 
     /// Copies this loop's counters into its gauges in the hub.

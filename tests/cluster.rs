@@ -211,3 +211,23 @@ fn bad_entries_in_the_stream_are_skipped() {
     let after = publish(&a, "after");
     assert_eq!(events(&mut stream, 2), [(good, "good".to_owned()), (after, "after".to_owned())]);
 }
+
+#[test]
+fn pipelined_publishes_on_a_node_are_each_answered_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    wait_until("the node reaches redis", || health(&a) == "ok\n");
+    let mut stream = subscribe(&a, "/events");
+    let mut client = a.connect();
+    let requests: String = (0..5).map(|i| post("/send-event", &format!(r#"{{"message":"p{i}"}}"#))).collect();
+    client.send(requests);
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            let response = client.read_response();
+            assert_eq!(response.status, 200, "{response:?}");
+            response.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<(String, String)> = ids.into_iter().enumerate().map(|(i, id)| (id, format!("p{i}"))).collect();
+    assert_eq!(events(&mut stream, 5), expected);
+}
