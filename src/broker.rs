@@ -198,6 +198,8 @@ pub struct Broker {
     unsent_base: u64,
     /// Position one past the last queued event.
     unsent_end: u64,
+    /// Bytes of the frames in `unsent`.
+    unsent_bytes: usize,
     /// The pass under way: the next member key to visit, and `unsent_end`
     /// when the pass began (every member has had the events before it once
     /// the pass ends).
@@ -293,6 +295,7 @@ impl Broker {
             unsent: VecDeque::new(),
             unsent_base: 0,
             unsent_end: 0,
+            unsent_bytes: 0,
             pass: None,
             beat: 0,
             scratch: Vec::new(),
@@ -322,6 +325,11 @@ impl Broker {
         self.stats
     }
 
+    /// Bytes of the events waiting to be fanned out.
+    pub fn unsent_bytes(&self) -> usize {
+        self.unsent_bytes
+    }
+
     /// Whether events wait to be fanned out.
     pub fn has_pending(&self) -> bool {
         !self.unsent.is_empty()
@@ -336,6 +344,7 @@ impl Broker {
         let topics: Box<[u32]> = event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect();
         self.retain(event.clone());
         if !topics.is_empty() {
+            self.unsent_bytes += event.frame.len();
             self.unsent.push_back(Unsent { event, topics });
             self.unsent_end += 1;
         }
@@ -467,7 +476,9 @@ impl Broker {
         // The pass is over: every member has had the events queued before it
         // began (one that joined since started later still).
         self.pass = None;
-        while self.unsent_base < pass_start && self.unsent.pop_front().is_some() {
+        while self.unsent_base < pass_start {
+            let Some(sent) = self.unsent.pop_front() else { break };
+            self.unsent_bytes -= sent.event.frame.len();
             self.unsent_base += 1;
         }
         !self.unsent.is_empty()

@@ -57,12 +57,6 @@ pub enum Message {
     Answer { key: usize, serial: u32, answer: Result<Receipt, String> },
 }
 
-/// One loop's end of the hub.
-pub struct Inbox {
-    pub messages: Receiver<Message>,
-    pub waker: Arc<Waker>,
-}
-
 /// A loop's counters, copied in by the loop itself once per turn (plain
 /// stores; nothing on the hot path is atomic) and summed by `/metrics`.
 #[derive(Debug, Default)]
@@ -90,6 +84,18 @@ pub struct Totals {
     pub refused: u64,
 }
 
+/// Most bytes of event frames waiting in one loop's inbox. While any loop is
+/// this far behind, publishes are refused (`POST` gets 503, a [`Publisher`]
+/// waits): the inboxes are unbounded channels (a publishing loop must never
+/// wait on a loop that may be waiting on it), so this is what bounds them.
+///
+/// [`Publisher`]: crate::server::Publisher
+pub const MAX_INBOX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why the hub refused a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 /// Shared by every loop of a server (and its publishers) behind an `Arc`.
 pub struct Hub {
     state: Mutex<State>,
@@ -106,6 +112,8 @@ pub struct Hub {
 struct Outlet {
     messages: Sender<Message>,
     waker: Arc<Waker>,
+    /// Bytes of event frames sent to this loop and not yet taken by it.
+    queued_bytes: AtomicUsize,
 }
 
 /// What the lock guards.
@@ -120,7 +128,7 @@ struct State {
 impl Hub {
     /// A hub for one loop per waker; returns it and each loop's inbox, in the
     /// order of `wakers`.
-    pub fn new(wakers: Vec<Arc<Waker>>, max_connections: usize) -> (Arc<Hub>, Vec<Inbox>) {
+    pub fn new(wakers: Vec<Arc<Waker>>, max_connections: usize) -> (Arc<Hub>, Vec<Receiver<Message>>) {
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut outlets = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
@@ -129,8 +137,8 @@ impl Hub {
             // be waiting on it. What bounds an inbox is the pace of the
             // publishers, each held back by its own connection or queue.
             let (messages, receiver) = crossbeam_channel::unbounded();
-            outlets.push(Outlet { messages, waker: waker.clone() });
-            inboxes.push(Inbox { messages: receiver, waker });
+            outlets.push(Outlet { messages, waker, queued_bytes: AtomicUsize::new(0) });
+            inboxes.push(receiver);
         }
         let gauges = (0..outlets.len()).map(|_| Gauges::default()).collect();
         let hub = Hub {
@@ -158,8 +166,12 @@ impl Hub {
 
     /// Numbers `publish` (which must be valid), frames it once, and sends it
     /// to every loop. `from` is the calling loop, which needs no wake-up: it
-    /// drains its inbox at the end of the turn anyway.
-    pub fn publish(&self, publish: &Publish, from: Option<usize>) -> Receipt {
+    /// drains its inbox at the end of the turn anyway. Refused while a loop
+    /// is more than [`MAX_INBOX_BYTES`] behind.
+    pub fn publish(&self, publish: &Publish, from: Option<usize>) -> Result<Receipt, Busy> {
+        if self.is_congested() {
+            return Err(Busy);
+        }
         let mut state = self.lock();
         let id = EventId { ms: state.epoch, seq: state.next_seq };
         state.next_seq += 1;
@@ -167,7 +179,19 @@ impl Hub {
         let event = Arc::new(Published::new(id, publish));
         self.send_to_all(&state, Message::Event, event, from);
         self.events.fetch_add(1, Ordering::Relaxed);
-        Receipt { id, subscribers }
+        Ok(Receipt { id, subscribers })
+    }
+
+    /// Whether some loop has more than [`MAX_INBOX_BYTES`] of events waiting.
+    pub fn is_congested(&self) -> bool {
+        self.outlets.iter().any(|outlet| outlet.queued_bytes.load(Ordering::Relaxed) > MAX_INBOX_BYTES)
+    }
+
+    /// Loop `index` took an event of `bytes` from its inbox.
+    pub fn taken(&self, index: usize, bytes: usize) {
+        if let Some(outlet) = self.outlets.get(index) {
+            outlet.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Sends events that already have their ids (from the cluster bus), in
@@ -293,8 +317,17 @@ impl Hub {
     /// `_state` (which is what keeps the order the same in every inbox).
     fn send_to_all<T: Clone>(&self, _state: &State, wrap: impl Fn(T) -> Message, item: T, from: Option<usize>) {
         for (index, outlet) in self.outlets.iter().enumerate() {
+            let message = wrap(item.clone());
+            let bytes = match &message {
+                Message::Event(event) => event.frame.len(),
+                _ => 0,
+            };
+            // Counted before the send, so the loop's `taken` never runs first.
+            outlet.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
             // A send fails only when the loop has exited (shut down).
-            if outlet.messages.send(wrap(item.clone())).is_ok() && from != Some(index) {
+            if outlet.messages.send(message).is_err() {
+                outlet.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            } else if from != Some(index) {
                 let _ = outlet.waker.wake();
             }
         }

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -58,7 +58,7 @@ use crate::broker::{Broker, Delivery, Receipt, Subscriber};
 use crate::bus::{Bus, BusConfig};
 use crate::config::Config;
 use crate::conn::{Action, Conn, Settings, SocketCommand, Subscribe};
-use crate::hub::{Gauges, Hub, Inbox, Message};
+use crate::hub::{Gauges, Hub, Message};
 use crate::outbox::Flushed;
 use crate::sse::Frame;
 
@@ -93,9 +93,6 @@ const MAX_READS_PER_EVENT: usize = 16;
 /// cannot keep the loop from the ones it has.
 const MAX_ACCEPTS_PER_TURN: usize = 256;
 
-/// Most events taken from the [`Publisher`] queue per loop turn.
-const MAX_PUBLISHES_PER_TURN: usize = 4096;
-
 /// Most messages taken from a loop's inbox per turn, so a flood of events
 /// from other loops cannot keep this one from its sockets (the rest wait for
 /// the next turn, which then comes at once).
@@ -116,9 +113,15 @@ const FAN_OUT_PER_TURN: usize = 256;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
-/// Publishes from other threads waiting for the loop. When full, a
-/// [`Publisher`] waits: back-pressure rather than unbounded memory.
-const PUBLISH_QUEUE: usize = 64 * 1024;
+/// How long a [`Publisher`] waits for the cluster bus to answer before it
+/// gives up (the bus itself answers within its socket timeouts).
+const BUS_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes of events a loop's broker holds unsent (beyond what a pass is
+/// delivering). Past it, the loop leaves events in its inbox, which makes
+/// the hub refuse publishes: memory stays bounded when subscribers are
+/// slower than publishers.
+const MAX_UNSENT_BYTES: usize = 32 * 1024 * 1024;
 
 /// A bound server, ready to [`run`](Server::run): its event loops and what
 /// they share.
@@ -134,8 +137,7 @@ pub struct Server {
 /// One event loop: a poll, a listening socket, and the connections accepted
 /// on it, with their broker and timers. Touched only by its own thread.
 struct Loop {
-    /// Which loop this is (0 is the first; it also takes the [`Publisher`]
-    /// queue and the signals).
+    /// Which loop this is (0 is the first; it also takes the signals).
     index: usize,
     poll: Poll,
     listener: TcpListener,
@@ -155,8 +157,6 @@ struct Loop {
     again: Vec<usize>,
     /// Subscribers whose last delivery needs a follow-up (see [`Delivery`]).
     attention: Vec<(usize, Delivery)>,
-    /// The [`Publisher`] queue, on loop 0 only.
-    publishes: Option<Receiver<Publish>>,
     handle: Handle,
     /// Deadlines of connections, earliest first. An entry is a reminder to
     /// look at the connection, which holds the authoritative deadline, so
@@ -168,8 +168,8 @@ struct Loop {
     out_of_descriptors: bool,
     /// False once shutting down.
     accepting: bool,
-    /// The publish queue or the inbox still held messages after the last
-    /// turn's bounded drain: poll again at once.
+    /// The inbox or the fan-out had more work after the last turn's bounded
+    /// share: poll again at once.
     backlog_left: bool,
     /// Connections refused since the last log line about it.
     refused: usize,
@@ -246,13 +246,15 @@ impl Handle {
 
 /// Publishes into a running server from any thread. Cheap to clone.
 ///
-/// Events cross into the event loop through a bounded channel and a
-/// [`mio::Waker`]; the loop frames and fans them out exactly like events
-/// published with `POST /send-event`.
+/// An event goes through the [`Hub`] on the caller's thread, exactly like
+/// one published with `POST /send-event`: numbered, framed once, and put in
+/// every loop's inbox (each loop is woken through its [`mio::Waker`]) before
+/// `publish` returns. On a cluster node it goes to Redis, and `publish`
+/// returns once Redis took it.
 #[derive(Clone)]
 pub struct Publisher {
-    queue: Sender<Publish>,
-    waker: Arc<Waker>,
+    hub: Arc<Hub>,
+    bus: Option<Arc<Bus>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -263,6 +265,8 @@ pub enum PublishError {
     Invalid(String),
     /// The server has stopped.
     Stopped,
+    /// The cluster bus could not take it (Redis unreachable); says why.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for PublishError {
@@ -270,6 +274,7 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::Invalid(why) => write!(f, "invalid event: {why}"),
             PublishError::Stopped => f.write_str("the server has stopped"),
+            PublishError::Unavailable(why) => f.write_str(why),
         }
     }
 }
@@ -282,26 +287,29 @@ impl Publisher {
         self.publish(Publish::message(message))
     }
 
-    /// Publishes an event with topics and an event name. Waits if the loop
-    /// is behind by more than `PUBLISH_QUEUE` (65,536) events.
+    /// Publishes an event with topics and an event name. Waits while a loop
+    /// is more than [`crate::hub::MAX_INBOX_BYTES`] behind (back-pressure
+    /// rather than unbounded memory); on a cluster node, waits for Redis.
     pub fn publish(&self, publish: Publish) -> Result<(), PublishError> {
         publish.validate().map_err(PublishError::Invalid)?;
-        if self.stop.load(Ordering::SeqCst) {
-            return Err(PublishError::Stopped);
-        }
-        let sent = match self.queue.try_send(publish) {
-            Ok(()) => true,
-            Err(TrySendError::Full(publish)) => {
-                // Make sure the loop is draining, then wait for room.
-                let _ = self.waker.wake();
-                self.queue.send(publish).is_ok()
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(PublishError::Stopped);
             }
-            Err(TrySendError::Disconnected(_)) => false,
-        };
-        if !sent || self.waker.wake().is_err() {
-            return Err(PublishError::Stopped);
+            if let Some(bus) = &self.bus {
+                let (answer, answered) = crossbeam_channel::bounded(1);
+                bus.submit(publish, Box::new(move |result| drop(answer.send(result))));
+                return match answered.recv_timeout(BUS_ANSWER_TIMEOUT) {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
+                    Err(_) => Err(PublishError::Unavailable("redis did not answer in time".to_owned())),
+                };
+            }
+            match self.hub.publish(&publish, None) {
+                Ok(_) => return Ok(()),
+                Err(crate::hub::Busy) => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
-        Ok(())
     }
 }
 
@@ -325,12 +333,8 @@ impl Server {
         let wakers =
             polls.iter().map(|poll| Waker::new(poll.registry(), WAKER).map(Arc::new)).collect::<io::Result<_>>()?;
         let (hub, inboxes) = Hub::new(wakers, config.max_connections);
-        let first_waker =
-            inboxes.first().map(|inbox| inbox.waker.clone()).ok_or_else(|| io::Error::other("no loop"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let handle = Handle { stop: stop.clone(), hub: hub.clone() };
-        let (queue, publishes) = crossbeam_channel::bounded(PUBLISH_QUEUE);
-        let mut publishes = Some(publishes);
         // A cluster node learns its history from Redis (Message::Backfill);
         // a lone server's starts empty at its own first id.
         let bus = match &config.redis {
@@ -350,7 +354,7 @@ impl Server {
             .zip(listeners)
             .zip(inboxes)
             .enumerate()
-            .map(|(index, ((poll, listener), Inbox { messages, waker: _ }))| {
+            .map(|(index, ((poll, listener), messages))| {
                 let mut broker = Broker::new(config.history, floor);
                 broker.reserve(config.max_connections);
                 Loop {
@@ -369,7 +373,6 @@ impl Server {
                     scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
                     again: Vec::new(),
                     attention: Vec::new(),
-                    publishes: publishes.take(),
                     handle: handle.clone(),
                     timers: BinaryHeap::new(),
                     accept_paused_until: None,
@@ -385,7 +388,7 @@ impl Server {
                 }
             })
             .collect();
-        let publisher = Publisher { queue, waker: first_waker, stop };
+        let publisher = Publisher { hub: hub.clone(), bus: bus.clone(), stop };
         Ok(Server { loops, hub, bus, tick: config.tick, publisher, handle })
     }
 
@@ -513,7 +516,6 @@ impl Loop {
             }
         }
         self.backlog_left = false;
-        self.take_publishes();
         self.take_inbox();
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|until| now >= until) {
@@ -533,18 +535,12 @@ impl Loop {
     /// could not take it within the bound.
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
+        // From now on publishes are refused (503), so what is queued can only
+        // shrink.
         self.accepting = false;
-        // Every event published before the stop is in a queue or an inbox by
-        // now: take them all, so each is sent on before streams close.
-        while self.publishes.as_ref().is_some_and(|queue| !queue.is_empty()) {
-            self.take_publishes();
-        }
-        while !self.inbox.is_empty() {
-            self.take_inbox();
-        }
-        self.fan_out(usize::MAX);
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
+            self.send_everything_queued(deadline);
             let quiet: Vec<usize> =
                 self.clients.iter_mut().filter(|(_, client)| client.conn.is_quiet()).map(|(key, _)| key).collect();
             for key in quiet {
@@ -559,6 +555,22 @@ impl Loop {
             let soon = Instant::now() + Duration::from_millis(50);
             self.timers.push(Reverse((soon.min(deadline), usize::MAX)));
             self.turn(events, None)?;
+        }
+    }
+
+    /// Hands every event published so far (in the inbox and the broker's
+    /// unsent queue) to the subscribers' outboxes, so
+    /// that no stream counts as quiet, and is closed, while an event it
+    /// should get is still on its way. Every event answered before the stop
+    /// is in this loop's inbox by then (the hub puts it in every inbox before
+    /// the publisher is answered). Bounded by `deadline`.
+    fn send_everything_queued(&mut self, deadline: Instant) {
+        loop {
+            self.take_inbox();
+            if (!self.broker.has_pending() && self.inbox.is_empty()) || Instant::now() >= deadline {
+                return;
+            }
+            self.fan_out(usize::MAX);
         }
     }
 
@@ -730,12 +742,20 @@ impl Loop {
             let action = client.conn.poll(&self.settings, Instant::now());
             let Some(action) = action else { return self.take_notes(key) };
             match action {
+                Action::Publish(_) if !self.accepting => {
+                    client.conn.unavailable("shutting down", &self.settings, Instant::now());
+                }
                 Action::Publish(publish) => match &self.bus {
-                    None => {
-                        let receipt = self.hub.publish(&publish, Some(self.index));
-                        let id = receipt.id.to_string();
-                        client.conn.published(&id, receipt.subscribers, &self.settings, Instant::now());
-                    }
+                    None => match self.hub.publish(&publish, Some(self.index)) {
+                        Ok(receipt) => {
+                            let id = receipt.id.to_string();
+                            client.conn.published(&id, receipt.subscribers, &self.settings, Instant::now());
+                        }
+                        Err(crate::hub::Busy) => {
+                            let why = "server busy: subscribers are behind; retry later";
+                            client.conn.unavailable(why, &self.settings, Instant::now());
+                        }
+                    },
                     // The connection waits (Conn's Waiting state) until the
                     // bus's answer comes back through the inbox.
                     Some(bus) => {
@@ -786,37 +806,22 @@ impl Loop {
         }
     }
 
-    /// Takes the events other threads published through a [`Publisher`]
-    /// (loop 0 only). At most [`MAX_PUBLISHES_PER_TURN`] per turn, so
-    /// publishing threads that never pause cannot keep the loop from its
-    /// sockets.
-    fn take_publishes(&mut self) {
-        let Some(queue) = &self.publishes else { return };
-        for _ in 0..MAX_PUBLISHES_PER_TURN {
-            let Ok(publish) = queue.try_recv() else { return };
-            match &self.bus {
-                None => drop(self.hub.publish(&publish, Some(self.index))),
-                Some(bus) => bus.submit(
-                    publish,
-                    Box::new(|result| {
-                        if let Err(e) = result {
-                            log::warn!("a Publisher's event was not published: {e}");
-                        }
-                    }),
-                ),
-            }
-        }
-        self.backlog_left = true;
-    }
-
     /// Takes what the hub sent this loop: events into the broker (to go out
     /// at the next fan-out), and answers for waiting publishers. Bounded per
-    /// turn like [`Loop::take_publishes`].
+    /// turn, so a flood of events from other loops cannot keep this one from
+    /// its sockets.
     fn take_inbox(&mut self) {
         for _ in 0..MAX_INBOX_PER_TURN {
+            if self.broker.unsent_bytes() > MAX_UNSENT_BYTES {
+                // Fan out first; what stays in the inbox holds publishers back.
+                break;
+            }
             let Ok(message) = self.inbox.try_recv() else { return };
             match message {
-                Message::Event(event) => self.broker.accept(event),
+                Message::Event(event) => {
+                    self.hub.taken(self.index, event.frame.len());
+                    self.broker.accept(event);
+                }
                 Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
                 Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
             }

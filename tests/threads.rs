@@ -247,3 +247,69 @@ fn sigterm_with_open_streams_on_several_loops_exits_0() {
         assert!(stream.client.read_to_end().is_empty());
     }
 }
+
+/// Stops a server while a publisher runs flat out, with enough streams per
+/// loop (over 256) that fan-out passes are cut into slices: every event whose
+/// publish returned before the stop must reach every stream, in order,
+/// without a gap.
+fn shutdown_under_load_delivers_what_was_published(threads: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _ = rlimit::increase_nofile_limit(8192);
+    let mut config = bare_sse::config::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    config.threads = threads;
+    let server = bare_sse::server::Server::bind(&config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let (handle, publisher) = (server.handle(), server.publisher());
+    let thread = std::thread::spawn(move || server.run());
+    let readers: Vec<_> = (0..600)
+        .map(|_| {
+            let mut stream = Client::connect(addr).subscribe("/events");
+            std::thread::spawn(move || {
+                // Until the server closes the stream at shutdown.
+                let all = stream.client.read_to_end();
+                String::from_utf8_lossy(&all)
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data: e"))
+                    .map(|n| n.parse::<usize>().unwrap())
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+    // The number of events whose publish has returned.
+    let returned = Arc::new(AtomicUsize::new(0));
+    let counter = returned.clone();
+    let publishing = std::thread::spawn(move || {
+        let mut i = 0;
+        while publisher.send(format!("e{i}")).is_ok() {
+            i += 1;
+            counter.store(i, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let confirmed = returned.load(Ordering::SeqCst);
+    handle.shutdown();
+    publishing.join().unwrap();
+    thread.join().unwrap().unwrap();
+    assert!(confirmed > 100, "only {confirmed} events published before the stop");
+    for reader in readers {
+        let got = reader.join().unwrap();
+        assert!(
+            got.len() >= confirmed,
+            "a stream got {} of the {confirmed} events published before the stop",
+            got.len()
+        );
+        assert!(got.iter().enumerate().all(|(i, &n)| i == n), "a stream got events out of order or with a gap");
+    }
+}
+
+#[test]
+fn shutdown_under_load_delivers_what_was_published_on_one_loop() {
+    shutdown_under_load_delivers_what_was_published(1);
+}
+
+#[test]
+fn shutdown_under_load_delivers_what_was_published_on_two_loops() {
+    shutdown_under_load_delivers_what_was_published(2);
+}
