@@ -14,10 +14,11 @@
 //! Redis, so it only queues: [`Bus::submit`] puts the publish on a bounded
 //! queue and returns; the *writer* thread `XADD`s it and calls the reply with
 //! the stream id (or an error, within its socket timeouts). The *reader* thread
-//! first hands the whole retained stream to [`BusSink::backfill`], then loops
-//! on `XREAD BLOCK` and hands each page to [`BusSink::deliver`]. A node sees
-//! its own publishes through the reader like anyone else's, which is what
-//! makes the order the same on every node.
+//! first hands the newest `max_len` entries to [`BusSink::backfill`] (the
+//! stream may hold more, if another writer added them without `MAXLEN`),
+//! then loops on `XREAD BLOCK` and hands each page to [`BusSink::deliver`].
+//! A node sees its own publishes through the reader like anyone else's,
+//! which is what makes the order the same on every node.
 //!
 //! **Exactly once** rests on the stream's ids alone: the reader keeps the id of
 //! the last entry it handed on (valid or skipped) and always reads strictly
@@ -68,13 +69,17 @@ pub struct BusEvent {
 /// Where the reader thread hands what it reads. Called from the bus's own thread.
 pub trait BusSink: Send + Sync + 'static {
     /// Called once, after the reader's first successful connection, before
-    /// any [`BusSink::deliver`]: `floor` is the id at or below which events
-    /// may be missing from `events` (0-0 if none was ever trimmed or
-    /// deleted), and `events` is the whole retained stream, oldest first.
+    /// any [`BusSink::deliver`]: `events` are the newest `max_len` entries of
+    /// the stream (all of it if it holds no more), oldest first, and `floor`
+    /// is the id at or below which events may be missing from `events`:
+    /// every event after `floor` is in `events` (up to the last of them;
+    /// later ones come through `deliver`). The floor is 0-0 if nothing was
+    /// ever trimmed or deleted and nothing older than `events` is left.
     ///
     /// Redis 7 moves `XINFO STREAM`'s `max-deleted-entry-id` on `XDEL` only,
     /// not on trimming, so after any removal the floor is also just below
-    /// the first retained entry.
+    /// the first retained entry; and if the stream holds entries older than
+    /// `events`, just below the first of `events`.
     fn backfill(&self, floor: EventId, events: Vec<BusEvent>);
     /// Each new entry after the backfill, in stream order, exactly once,
     /// including this node's own and those added while disconnected.
@@ -101,8 +106,15 @@ impl std::fmt::Display for BusError {
 
 impl std::error::Error for BusError {}
 
-/// Entries per `XRANGE`/`XREAD` page.
-const PAGE: usize = 512;
+/// Entries per `XREVRANGE`/`XREAD` page. redis-rs buffers a whole reply
+/// before any check here runs, so this bounds the memory of one reply: an
+/// entry written by a node is at most about 1 MiB (`data` of at most
+/// [`MAX_MESSAGE_BYTES`], which `--max-body-bytes` is held to with `--redis`,
+/// plus at most 16 topics of 64 bytes and an event name of 256), so a page
+/// is at most about 64 MiB, briefly twice that while it is decoded. Entries
+/// from elsewhere may be larger (Redis allows 512 MB per field); nothing here
+/// bounds those.
+const PAGE: usize = 64;
 /// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
 const BLOCK_MS: u64 = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -368,28 +380,49 @@ impl Shared {
         Ok(())
     }
 
-    /// The whole retained stream in pages, then the floor below which some
-    /// may be missing. The floor is read last: anything trimmed during the
-    /// paging is then at or below it, so the promise holds without a lock.
+    /// The newest `max_len` entries (at least one: the reader resumes after
+    /// the newest), read newest first in pages and returned oldest first,
+    /// with the floor below which some may be missing and the newest id.
+    /// Older entries are never read, however many the stream holds.
+    ///
+    /// The floor is read last: anything trimmed during the paging is then at
+    /// or below it, so the promise holds without a lock. If entries older
+    /// than the oldest read are left (`first-entry` is below it), the floor
+    /// is just below the oldest read; entries added during the paging are
+    /// above the newest id, so the reader's `XREAD` brings them.
     fn backfill(&self, con: &mut Connection) -> RedisResult<(EventId, Vec<BusEvent>, EventId)> {
-        let (mut events, mut last, mut start) = (Vec::new(), EventId::default(), "-".to_owned());
-        loop {
+        let keep = self.max_len.max(1);
+        let (mut events, mut read, mut end) = (Vec::new(), 0, "+".to_owned());
+        let (mut newest, mut oldest) = (None, None);
+        while read < keep {
+            let count = PAGE.min(keep - read);
             let page: Value =
-                redis::cmd("XRANGE").arg(&self.key).arg(&start).arg("+").arg("COUNT").arg(PAGE).query(con)?;
+                redis::cmd("XREVRANGE").arg(&self.key).arg(&end).arg("-").arg("COUNT").arg(count).query(con)?;
             let entries = list_or_empty(&page)?;
-            let (mut batch, page_last) = decode(entries);
-            events.append(&mut batch);
-            match page_last {
-                Some(id) => last = id.max(last),
-                None => break,
-            }
-            if entries.len() < PAGE {
+            if entries.is_empty() {
                 break;
             }
-            start = format!("({last}");
+            let page_oldest = entries.iter().filter_map(entry_id).min().ok_or_else(|| malformed("XREVRANGE"))?;
+            let (mut batch, page_newest) = decode(entries);
+            events.append(&mut batch);
+            newest = newest.max(page_newest);
+            oldest = Some(page_oldest);
+            read += entries.len();
+            if entries.len() < count {
+                break;
+            }
+            end = format!("({page_oldest}");
         }
-        let floor = self.info(con)?.map_or(EventId::default(), |info| info.floor);
-        Ok((floor, events, last))
+        // Pages came newest first, each newest first, and each below the last.
+        events.reverse();
+        let floor = match (self.info(con)?, oldest) {
+            (None, _) => EventId::default(),
+            (Some(info), Some(oldest)) if info.first.is_some_and(|first| first < oldest) => {
+                info.floor.max(before(oldest))
+            }
+            (Some(info), _) => info.floor,
+        };
+        Ok((floor, events, newest.unwrap_or_default()))
     }
 
     /// After a reconnect: warns if entries after `last` are gone for good.
@@ -423,7 +456,7 @@ impl Shared {
             Some(Value::Int(n)) => Some(*n),
             _ => None,
         };
-        let first = field("first-entry").and_then(list).and_then(|entry| entry.first()).and_then(text);
+        let first = field("first-entry").and_then(entry_id);
         let (Some(max_deleted), Some(last_generated), Some(added), Some(length)) =
             (id("max-deleted-entry-id"), id("last-generated-id"), int("entries-added"), int("length"))
         else {
@@ -432,9 +465,9 @@ impl Shared {
         // Trimming moves the head but not max-deleted-entry-id (only XDEL
         // does): if entries were removed, all below the first retained one
         // may be gone too (all of them if none is left).
-        let head = first.and_then(EventId::parse).map_or(last_generated, before);
+        let head = first.map_or(last_generated, before);
         let floor = if added > length { max_deleted.max(head) } else { max_deleted };
-        Ok(Some(StreamInfo { floor, last_generated }))
+        Ok(Some(StreamInfo { floor, first, last_generated }))
     }
 
     /// The writer thread: one `XADD` per queued publish, a `PING` when idle.
@@ -501,6 +534,8 @@ impl Shared {
 struct StreamInfo {
     /// The id at or below which entries may have been removed (0-0 if none was).
     floor: EventId,
+    /// The id of the oldest entry retained, if any.
+    first: Option<EventId>,
     last_generated: EventId,
 }
 
@@ -517,11 +552,11 @@ fn before(id: EventId) -> EventId {
 fn decode(entries: &[Value]) -> (Vec<BusEvent>, Option<EventId>) {
     let (mut events, mut last) = (Vec::with_capacity(entries.len()), None);
     for entry in entries {
-        let (id, fields) = match list(entry).map(Vec::as_slice) {
-            Some([id, fields]) => (text(id).and_then(EventId::parse), fields),
-            _ => (None, &Value::Nil),
+        let fields = match list(entry).map(Vec::as_slice) {
+            Some([_, fields]) => fields,
+            _ => &Value::Nil,
         };
-        let Some(id) = id else {
+        let Some(id) = entry_id(entry) else {
             log::warn!("skipped a redis stream entry without a valid id");
             continue;
         };
@@ -532,6 +567,14 @@ fn decode(entries: &[Value]) -> (Vec<BusEvent>, Option<EventId>) {
         }
     }
     (events, last)
+}
+
+/// The id of a stream entry (`[id, fields]`), if it has a valid one.
+fn entry_id(entry: &Value) -> Option<EventId> {
+    match list(entry).map(Vec::as_slice) {
+        Some([id, _]) => text(id).and_then(EventId::parse),
+        _ => None,
+    }
 }
 
 /// One entry's fields, `data`, `topics` (comma-separated) and `event`

@@ -181,7 +181,8 @@ fn backfill_is_the_retained_stream_above_its_floor() {
     };
     let last_trimmed = nth("100");
     redis.command(&["XTRIM", "t2b:events", "MAXLEN", "1200"]);
-    let (_bus, recorder) = start(config(&redis, "t2b:"));
+    let roomy = || BusConfig { max_len: 2000, ..config(&redis, "t2b:") };
+    let (_bus, recorder) = start(roomy());
     let (floor, events) = recorder.backfill();
     assert_eq!(events.len(), 1200);
     assert_eq!((events[0].publish.message.as_str(), events[1199].publish.message.as_str()), ("m101", "m1300"));
@@ -191,9 +192,49 @@ fn backfill_is_the_retained_stream_above_its_floor() {
     // Deleted from the middle: the floor is the deleted id (max-deleted-entry-id).
     let middle = nth("600");
     redis.command(&["XDEL", "t2b:events", &middle.to_string()]);
-    let (_bus, recorder) = start(config(&redis, "t2b:"));
+    let (_bus, recorder) = start(roomy());
     let (floor, events) = recorder.backfill();
     assert_eq!((floor, events.len()), (middle, 1199));
+
+    // Exactly `max_len` entries and nothing ever removed: nothing is missing.
+    let script = "for i = 1, 130 do redis.call('XADD', KEYS[1], '*', 'data', 'm' .. i, 'topics', 'default') end";
+    redis.command(&["EVAL", script, "1", "t2c:events"]);
+    let (_bus, recorder) = start(BusConfig { max_len: 130, ..config(&redis, "t2c:") });
+    let (floor, events) = recorder.backfill();
+    assert_eq!((floor, events.len()), (EventId::default(), 130));
+}
+
+#[test]
+fn backfill_reads_only_the_newest_max_len_of_a_longer_stream() {
+    let redis = RedisServer::start();
+    // 5000 entries added without MAXLEN (ids 1000-1 to 1000-5000), as a
+    // writer with a larger history, or none, would leave them. The oldest
+    // to keep is a bad one (an invalid topic): skipped, but still counted.
+    let script = "for i = 1, 5000 do
+        local topics = i == 4901 and 'a b' or 'default'
+        redis.call('XADD', KEYS[1], '1000-' .. i, 'data', 'm' .. i, 'topics', topics)
+    end";
+    redis.command(&["EVAL", script, "1", "t9:events"]);
+    let (bus, recorder) = start(BusConfig { max_len: 100, ..config(&redis, "t9:") });
+    let (floor, events) = recorder.backfill();
+    let expected: Vec<BusEvent> =
+        (4902..=5000).map(|i| event(EventId { ms: 1000, seq: i }, &format!("m{i}"))).collect();
+    assert_eq!(events, expected, "the newest 100 entries (one of them skipped), oldest first");
+    assert_eq!(floor, EventId { ms: 1000, seq: 4900 }, "just below the first kept");
+
+    // The reader follows on from the newest, not from the oldest kept.
+    wait_up(&bus, true);
+    let id = submit(&bus, Publish::message("next")).expect("submit");
+    assert_eq!(recorder.exactly(1), [event(id, "next")]);
+
+    // A deleted entry among those kept: its id is the floor, being higher.
+    redis.command(&["XDEL", "t9:events", "1000-4950"]);
+    let (_bus, recorder) = start(BusConfig { max_len: 100, ..config(&redis, "t9:") });
+    let (floor, events) = recorder.backfill();
+    assert_eq!(floor, EventId { ms: 1000, seq: 4950 });
+    let mut expected: Vec<BusEvent> = expected.into_iter().filter(|e| e.id.seq != 4950).collect();
+    expected.push(event(id, "next"));
+    assert_eq!(events, expected, "the newest 100 still, 4901 (bad) the oldest of them");
 }
 
 #[test]
