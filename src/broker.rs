@@ -28,8 +28,10 @@
 //! even a client that never received an event resumes without a gap.
 //!
 //! **Fan-out.** Accepting an event writes nothing. It goes into the
-//! *unsent* queue, and fan-out passes walk the subscribers, handing each one,
-//! in one call, every unsent event on its topics that it has not had yet:
+//! *unsent* queue, and fan-out passes walk the subscribers of the topics that
+//! have unsent events (topic by topic, so an event on a small topic costs
+//! only that topic's subscribers), handing each one, in one call, every
+//! unsent event on its topics that it has not had yet:
 //! one `write()` (or `writev()`) per subscriber per pass, however many events
 //! arrived. A pass is done in slices ([`Broker::fan_out_some`], a bounded
 //! number of deliveries per loop turn), so the loop keeps reading between
@@ -189,8 +191,6 @@ pub struct Broker {
     /// Per topic: its subscribers.
     topic_members: Slab<Topic>,
     members: Slab<Member>,
-    /// One past the highest key `members` has used: where a pass ends.
-    member_keys: usize,
     /// Accepted events not yet handed to every subscriber that wants them,
     /// in order. Only events with a subscriber on this loop are queued.
     unsent: VecDeque<Unsent>,
@@ -200,10 +200,12 @@ pub struct Broker {
     unsent_end: u64,
     /// Bytes of the frames in `unsent`.
     unsent_bytes: usize,
-    /// The pass under way: the next member key to visit, and `unsent_end`
-    /// when the pass began (every member has had the events before it once
-    /// the pass ends).
-    pass: Option<(usize, u64)>,
+    /// The fan-out pass under way, if any.
+    pass: Option<Pass>,
+    /// Subscribers that resumed from an id this broker has not reached yet
+    /// (a cluster node behind another): events up to that id are not sent
+    /// to them again. Rare, so kept apart from [`Member`].
+    ahead: HashMap<usize, EventId>,
     /// Counts heartbeat intervals.
     beat: u32,
     /// Reused per subscriber during a fan-out, to avoid an allocation each.
@@ -220,12 +222,30 @@ struct Unsent {
     topics: Box<[u32]>,
 }
 
+/// A fan-out pass: it walks the members of `topics`, in order.
+#[derive(Debug)]
+struct Pass {
+    /// Keys of the topics with unsent events, as they came.
+    topics: Vec<u32>,
+    /// Where the walk is: an index into `topics`, and a slot in that
+    /// topic's member slab.
+    topic: usize,
+    slot: usize,
+    /// `unsent_end` when the pass began: once it ends, every member of these
+    /// topics has had the events before that.
+    start: u64,
+}
+
 /// One topic with subscribers.
 #[derive(Debug)]
 struct Topic {
     name: Box<str>,
     /// Membership keys (into `Broker::members`).
     members: Slab<u32>,
+    /// One past the highest slot `members` has used: where a walk ends.
+    slots: usize,
+    /// Whether the pass under way includes this topic.
+    in_pass: bool,
 }
 
 /// One subscriber.
@@ -291,12 +311,12 @@ impl Broker {
             topics: HashMap::new(),
             topic_members: Slab::new(),
             members: Slab::new(),
-            member_keys: 0,
             unsent: VecDeque::new(),
             unsent_base: 0,
             unsent_end: 0,
             unsent_bytes: 0,
             pass: None,
+            ahead: HashMap::new(),
             beat: 0,
             scratch: Vec::new(),
             heartbeat_frame: Arc::from(&b":\n\n"[..]),
@@ -343,11 +363,17 @@ impl Broker {
         self.last = self.last.max(event.id);
         let topics: Box<[u32]> = event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect();
         self.retain(event.clone());
-        if !topics.is_empty() {
-            self.unsent_bytes += event.frame.len();
-            self.unsent.push_back(Unsent { event, topics });
-            self.unsent_end += 1;
+        if topics.is_empty() {
+            return;
         }
+        // A pass under way takes in the event's topics too, so their
+        // members not yet reached get it in the same pass.
+        if let Some(pass) = &mut self.pass {
+            include_topics(&mut self.topic_members, pass, &topics);
+        }
+        self.unsent_bytes += event.frame.len();
+        self.unsent.push_back(Unsent { event, topics });
+        self.unsent_end += 1;
     }
 
     /// Sets the history of a broker created with no floor: `events` (oldest
@@ -379,7 +405,27 @@ impl Broker {
     /// newcomer is served from the end of the unsent queue, and everything
     /// before that is in its replay.
     pub fn subscribe(&mut self, client: usize, topics: &[String], last_event_id: Option<&str>) -> Joined {
+        self.subscribe_up_to(client, topics, last_event_id, None)
+    }
+
+    /// [`Broker::subscribe`], where a `last_event_id` after the last event
+    /// this broker has, but not after `newest`, is taken as one it has not
+    /// reached yet (a cluster node behind the one the client came from): the
+    /// subscriber gets no replay and no `gap`, and live events up to that id
+    /// are not sent to it again.
+    pub fn subscribe_up_to(
+        &mut self,
+        client: usize,
+        topics: &[String],
+        last_event_id: Option<&str>,
+        newest: Option<EventId>,
+    ) -> Joined {
+        assert!(!topics.is_empty(), "a subscription names a topic");
+        let ahead = last_event_id
+            .and_then(EventId::parse)
+            .filter(|id| self.floor.is_some() && *id > self.last && newest.is_some_and(|newest| *id <= newest));
         let backlog = match last_event_id.filter(|id| !id.is_empty()) {
+            _ if ahead.is_some() => Vec::new(),
             None if self.floor.is_none() => Vec::new(),
             None => vec![Arc::from(format!("id: {}\n\n", self.last).into_bytes())],
             Some(id) => self.replay(topics, id),
@@ -390,17 +436,22 @@ impl Broker {
             let topic_key = match self.topics.get(topic.as_str()) {
                 Some(&key) => key,
                 None => {
-                    let key = self.topic_members.insert(Topic { name: topic.as_str().into(), members: Slab::new() });
+                    let name = topic.as_str().into();
+                    let key = self.topic_members.insert(Topic { name, members: Slab::new(), slots: 0, in_pass: false });
                     self.topics.insert(topic.as_str().into(), key);
                     key
                 }
             };
-            let slot = self.topic_members[topic_key].members.insert(membership as u32);
+            let topic = &mut self.topic_members[topic_key];
+            let slot = topic.members.insert(membership as u32);
+            topic.slots = topic.slots.max(slot + 1);
             keys.push((topic_key as u32, slot as u32));
         }
         let topics = Slots::new(&keys);
         self.members.insert(Member { client: client as u32, beat: self.beat, sent: self.unsent_end, topics });
-        self.member_keys = self.member_keys.max(membership + 1);
+        if let Some(id) = ahead {
+            self.ahead.insert(membership, id);
+        }
         Joined { membership, backlog }
     }
 
@@ -410,6 +461,7 @@ impl Broker {
         let Some(member) = self.members.try_remove(membership) else {
             return;
         };
+        self.ahead.remove(&membership);
         for (topic_key, slot) in member.topics.iter() {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
                 continue;
@@ -442,46 +494,87 @@ impl Broker {
         if self.unsent.is_empty() {
             return false;
         }
-        let (mut next, pass_start) = self.pass.unwrap_or((0, self.unsent_end));
-        let mut deliveries = 0;
-        while next < self.member_keys {
-            if deliveries == budget {
-                self.pass = Some((next, pass_start));
+        let mut pass = self.pass.take().unwrap_or_else(|| {
+            let mut pass = Pass { topics: Vec::new(), topic: 0, slot: 0, start: self.unsent_end };
+            for unsent in &self.unsent {
+                include_topics(&mut self.topic_members, &mut pass, &unsent.topics);
+            }
+            pass
+        });
+        // Skipping a member that has everything costs little, but it counts
+        // too, so that a slice stays short whatever the mix.
+        let most_visits = budget.saturating_mul(VISITS_PER_DELIVERY);
+        let (mut deliveries, mut visits) = (0, 0);
+        while let Some(&topic_key) = pass.topics.get(pass.topic) {
+            let membership = match self.topic_members.get(topic_key as usize) {
+                Some(topic) if pass.slot < topic.slots => topic.members.get(pass.slot).copied(),
+                // This topic is done (or gone): on to the next.
+                _ => {
+                    (pass.topic, pass.slot) = (pass.topic + 1, 0);
+                    continue;
+                }
+            };
+            if deliveries == budget || visits == most_visits {
+                self.pass = Some(pass);
                 return true;
             }
-            let Some(member) = self.members.get_mut(next) else {
-                next += 1;
-                continue;
-            };
-            next += 1;
-            if member.sent >= self.unsent_end {
-                continue;
+            pass.slot += 1;
+            if let Some(membership) = membership {
+                visits += 1;
+                deliveries += usize::from(self.serve(membership as usize, subscribers, attention));
             }
-            // Members always start at or after the queue's base (see the end
-            // of the pass), so this never reaches before the queue.
-            let from = member.sent.saturating_sub(self.unsent_base) as usize;
-            member.sent = self.unsent_end;
-            let wants = |unsent: &&Unsent| member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)));
-            self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
-            if self.scratch.is_empty() {
-                continue;
-            }
-            member.beat = self.beat;
-            deliver(subscribers, member.client as usize, &self.scratch, attention);
-            deliveries += 1;
-            self.stats.frames += self.scratch.len() as u64;
-            self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
-            self.scratch.clear();
         }
-        // The pass is over: every member has had the events queued before it
-        // began (one that joined since started later still).
-        self.pass = None;
-        while self.unsent_base < pass_start {
+        // The pass is over: every member of its topics has had the events
+        // queued before it began (one that joined since started later still;
+        // a member of no topic of the pass wanted none of them).
+        for &key in &pass.topics {
+            if let Some(topic) = self.topic_members.get_mut(key as usize) {
+                topic.in_pass = false;
+            }
+        }
+        while self.unsent_base < pass.start {
             let Some(sent) = self.unsent.pop_front() else { break };
             self.unsent_bytes -= sent.event.frame.len();
             self.unsent_base += 1;
         }
         !self.unsent.is_empty()
+    }
+
+    /// Hands member `membership`, in one delivery, every unsent event on its
+    /// topics that it has not had. Returns whether there was any.
+    fn serve<S: Subscriber>(
+        &mut self,
+        membership: usize,
+        subscribers: &mut Slab<S>,
+        attention: &mut Vec<(usize, Delivery)>,
+    ) -> bool {
+        let Some(member) = self.members.get_mut(membership) else { return false };
+        if member.sent >= self.unsent_end {
+            return false;
+        }
+        // A member's position is never before the queue's base, except for
+        // one no pass has visited since those events, which were then not on
+        // its topics: reading from the base is right for it too.
+        let from = member.sent.saturating_sub(self.unsent_base) as usize;
+        member.sent = self.unsent_end;
+        let skip_through = if self.ahead.is_empty() { None } else { self.ahead.get(&membership).copied() };
+        let wants = |unsent: &&Unsent| {
+            member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)))
+                && skip_through.is_none_or(|id| unsent.event.id > id)
+        };
+        self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
+        if skip_through.is_some_and(|id| id <= self.last) {
+            self.ahead.remove(&membership);
+        }
+        if self.scratch.is_empty() {
+            return false;
+        }
+        member.beat = self.beat;
+        deliver(subscribers, member.client as usize, &self.scratch, attention);
+        self.stats.frames += self.scratch.len() as u64;
+        self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
+        self.scratch.clear();
+        true
     }
 
     /// Sends a comment line to every subscriber that was sent nothing during
@@ -531,6 +624,19 @@ impl Broker {
             let Some(old) = self.history.pop_front() else { break };
             self.history_bytes -= old.frame.len();
             self.floor = Some(old.id);
+        }
+    }
+}
+
+/// How many members a fan-out slice may look at per delivery it may make.
+const VISITS_PER_DELIVERY: usize = 16;
+
+/// Adds the topics `keys` to `pass`, each once.
+fn include_topics(topic_members: &mut Slab<Topic>, pass: &mut Pass, keys: &[u32]) {
+    for &key in keys {
+        if let Some(topic) = topic_members.get_mut(key as usize).filter(|topic| !topic.in_pass) {
+            topic.in_pass = true;
+            pass.topics.push(key);
         }
     }
 }
@@ -688,5 +794,59 @@ mod tests {
         assert_eq!(broker.last_id(), EventId { ms: 7, seq: 3 });
         let resumed = broker.subscribe(1, &["t".to_owned()], Some("7-2")).backlog;
         assert_eq!(resumed.len(), 1);
+    }
+
+    #[test]
+    fn an_event_on_a_small_topic_costs_only_its_subscribers() {
+        let (mut broker, mut sinks) = broker_with(10_000, &["crowd"]);
+        let key = sinks.insert(Recorder::default());
+        broker.subscribe(key, &["lonely".to_owned()], None);
+        broker.accept(event(1, &["lonely"]));
+        // A slice of one delivery (16 visits) finishes the pass: it walks the
+        // lonely topic's one subscriber, not the crowd.
+        assert!(!broker.fan_out_some(&mut sinks, &mut Vec::new(), 1));
+        assert_eq!(data(&sinks[key].0), [vec!["m1"]]);
+        assert!(sinks.iter().take(10_000).all(|(_, r)| r.0.is_empty()));
+    }
+
+    #[test]
+    fn a_slice_is_bounded_in_visits_too() {
+        let (mut broker, mut sinks) = broker_with(100, &["t"]);
+        broker.accept(event(1, &["t"]));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        // Everyone has event 1; event 2 is for a newcomer only, so the walk
+        // over the others finds nothing to send but still counts.
+        let key = sinks.insert(Recorder::default());
+        broker.subscribe(key, &["t".to_owned()], None);
+        broker.accept(event(2, &["t"]));
+        let mut calls = 1;
+        while broker.fan_out_some(&mut sinks, &mut Vec::new(), 1) {
+            calls += 1;
+        }
+        assert!(calls > 1, "101 visits in one slice of 16");
+        assert!(sinks.iter().all(|(_, r)| data(&r.0).concat().last() == Some(&"m2")));
+    }
+
+    #[test]
+    fn resuming_from_an_id_not_read_yet_gives_no_gap_and_no_repeat() {
+        let (mut broker, mut sinks) = broker_with(0, &["t"]);
+        broker.accept(event(1, &["t"]));
+        let key = sinks.insert(Recorder::default());
+        let topics = ["t".to_owned()];
+        // The client saw 7-2 elsewhere; this broker has only 7-1 so far.
+        let newest = Some(EventId { ms: 7, seq: 100 });
+        let joined = broker.subscribe_up_to(key, &topics, Some("7-2"), newest);
+        assert!(joined.backlog.is_empty(), "no gap, no replay");
+        broker.accept(event(2, &["t"]));
+        broker.accept(event(3, &["t"]));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[key].0).concat(), ["m3"], "7-2 is not sent again");
+        assert!(broker.ahead.is_empty(), "forgotten once passed");
+        // Beyond `newest` an id is unknown: a gap, as before.
+        let far = broker.subscribe_up_to(key, &topics, Some("7-101"), newest).backlog;
+        assert!(String::from_utf8_lossy(&far[0]).starts_with("event: gap"));
+        // And a lone server (no `newest`) never takes an id ahead.
+        let lone = broker.subscribe(key, &topics, Some("7-4")).backlog;
+        assert!(String::from_utf8_lossy(&lone[0]).starts_with("event: gap"));
     }
 }

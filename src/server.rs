@@ -46,7 +46,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
@@ -54,7 +54,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::api::Publish;
-use crate::broker::{Broker, Delivery, Receipt, Subscriber};
+use crate::broker::{Broker, Delivery, EventId, Receipt, Subscriber};
 use crate::bus::{Bus, BusConfig};
 use crate::config::Config;
 use crate::conn::{Action, Conn, Settings, SocketCommand, Subscribe};
@@ -97,6 +97,11 @@ const MAX_ACCEPTS_PER_TURN: usize = 256;
 /// from other loops cannot keep this one from its sockets (the rest wait for
 /// the next turn, which then comes at once).
 const MAX_INBOX_PER_TURN: usize = 4096;
+
+/// How far past this node's clock a cluster id may be and still be taken as
+/// one this node has not read yet: clocks of nodes and Redis differ a little,
+/// and a node may lag. A client's id beyond it is treated as unknown (`gap`).
+const AHEAD_OF_CLOCK_MS: u64 = 60_000;
 
 /// Least number of events the cluster's Redis stream keeps (`MAXLEN`),
 /// whatever `--history` says.
@@ -793,7 +798,30 @@ impl Loop {
     /// broker makes the seam between the two exact at any time, even in the
     /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
-        let joined = self.broker.subscribe(key, &subscribe.topics, subscribe.last_event_id.as_deref());
+        let last_event_id = subscribe.last_event_id.as_deref();
+        // A client resuming here may have come from a loop (or node) further
+        // along. Every event another loop has sent out is in this loop's
+        // inbox already (the hub fills every inbox before anyone is
+        // answered), so take the inbox in first and the id is known here. A
+        // cluster node may be behind the node the client came from by more
+        // than its inbox: an id up to a minute past the node's clock is taken
+        // as one not read yet (see Broker::subscribe_up_to).
+        let newest = match &self.bus {
+            None => {
+                // (Only events come in a lone server's inbox; bounded by
+                // the hub's backlog bound.)
+                while last_event_id.is_some() {
+                    let Ok(message) = self.inbox.try_recv() else { break };
+                    self.take_message(message);
+                }
+                None
+            }
+            Some(_) => {
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                Some(EventId { ms: now_ms.saturating_add(AHEAD_OF_CLOCK_MS), seq: u64::MAX })
+            }
+        };
+        let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
         let Some(client) = self.clients.get_mut(key) else {
             return self.broker.unsubscribe(joined.membership);
         };
@@ -817,16 +845,20 @@ impl Loop {
                 break;
             }
             let Ok(message) = self.inbox.try_recv() else { return };
-            match message {
-                Message::Event(event) => {
-                    self.hub.taken(self.index, event.frame.len());
-                    self.broker.accept(event);
-                }
-                Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
-                Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
-            }
+            self.take_message(message);
         }
         self.backlog_left = true;
+    }
+
+    fn take_message(&mut self, message: Message) {
+        match message {
+            Message::Event(event) => {
+                self.hub.taken(self.index, event.frame.len());
+                self.broker.accept(event);
+            }
+            Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
+            Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
+        }
     }
 
     /// Answers a publish that waited for the cluster bus, if the connection

@@ -313,3 +313,25 @@ fn shutdown_under_load_delivers_what_was_published_on_one_loop() {
 fn shutdown_under_load_delivers_what_was_published_on_two_loops() {
     shutdown_under_load_delivers_what_was_published(2);
 }
+
+#[test]
+fn resuming_at_once_on_another_loop_gives_no_gap_and_no_repeat() {
+    // The event was answered by one loop; the client comes back at once and
+    // may land on a loop that has not taken it from its inbox yet.
+    // Idle streams keep the loops busy with fan-out slices, so an inbox
+    // is often behind when the reconnect is read.
+    let _ = rlimit::increase_nofile_limit(8192);
+    let server = server(2);
+    let _crowd = subscribe_all(&server, 1500, "/events");
+    for i in 0..100 {
+        // Connected (and accepted) before the publish, so that the request
+        // can be read in the same turn as the other loop's wake-up.
+        let early = Client::connect(server.addr);
+        std::thread::sleep(Duration::from_millis(2));
+        let id = server.connect().publish(&format!("m{i}")).json()["id"].as_str().unwrap().to_owned();
+        let mut resumed = early.subscribe(&format!("/events?lastEventId={id}"));
+        server.publish(&format!("after{i}"));
+        let event = resumed.next_event();
+        assert_eq!(event.data, format!("after{i}"), "resumed after {id}, got {event:?}");
+    }
+}
