@@ -63,6 +63,8 @@ pub enum Message {
 pub struct Gauges {
     /// Open connections on this loop (the total is the hub's own count).
     pub connections: AtomicU64,
+    /// Open event streams on this loop.
+    pub streams: AtomicU64,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     pub heartbeats: AtomicU64,
@@ -290,9 +292,10 @@ impl Hub {
         self.gauges.get(index)
     }
 
-    /// Open connections per loop, as of each loop's last turn.
-    pub fn connections_per_loop(&self) -> Vec<u64> {
-        self.gauges.iter().map(|gauges| gauges.connections.load(Ordering::Relaxed)).collect()
+    /// Open connections and streams per loop, as of each loop's last turn.
+    pub fn per_loop(&self) -> Vec<(u64, u64)> {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        self.gauges.iter().map(|gauges| (load(&gauges.connections), load(&gauges.streams))).collect()
     }
 
     /// Every loop's counters, summed.

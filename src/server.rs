@@ -881,8 +881,10 @@ impl Loop {
         let Some(gauges) = self.hub.gauges(self.index) else { return };
         let stats = self.broker.stats();
         let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
-        let Gauges { connections, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } = gauges;
+        let Gauges { connections, streams, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } =
+            gauges;
         store(connections, self.clients.len() as u64);
+        store(streams, self.broker.subscribers() as u64);
         store(frames, stats.frames);
         store(bytes, stats.bytes);
         store(heartbeats, stats.heartbeats);
@@ -1042,10 +1044,12 @@ impl Loop {
             "Connections refused with 503 for being over --max-connections.",
             &one(totals.refused),
         );
-        let per_loop: Vec<(String, u64)> = (self.hub.connections_per_loop().into_iter().enumerate())
-            .map(|(index, n)| (format!("{{loop=\"{index}\"}}"), n))
-            .collect();
-        metric("bare_sse_loop_connections", "gauge", "Open connections per event loop (--threads).", &per_loop);
+        let per_loop = self.hub.per_loop();
+        let by_loop = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, u64)> {
+            per_loop.iter().enumerate().map(|(index, n)| (format!("{{loop=\"{index}\"}}"), pick(n))).collect()
+        };
+        metric("bare_sse_loop_connections", "gauge", "Open connections per event loop.", &by_loop(|n| n.0));
+        metric("bare_sse_loop_streams", "gauge", "Open event streams per event loop.", &by_loop(|n| n.1));
         if let Some(bus) = &self.bus {
             metric("bare_sse_redis_up", "gauge", "1 while the cluster bus reaches Redis.", &one(bus.is_up() as u64));
         }

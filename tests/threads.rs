@@ -18,13 +18,13 @@ fn server(threads: usize) -> TestServer {
     })
 }
 
-/// `bare_sse_loop_connections` per loop, from `/metrics`.
+/// `bare_sse_loop_streams` per loop, from `/metrics`.
 #[track_caller]
-fn connections_per_loop(server: &TestServer) -> Vec<u64> {
+fn streams_per_loop(server: &TestServer) -> Vec<u64> {
     let text = server.connect().request(get("/metrics")).text();
     let mut per_loop: Vec<(usize, u64)> = text
         .lines()
-        .filter_map(|line| line.strip_prefix("bare_sse_loop_connections{loop=\""))
+        .filter_map(|line| line.strip_prefix("bare_sse_loop_streams{loop=\""))
         .map(|rest| {
             let (index, value) = rest.split_once("\"} ").expect("a loop sample");
             (index.parse().unwrap(), value.parse().unwrap())
@@ -34,15 +34,14 @@ fn connections_per_loop(server: &TestServer) -> Vec<u64> {
     per_loop.into_iter().map(|(_, n)| n).collect()
 }
 
-/// Waits until the loops report `total` connections between them (each
-/// reports as of its last turn), and returns the split.
+/// Waits until the loops report `total` streams between them (each reports
+/// as of its last turn), and returns the split.
 #[track_caller]
 fn settled_split(server: &TestServer, total: u64) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let split = connections_per_loop(server);
-        // The /metrics connection itself counts on one of the loops.
-        if split.iter().sum::<u64>() >= total {
+        let split = streams_per_loop(server);
+        if split.iter().sum::<u64>() == total {
             return split;
         }
         assert!(Instant::now() < deadline, "loops report {split:?}, expected {total} in all");
@@ -63,9 +62,9 @@ fn connections_spread_across_two_loops() {
     let split = settled_split(&server, 1000);
     assert_eq!(split.len(), 2, "{split:?}");
     let total: u64 = split.iter().sum();
-    eprintln!("connections per loop: {split:?}");
+    eprintln!("streams per loop: {split:?}");
     for &n in &split {
-        assert!(n * 100 <= total * 65, "one loop holds {n} of {total} connections: {split:?}");
+        assert!(n * 100 <= total * 65, "one loop holds {n} of {total} streams: {split:?}");
     }
     // And a publish reaches the streams of both loops.
     assert_eq!(server.publish("to all"), 1000);
@@ -150,7 +149,7 @@ fn replay_is_the_same_on_every_loop() {
     // each gets events 11..30 exactly, then the live stream.
     let path = format!("/events?lastEventId={}", ids[9]);
     let mut resumed = subscribe_all(&server, 16, &path);
-    let split = settled_split(&server, resumed.len() as u64 + 1);
+    let split = settled_split(&server, resumed.len() as u64 + 1); // and the watcher
     assert!(split.iter().all(|&n| n > 0), "a loop has no streams: {split:?}");
     server.publish("live");
     for stream in &mut resumed {
