@@ -16,13 +16,14 @@
 //! claimed) and rises as old events are evicted.
 //!
 //! **Replay.** A subscriber that sends `Last-Event-ID` first gets every retained
-//! event after that id on its topics, in order, then the live stream. The
-//! server adds a subscriber only between fan-outs (see [`Broker::subscribe`]),
-//! so an event is either in the replay or in the live stream, never both and
-//! never neither. If the id is below the floor (it fell out of the history, or
-//! comes from an earlier process), above the last event (from another
-//! process), or not an id at all, the subscriber gets a `gap` event saying
-//! so, then everything retained on its topics. A new subscriber without
+//! event after that id on its topics, in order, then the live stream; an
+//! event is in one of the two, never both and never neither (the seam is
+//! explained under fan-out below). If the id is below the floor (it fell out
+//! of the history, or comes from an earlier process), above the last event
+//! (from another process), or not an id at all, the subscriber gets a `gap`
+//! event saying so, then everything retained on its topics. (A cluster node
+//! may take an id a little above its last event as one it has not read yet:
+//! [`Broker::subscribe_up_to`].) A new subscriber without
 //! `Last-Event-ID` gets the current id in its opening block (an `id:` field
 //! with no data sets the client's last event id without firing an event), so
 //! even a client that never received an event resumes without a gap.

@@ -17,10 +17,17 @@
 //! * **Replay.** Each loop keeps its own history of those shared `Arc`s (a
 //!   pointer each, not a copy), fed from its inbox in the same order, so
 //!   `Last-Event-ID` gets the same answer on any loop. The seam stays exact
-//!   per loop: a loop subscribes a connection only between fan-outs, so every
-//!   event it has taken from its inbox is in the newcomer's replay and every
-//!   event still in the inbox reaches the newcomer live. Nothing races,
+//!   per loop: every event the loop has taken from its inbox is in the
+//!   newcomer's replay, and every event still in the inbox reaches the
+//!   newcomer live. A client may come back on a loop that has not yet taken
+//!   the event it last got (from another loop); since that event was in
+//!   every inbox before its publisher was answered, the loop takes its inbox
+//!   in before a resuming subscribe, and then knows the id. Nothing races,
 //!   because a loop's broker is touched only by that loop's thread.
+//! * **Back-pressure.** The inboxes are unbounded channels, since a loop that
+//!   publishes must never wait on a loop that may be waiting on it; instead
+//!   the hub counts the bytes of events waiting in each inbox and refuses
+//!   publishes while any loop is [`MAX_INBOX_BYTES`] behind.
 //! * **Counts and caps.** The subscription registry (streams per topic) is in
 //!   the same lock, updated when a stream opens or closes, so a publish can
 //!   answer how many streams it reaches, on all loops, without asking them.
@@ -93,6 +100,10 @@ pub struct Totals {
 ///
 /// [`Publisher`]: crate::server::Publisher
 pub const MAX_INBOX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes of events an inbox may hold before a loop with no streams is woken
+/// to take them in (see `Hub::needs_wake`).
+const WAKE_IDLE_LOOP_BYTES: usize = 1024 * 1024;
 
 /// Why the hub refused a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +190,7 @@ impl Hub {
         state.next_seq += 1;
         let subscribers = state.registry.count(&publish.topics);
         let event = Arc::new(Published::new(id, publish));
-        self.send_to_all(&state, Message::Event, event, from);
+        self.send_to_all(&state, Message::Event, event, Some(from));
         self.events.fetch_add(1, Ordering::Relaxed);
         Ok(Receipt { id, subscribers })
     }
@@ -318,7 +329,20 @@ impl Hub {
 
     /// Sends `item` (wrapped by `wrap`) to every loop, under the lock held as
     /// `_state` (which is what keeps the order the same in every inbox).
-    fn send_to_all<T: Clone>(&self, _state: &State, wrap: impl Fn(T) -> Message, item: T, from: Option<usize>) {
+    /// `publisher` is set for a local publish: `Some(loop)` when a loop
+    /// publishes (it needs no wake-up: it takes its inbox at the end of the
+    /// turn), `Some(None)` from a [`Publisher`] thread; then loops without
+    /// streams are not woken either (see `Hub::needs_wake`). Events from
+    /// the bus wake every loop.
+    ///
+    /// [`Publisher`]: crate::server::Publisher
+    fn send_to_all<T: Clone>(
+        &self,
+        _state: &State,
+        wrap: impl Fn(T) -> Message,
+        item: T,
+        publisher: Option<Option<usize>>,
+    ) {
         for (index, outlet) in self.outlets.iter().enumerate() {
             let message = wrap(item.clone());
             let bytes = match &message {
@@ -330,10 +354,24 @@ impl Hub {
             // A send fails only when the loop has exited (shut down).
             if outlet.messages.send(message).is_err() {
                 outlet.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            } else if from != Some(index) {
+            } else if match publisher {
+                None => true,
+                Some(from) => from != Some(index) && self.needs_wake(index, outlet),
+            } {
                 let _ = outlet.waker.wake();
             }
         }
+    }
+
+    /// Whether loop `index` must be woken for a local publish: not if it has
+    /// no streams (as of its last turn), unless its inbox is filling up. A
+    /// wake-up is a system call here and a context switch there, as much as
+    /// the publish itself when nobody listens. Nothing is lost by waiting: a
+    /// lone server's loop takes its inbox in every turn and before every
+    /// subscribe, so a new stream starts after every event sent so far.
+    fn needs_wake(&self, index: usize, outlet: &Outlet) -> bool {
+        let streams = self.gauges.get(index).map_or(1, |gauges| gauges.streams.load(Ordering::Relaxed));
+        streams > 0 || outlet.queued_bytes.load(Ordering::Relaxed) > WAKE_IDLE_LOOP_BYTES
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

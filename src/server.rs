@@ -799,19 +799,20 @@ impl Loop {
     /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
         let last_event_id = subscribe.last_event_id.as_deref();
-        // A client resuming here may have come from a loop (or node) further
-        // along. Every event another loop has sent out is in this loop's
+        // The stream starts after every event sent so far: take the inbox
+        // in first (a loop without streams is not woken for each publish).
+        // And a client resuming here may have come from a loop further
+        // along: every event another loop has sent out is in this loop's
         // inbox already (the hub fills every inbox before anyone is
-        // answered), so take the inbox in first and the id is known here. A
-        // cluster node may be behind the node the client came from by more
-        // than its inbox: an id up to a minute past the node's clock is taken
-        // as one not read yet (see Broker::subscribe_up_to).
+        // answered), so after this its id is known here. A cluster node may
+        // be behind the node the client came from by more than its inbox:
+        // an id up to a minute past the node's clock is taken as one not
+        // read yet (see Broker::subscribe_up_to).
         let newest = match &self.bus {
             None => {
                 // (Only events come in a lone server's inbox; bounded by
                 // the hub's backlog bound.)
-                while last_event_id.is_some() {
-                    let Ok(message) = self.inbox.try_recv() else { break };
+                while let Ok(message) = self.inbox.try_recv() {
                     self.take_message(message);
                 }
                 None
