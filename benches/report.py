@@ -209,7 +209,7 @@ def panels(combined):
 
 
 def svg(combined, title):
-    width, bar_h, gap, label_w, value_w = 760, 18, 4, 90, 110
+    width, bar_h, gap, label_w, value_w = 790, 18, 4, 120, 110
     chart_w = width - label_w - value_w - 20
     parts = []
     y = 40
