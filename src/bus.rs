@@ -13,8 +13,10 @@
 //! **Two threads, two connections.** The event loop must never wait on
 //! Redis, so it only queues: [`Bus::submit`] puts the publish on a bounded
 //! queue and returns; the *writer* thread `XADD`s it and calls the reply with
-//! the stream id (or an error, within its socket timeouts). The *reader* thread
-//! first hands the newest `max_len` entries to [`BusSink::backfill`] (the
+//! the stream id (or an error, within its socket timeouts). The writer sends
+//! whatever is queued at once (up to 64 publishes) as one pipeline of
+//! `XADD`s, one round trip, and answers each with its own reply, in order.
+//! The *reader* thread first hands the newest `max_len` entries to [`BusSink::backfill`] (the
 //! stream may hold more, if another writer added them without `MAXLEN`),
 //! then loops on `XREAD BLOCK` and hands each page to [`BusSink::deliver`].
 //! A node sees its own publishes through the reader like anyone else's,
@@ -128,6 +130,11 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Publishes waiting for the writer; past this, `submit` fails at once.
 const QUEUE_LEN: usize = 1024;
+/// At most this many queued publishes go in one pipeline of `XADD`s ...
+const BATCH: usize = 64;
+/// ... and no more once their `data` reaches this many bytes (at least one
+/// publish always goes), so one pipeline is about one largest publish.
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Largest `data` accepted from the stream.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -470,7 +477,8 @@ impl Shared {
         Ok(Some(StreamInfo { floor, first, last_generated }))
     }
 
-    /// The writer thread: one `XADD` per queued publish, a `PING` when idle.
+    /// The writer thread: `XADD`s queued publishes, up to a [`BATCH`] in one
+    /// pipeline; a `PING` when idle.
     fn write(&self, queue: &Receiver<Job>) {
         // While disconnected, publishes queued in the meantime fail at once.
         let pause = |pause: Duration| {
@@ -483,22 +491,22 @@ impl Shared {
                 }
             }
         };
+        let mut batch = Vec::with_capacity(BATCH);
         while let Some(mut con) = self.connect(Role::Writer, pause) {
             let failed = loop {
                 select! {
                     recv(self.stopped) -> _ => break None,
                     recv(queue) -> job => if let Ok(job) = job {
-                        match self.xadd(&mut con, &job.publish) {
-                            Ok(id) => {
-                                job.answer(Ok(id));
-                                self.set_up(Role::Writer, Ok(()));
-                            }
-                            Err(e) => {
-                                job.fail(reason(&e));
-                                if e.is_io_error() || e.is_unrecoverable_error() {
-                                    break Some(e);
-                                }
-                            }
+                        // Whatever else is queued already goes in the same pipeline.
+                        let mut bytes = job.publish.message.len();
+                        batch.push(job);
+                        while batch.len() < BATCH && bytes < BATCH_BYTES {
+                            let Ok(job) = queue.try_recv() else { break };
+                            bytes += job.publish.message.len();
+                            batch.push(job);
+                        }
+                        if let Err(e) = self.xadd_all(&mut con, &mut batch) {
+                            break Some(e);
                         }
                     },
                     default(PING_IDLE) => match redis::cmd("PING").query::<()>(&mut con) {
@@ -518,15 +526,72 @@ impl Shared {
         }
     }
 
-    fn xadd(&self, con: &mut Connection, publish: &Publish) -> RedisResult<EventId> {
+    /// `XADD`s the publishes of `batch` (emptying it) in one pipeline, not a
+    /// transaction, and answers each job in order with its own reply: a
+    /// per-command error (say `WRONGTYPE`) fails that job only. `Err` if the
+    /// connection failed: the job whose reply was not read and all after it
+    /// fail with that error, not retried, since Redis may have applied them.
+    ///
+    /// The replies are read one by one rather than with `Pipeline::query`:
+    /// that one reads every reply even after a read timed out, each read
+    /// waiting out the socket timeout again, so a hung Redis would hold a
+    /// batch of 64 for 64 timeouts, not one; and it could not answer the
+    /// jobs whose replies did arrive.
+    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for job in batch.iter() {
+            pipe.add_command(self.xadd(&job.publish));
+        }
+        let mut jobs = batch.drain(..);
+        let sent = con.send_packed_command(&pipe.get_packed_pipeline());
+        if let Err(e) = sent {
+            jobs.for_each(|job| job.fail(reason(&e)));
+            return Err(e);
+        }
+        let mut worked = false;
+        while let Some(job) = jobs.next() {
+            match recv_reply(con) {
+                Ok(Value::ServerError(e)) => job.fail(reason(&e.into())),
+                Ok(value) => {
+                    job.answer(
+                        text(&value)
+                            .and_then(EventId::parse)
+                            .ok_or_else(|| BusError::Unavailable(reason(&malformed("XADD")))),
+                    );
+                    worked = true;
+                }
+                Err(e) => {
+                    job.fail(reason(&e));
+                    jobs.for_each(|job| job.fail(reason(&e)));
+                    return Err(e);
+                }
+            }
+        }
+        if worked {
+            self.set_up(Role::Writer, Ok(()));
+        }
+        Ok(())
+    }
+
+    fn xadd(&self, publish: &Publish) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.key).arg("MAXLEN").arg(self.max_len).arg("*");
         cmd.arg("data").arg(&publish.message).arg("topics").arg(publish.topics.join(","));
         if let Some(event) = &publish.event {
             cmd.arg("event").arg(event);
         }
-        let id: String = cmd.query(con)?;
-        EventId::parse(&id).ok_or_else(|| malformed("XADD"))
+        cmd
+    }
+}
+
+/// The next reply, skipping any push (RESP3 may interleave them; none is
+/// expected on the writer's connection).
+fn recv_reply(con: &mut Connection) -> RedisResult<Value> {
+    loop {
+        match con.recv_response()? {
+            Value::Push { .. } => continue,
+            reply => return Ok(reply),
+        }
     }
 }
 

@@ -382,10 +382,101 @@ fn a_hung_redis_fails_submits_and_shutdown_in_bounded_time() {
     let result = submit(&bus, Publish::message("into the void"));
     assert!(result.is_err(), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "reply took {:?}", started.elapsed());
+    redis.signal("-CONT");
+    wait_up(&bus, true);
+
+    // Many queued at once go in one pipeline: a hung Redis still fails them
+    // all within about one socket timeout, not one per publish.
+    redis.signal("-STOP");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..200 {
+        let tx = tx.clone();
+        bus.submit(Publish::message(format!("void{i}")), Box::new(move |result| tx.send(result).unwrap()));
+    }
+    let started = Instant::now();
+    for _ in 0..200 {
+        let result = rx.recv_timeout(Duration::from_secs(5)).expect("a reply");
+        assert!(result.is_err(), "{result:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "replies took {:?}", started.elapsed());
     let started = Instant::now();
     bus.shutdown();
     assert!(started.elapsed() < Duration::from_millis(2500), "shutdown took {:?}", started.elapsed());
     assert!(!bus.is_up());
     assert!(submit(&bus, Publish::message("after shutdown")).is_err());
     redis.signal("-CONT");
+}
+
+#[test]
+fn many_submits_at_once_get_their_own_ids_and_are_delivered_once_in_order() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t10:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // 10 threads submit 50 each without waiting for replies, all released
+    // together, so the writer finds many queued at once and pipelines them.
+    let (threads, each) = (10, 50);
+    let barrier = std::sync::Barrier::new(threads);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (bus, barrier, tx) = (&bus, &barrier, tx.clone());
+            s.spawn(move || {
+                barrier.wait();
+                for i in 0..each {
+                    let (tx, message) = (tx.clone(), format!("t{t}-{i}"));
+                    let reply = Box::new(move |result| tx.send((message, result)).unwrap());
+                    bus.submit(Publish::message(format!("t{t}-{i}")), reply);
+                }
+            });
+        }
+    });
+    drop(tx);
+    let deadline = Instant::now() + WAIT;
+    let mut replies: Vec<(EventId, String)> = (0..threads * each)
+        .map(|_| {
+            let (message, result) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("reply");
+            (result.unwrap_or_else(|e| panic!("submit of {message}: {e}")), message)
+        })
+        .collect();
+    replies.sort();
+    assert!(replies.windows(2).all(|w| w[0].0 < w[1].0), "distinct ids");
+
+    let delivered = recorder.exactly(threads * each);
+    assert!(delivered.windows(2).all(|w| w[0].id < w[1].id), "delivered once each, in id order");
+    // Each reply is the id of its own publish, not of another in its pipeline.
+    let delivered: Vec<(EventId, String)> = delivered.into_iter().map(|e| (e.id, e.publish.message)).collect();
+    assert_eq!(delivered, replies);
+    // Each thread's own submits reached the stream in the order it made them.
+    for t in 0..threads {
+        let mine: Vec<String> =
+            delivered.iter().map(|(_, m)| m.clone()).filter(|m| m.starts_with(&format!("t{t}-"))).collect();
+        let expected: Vec<String> = (0..each).map(|i| format!("t{t}-{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+}
+
+#[test]
+fn a_command_error_fails_each_publish_in_bounded_time_and_the_bus_carries_on() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t11:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // The stream key holds a string now: every XADD fails with WRONGTYPE
+    // (and the reader's XREAD too, so it reconnects until the key is gone).
+    redis.command(&["SET", "t11:events", "not a stream"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..100 {
+        let tx = tx.clone();
+        bus.submit(Publish::message(format!("m{i}")), Box::new(move |result| tx.send(result).unwrap()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for _ in 0..100 {
+        let result = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("reply in time");
+        let Err(BusError::Unavailable(why)) = result else { panic!("XADD to a string: {result:?}") };
+        assert!(why.contains("WRONGTYPE"), "{why}");
+    }
+    redis.command(&["DEL", "t11:events"]);
+    let id = submit_ok(&bus, Publish::message("after"));
+    assert_eq!(recorder.exactly(1), [event(id, "after")]);
 }
