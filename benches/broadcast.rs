@@ -3,9 +3,9 @@
 
 use std::io::{self, IoSlice, Write};
 
-use bare_sse::api::Publish;
 use std::sync::Arc;
 
+use bare_sse::api::Publish;
 use bare_sse::broker::{Broker, Delivery, EventId, HistoryLimits, Published, Subscriber};
 use bare_sse::outbox::{Flushed, Outbox};
 use bare_sse::sse::Frame;
@@ -77,5 +77,30 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fan_out);
+/// An event on a topic with one subscriber among 10,000 idle ones on another
+/// topic: a pass walks the topics with unsent events, so this costs one
+/// subscriber, not ten thousand.
+fn lonely_topic(c: &mut Criterion) {
+    let mut broker = Broker::new(HistoryLimits::default(), Some(EventId::default()));
+    let mut sinks = Slab::new();
+    for _ in 0..10_000 {
+        let key = sinks.insert(MemorySubscriber { outbox: Outbox::new(), sink: CountingSink(0) });
+        broker.subscribe(key, &["crowd".to_owned()], None);
+    }
+    let key = sinks.insert(MemorySubscriber { outbox: Outbox::new(), sink: CountingSink(0) });
+    broker.subscribe(key, &["lonely".to_owned()], None);
+    let publish = Publish { message: "for one".into(), topics: vec!["lonely".into()], event: None };
+    let mut attention = Vec::new();
+    let mut seq = 0;
+    c.bench_function("fan_out/lonely_topic_among_10000", |b| {
+        b.iter(|| {
+            seq += 1;
+            broker.accept(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
+            broker.fan_out(&mut sinks, &mut attention);
+            attention.clear();
+        })
+    });
+}
+
+criterion_group!(benches, fan_out, lonely_topic);
 criterion_main!(benches);

@@ -209,8 +209,11 @@ pub struct Broker {
     ahead: HashMap<usize, EventId>,
     /// Counts heartbeat intervals.
     beat: u32,
-    /// Reused per subscriber during a fan-out, to avoid an allocation each.
+    /// The frames of the last delivery, reused by the next subscriber when
+    /// `scratch_key` matches (see `Broker::serve`), and their bytes.
     scratch: Vec<Frame>,
+    scratch_key: Option<(u64, u64, u32)>,
+    scratch_bytes: u64,
     heartbeat_frame: Frame,
     stats: Stats,
 }
@@ -282,6 +285,11 @@ impl Slots {
         Slots { first, rest: (!rest.is_empty()).then(|| Box::new(rest.to_vec())) }
     }
 
+    /// The topic key, if there is just one.
+    fn single(&self) -> Option<u32> {
+        self.rest.is_none().then_some(self.first.0)
+    }
+
     fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let rest = self.rest.as_deref().map_or(&[][..], |r| &r[..]);
         std::iter::once(&self.first).chain(rest).map(|&(topic, slot)| (topic as usize, slot as usize))
@@ -320,6 +328,8 @@ impl Broker {
             ahead: HashMap::new(),
             beat: 0,
             scratch: Vec::new(),
+            scratch_key: None,
+            scratch_bytes: 0,
             heartbeat_frame: Arc::from(&b":\n\n"[..]),
             stats: Stats::default(),
         }
@@ -533,6 +543,9 @@ impl Broker {
                 topic.in_pass = false;
             }
         }
+        // Let go of the last frames gathered, so they are not kept alive.
+        self.scratch.clear();
+        self.scratch_key = None;
         while self.unsent_base < pass.start {
             let Some(sent) = self.unsent.pop_front() else { break };
             self.unsent_bytes -= sent.event.frame.len();
@@ -557,13 +570,23 @@ impl Broker {
         // one no pass has visited since those events, which were then not on
         // its topics: reading from the base is right for it too.
         let from = member.sent.saturating_sub(self.unsent_base) as usize;
-        member.sent = self.unsent_end;
         let skip_through = if self.ahead.is_empty() { None } else { self.ahead.get(&membership).copied() };
-        let wants = |unsent: &&Unsent| {
-            member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)))
-                && skip_through.is_none_or(|id| unsent.event.id > id)
-        };
-        self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
+        // Members in a row mostly want the same frames (one topic, the same
+        // place in the queue): the frames gathered for the one before are
+        // then reused as they are. Positions in the queue never change
+        // meaning, so the key is exact.
+        let key = member.topics.single().filter(|_| skip_through.is_none()).map(|t| (member.sent, self.unsent_end, t));
+        if key.is_none() || key != self.scratch_key {
+            let wants = |unsent: &&Unsent| {
+                member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)))
+                    && skip_through.is_none_or(|id| unsent.event.id > id)
+            };
+            self.scratch.clear();
+            self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
+            self.scratch_bytes = self.scratch.iter().map(|f| f.len() as u64).sum();
+            self.scratch_key = key;
+        }
+        member.sent = self.unsent_end;
         if skip_through.is_some_and(|id| id <= self.last) {
             self.ahead.remove(&membership);
         }
@@ -573,8 +596,7 @@ impl Broker {
         member.beat = self.beat;
         deliver(subscribers, member.client as usize, &self.scratch, attention);
         self.stats.frames += self.scratch.len() as u64;
-        self.stats.bytes += self.scratch.iter().map(|f| f.len() as u64).sum::<u64>();
-        self.scratch.clear();
+        self.stats.bytes += self.scratch_bytes;
         true
     }
 
