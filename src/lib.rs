@@ -21,6 +21,8 @@
 //!
 //! Everything below [`server`] is sans-IO: pure code over byte slices, tested
 //! and fuzzed without sockets, in the manner of h11, quinn-proto and rustls.
+//! ([`hub`] is shared state behind a lock, and [`bus`] talks to Redis on
+//! threads of its own; neither touches a client's socket.)
 //!
 //! In scope: HTTP/1.0 and 1.1 over plain TCP, as an origin server or behind
 //! a reverse proxy. Out of scope: TLS and HTTP/2 (put a proxy such as nginx in
