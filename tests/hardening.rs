@@ -217,17 +217,8 @@ fn sigterm_shuts_down_gracefully_with_open_streams() {
     let mut streams: Vec<_> = (0..20).map(|_| Client::connect(server.addr).subscribe("/events")).collect();
     let mut publisher = Client::connect(server.addr);
     assert_eq!(publisher.publish("last words").json()["subscribers"], 20);
-    let pid = server.child.id();
-    let started = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let mut server = server;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     // Every stream got the acknowledged event, then the end of the stream.
     for stream in &mut streams {

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{Binary, Client, EventStream, TestServer, get};
@@ -229,17 +228,8 @@ fn sigterm_with_open_streams_on_several_loops_exits_0() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(publisher.publish("last words").json()["subscribers"], 24);
-    let pid = server.child.id();
-    let started = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let mut server = server;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     for stream in &mut streams {
         while stream.next_data() != "last words" {}

@@ -355,6 +355,25 @@ impl Binary {
     }
 }
 
+impl Binary {
+    /// Sends SIGTERM and waits for the process to exit; fails the test if
+    /// it is still running 10 s later.
+    #[track_caller]
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let started = Instant::now();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for bare-sse") {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
