@@ -246,6 +246,17 @@ impl Hub {
         }
     }
 
+    /// Loop `index` is about to open a stream: from now on it is woken for
+    /// every publish (its stream gauge is otherwise only stored at the end of
+    /// a turn, too late for an event published meanwhile). Call before the
+    /// loop takes its inbox in for the new stream.
+    pub fn stream_opening(&self, index: usize) {
+        if let Some(gauges) = self.gauges.get(index) {
+            gauges.streams.fetch_add(1, Ordering::SeqCst);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
     /// Counts a stream that opened on `topics`.
     pub fn stream_opened<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
         self.lock().registry.add(topics);
@@ -370,7 +381,11 @@ impl Hub {
     /// lone server's loop takes its inbox in every turn and before every
     /// subscribe, so a new stream starts after every event sent so far.
     fn needs_wake(&self, index: usize, outlet: &Outlet) -> bool {
-        let streams = self.gauges.get(index).map_or(1, |gauges| gauges.streams.load(Ordering::Relaxed));
+        // Pairs with the fence in `Hub::stream_opening`: either this load
+        // sees the new stream (and wakes the loop), or the loop's inbox
+        // drain after its store sees the event just sent.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let streams = self.gauges.get(index).map_or(1, |gauges| gauges.streams.load(Ordering::SeqCst));
         streams > 0 || outlet.queued_bytes.load(Ordering::Relaxed) > WAKE_IDLE_LOOP_BYTES
     }
 

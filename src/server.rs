@@ -811,7 +811,9 @@ impl Loop {
         let newest = match &self.bus {
             None => {
                 // (Only events come in a lone server's inbox; bounded by
-                // the hub's backlog bound.)
+                // the hub's backlog bound.) Announced first, so that no
+                // event can slip in between unseen and unwoken.
+                self.hub.stream_opening(self.index);
                 while let Ok(message) = self.inbox.try_recv() {
                     self.take_message(message);
                 }

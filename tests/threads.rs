@@ -324,3 +324,21 @@ fn resuming_at_once_on_another_loop_gives_no_gap_and_no_repeat() {
         assert_eq!(event.data, format!("after{i}"), "resumed after {id}, got {event:?}");
     }
 }
+
+/// A loop with no streams is not woken for each publish; a stream opening
+/// must change that at once, not at the end of the loop's turn (found in
+/// review: an event published right after the first stream opened could sit
+/// in the inbox with nothing to wake the loop).
+#[test]
+fn an_event_published_right_after_the_first_stream_opens_arrives() {
+    let server = TestServer::with(|config| config.heartbeat_secs = 0);
+    let publisher = server.publisher();
+    for i in 0..300 {
+        let mut stream = Client::connect(server.addr).subscribe("/events");
+        publisher.send(format!("m{i}")).unwrap();
+        assert_eq!(stream.next_data(), format!("m{i}"), "iteration {i}");
+        drop(stream);
+        // Let the loop see the close and count no streams again.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
