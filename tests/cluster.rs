@@ -90,18 +90,7 @@ fn concurrent_publishes_on_a_and_b_give_one_order_everywhere() {
     let (addr_a, addr_b) = (nodes[0].addr, nodes[1].addr);
     let publishers: Vec<_> = [("a", addr_a), ("b", addr_b)]
         .into_iter()
-        .map(|(name, addr)| {
-            std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
-                (0..50)
-                    .map(|i| {
-                        let response = client.publish(&format!("{name}{i}"));
-                        assert_eq!(response.status, 200, "{response:?}");
-                        response.json()["id"].as_str().unwrap().to_owned()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
+        .map(|(name, addr)| support::publish_in_background(addr, name.to_owned(), 50))
         .collect();
     let acknowledged: BTreeSet<String> = publishers.into_iter().flat_map(|p| p.join().unwrap()).collect();
     assert_eq!(acknowledged.len(), 100);

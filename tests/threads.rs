@@ -80,20 +80,8 @@ fn concurrent_publishers_give_one_order(threads: usize) {
     let split = settled_split(&server, streams.len() as u64);
     assert!(split.iter().all(|&n| n > 0), "a loop has no streams: {split:?}");
     let addr = server.addr;
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
-                (0..EACH)
-                    .map(|i| {
-                        let response = client.publish(&format!("p{p}-{i}"));
-                        assert_eq!(response.status, 200, "{response:?}");
-                        response.json()["id"].as_str().unwrap().to_owned()
-                    })
-                    .collect::<Vec<String>>()
-            })
-        })
-        .collect();
+    let publishers: Vec<_> =
+        (0..PUBLISHERS).map(|p| support::publish_in_background(addr, format!("p{p}-"), EACH)).collect();
     let acknowledged: BTreeSet<String> = publishers.into_iter().flat_map(|p| p.join().unwrap()).collect();
     assert_eq!(acknowledged.len(), PUBLISHERS * EACH, "ids are unique");
     let seen: Vec<Vec<(String, String)>> = streams

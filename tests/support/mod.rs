@@ -309,6 +309,22 @@ impl EventStream {
     }
 }
 
+/// Publishes `count` messages `{prefix}0`, `{prefix}1`, ... one after the
+/// other on one keep-alive connection, on a thread of its own; the handle
+/// gives back the ids the server answered, in order.
+pub fn publish_in_background(addr: SocketAddr, prefix: String, count: usize) -> JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut client = Client::connect(addr);
+        (0..count)
+            .map(|i| {
+                let response = client.publish(&format!("{prefix}{i}"));
+                assert_eq!(response.status, 200, "{response:?}");
+                response.json()["id"].as_str().expect("an id").to_owned()
+            })
+            .collect()
+    })
+}
+
 /// Open file descriptors of this process (Linux).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
