@@ -5,9 +5,10 @@ use std::io::{self, IoSlice, Write};
 
 use std::sync::Arc;
 
-use bare_sse::api::Publish;
-use bare_sse::broker::{Broker, Delivery, EventId, HistoryLimits, Published, Subscriber};
-use bare_sse::outbox::{Flushed, Outbox};
+use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Subscriber};
+use bare_sse::broadcast::event::Publish;
+use bare_sse::broadcast::event::{EventId, Published};
+use bare_sse::http::outbox::{Flushed, Outbox};
 use bare_sse::sse::Frame;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use slab::Slab;

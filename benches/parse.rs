@@ -3,8 +3,10 @@
 
 use std::time::Instant;
 
-use bare_sse::conn::{Conn, Settings};
+use bare_sse::app::App;
+use bare_sse::broadcast::event::{EventId, Receipt};
 use bare_sse::http;
+use bare_sse::http::conn::Conn;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 
 /// What a browser's EventSource sends.
@@ -35,16 +37,18 @@ fn heads(c: &mut Criterion) {
 }
 
 fn publish_request(c: &mut Criterion) {
-    let settings = Settings::default();
+    let app = App::default();
+    let limits = app.settings.limits;
+    let receipt = Receipt { id: EventId { ms: 1, seq: 1 }, subscribers: 1 };
     let now = Instant::now();
     let mut group = c.benchmark_group("conn");
     group.throughput(Throughput::Bytes(CURL_POST.len() as u64));
     group.bench_function("publish_request", |b| {
         b.iter(|| {
-            let mut conn = Conn::new(&settings, now);
-            conn.receive(black_box(CURL_POST), &settings, now);
-            let action = conn.poll(&settings, now);
-            conn.published("1-1", 1, &settings, now);
+            let mut conn = Conn::new(&limits, now);
+            conn.receive(black_box(CURL_POST), &limits, now);
+            let action = conn.poll(&app, &limits, now);
+            conn.respond(app.published(&receipt), &limits, now);
             action
         })
     });

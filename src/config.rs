@@ -8,8 +8,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::broker::HistoryLimits;
-use crate::conn::Settings;
+use crate::app::Settings;
+use crate::broadcast::broker::HistoryLimits;
 
 /// Everything the server needs to know to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,8 +296,11 @@ where
     // Nodes skip stream entries larger than this, so a cluster node must not
     // accept a publish it would then drop.
     let max_body = config.settings.limits.max_body_bytes;
-    if config.redis.is_some() && max_body > crate::bus::MAX_MESSAGE_BYTES {
-        return Err(format!("--max-body-bytes {max_body} is over {} with --redis", crate::bus::MAX_MESSAGE_BYTES));
+    if config.redis.is_some() && max_body > crate::broadcast::bus::MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "--max-body-bytes {max_body} is over {} with --redis",
+            crate::broadcast::bus::MAX_MESSAGE_BYTES
+        ));
     }
     Ok(Command::Run(Box::new(config)))
 }

@@ -3,37 +3,36 @@
 //! Clients `GET /events` and receive a `text/event-stream`; a publisher
 //! `POST /send-event` with `{"message": "..."}` and every subscriber receives
 //! it. The crate is small enough to read in one sitting; read it top down,
-//! in the order a request travels:
+//! in the order a request travels, one layer per folder:
 //!
 //! | module          | role |
 //! |-----------------|------|
 //! | [`server`]      | the mio event loops: accept, read, write, close. The only code that touches sockets. |
-//! | [`conn`]        | one connection as a state machine: bytes in, responses and [`conn::Action`]s out. |
-//! | [`http`]        | RFC 9112 request parsing (via httparse) and validation, body decoding, response heads. |
-//! | [`api`]         | the endpoints, the publish body and query, the JSON answers, the demo page. |
-//! | [`hub`]         | what the event loops share: the one order of events (ids), the inboxes, counts and caps. |
-//! | [`broker`]      | one loop's replay history, topics, subscribers, and the fan-out of frames to them. |
-//! | [`bus`]         | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads. |
-//! | [`sse`]         | WHATWG event-stream framing: one event, encoded once, shared by all. |
-//! | [`outbox`]      | per-connection unsent bytes after a short non-blocking write. |
+//! | [`http`]        | HTTP/1.1 and nothing else: request parsing, response framing, and [`http::conn`], one connection's state machine, which hands complete requests to an application. |
+//! | [`app`]         | the application: routes, credentials, CORS, the demo page, `/metrics`; the seeds' formats in [`app::seeds`]. |
+//! | [`broadcast`]   | events to subscribers: ids and order ([`broadcast::hub`]), history and fan-out ([`broadcast::broker`]), the Redis cluster bus, the in-process [`broadcast::publisher::Publisher`]. |
+//! | [`sse`]         | WHATWG event-stream framing: every byte of a stream is written here. |
 //! | [`config`]      | flags, environment variables, `--help`. |
-//! | [`ticker`]      | `--tick`: the second seed's clock, published through a [`server::Publisher`]. |
+//! | [`ticker`]      | `--tick`: the second seed's clock, published through a [`broadcast::publisher::Publisher`]. |
 //!
-//! Everything below [`server`] is sans-IO: pure code over byte slices, tested
-//! and fuzzed without sockets, in the manner of h11, quinn-proto and rustls.
-//! ([`hub`] is shared state behind a lock, and [`bus`] talks to Redis on
-//! threads of its own; neither touches a client's socket.)
+//! Layers import downwards only: `server` drives `http` and `app`; `app`
+//! turns requests into the `broadcast` core's types; `broadcast` knows no
+//! HTTP. Everything but [`server`] is sans-IO: pure code over byte slices,
+//! tested and fuzzed without sockets, in the manner of h11, quinn-proto and
+//! rustls. ([`broadcast::hub`] is shared state behind a lock, and
+//! [`broadcast::bus`] talks to Redis on threads of its own; neither touches
+//! a client's socket.)
 //!
 //! In scope: HTTP/1.0 and 1.1 over plain TCP, as an origin server or behind
 //! a reverse proxy. Out of scope: TLS and HTTP/2 (put a proxy such as nginx in
 //! front), serving files other than the embedded demo page.
 //!
 //! Embedding: run the server on its own thread and publish from yours. A
-//! [`server::Publisher`] is `Clone + Send`; its events take the same path as
-//! `POST /send-event` (ids, history, topics, fan-out).
+//! [`broadcast::publisher::Publisher`] is `Clone + Send`; its events take the
+//! same path as `POST /send-event` (ids, history, topics, fan-out).
 //!
 //! ```
-//! use bare_sse::{api::Publish, config::Config, server::Server};
+//! use bare_sse::{broadcast::event::Publish, config::Config, server::Server};
 //!
 //! let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
 //! let server = Server::bind(&config)?;
@@ -56,14 +55,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod broker;
-pub mod bus;
+pub mod app;
+pub mod broadcast;
 pub mod config;
-pub mod conn;
 pub mod http;
-pub mod hub;
-pub mod outbox;
 pub mod server;
 pub mod sse;
 pub mod ticker;

@@ -98,6 +98,26 @@ pub fn comment(text: &str) -> Frame {
     format!(": {text}\n\n").into_bytes().into()
 }
 
+/// What a stream starts with: a comment (`: ok`), so clients see it open
+/// before any event, and the reconnection delay in milliseconds (`retry:`).
+pub fn opening(retry_ms: u32) -> Frame {
+    format!(": ok\nretry: {retry_ms}\n\n").into_bytes().into()
+}
+
+/// A heartbeat: an empty comment, which keeps proxies from timing out an
+/// idle stream and lets a dead peer be noticed.
+pub fn heartbeat() -> Frame {
+    Frame::from(&b":\n\n"[..])
+}
+
+/// An `id:` field alone (`id` must be valid, [`is_valid_id`]): it sets the
+/// client's last event id without firing an event, so a client that has not
+/// received any event yet still resumes from here.
+pub fn cursor(id: &str) -> Frame {
+    debug_assert!(is_valid_id(id));
+    format!("id: {id}\n\n").into_bytes().into()
+}
+
 fn encoded_len_hint(event: &Event) -> usize {
     // "data: " + "\n" per line is 7 bytes; most messages are one line.
     event.data.len() + 8 + event.id.map_or(0, |id| id.len() + 5) + event.name.map_or(0, |n| n.len() + 8)
@@ -200,6 +220,8 @@ mod tests {
 
     #[test]
     fn comments() {
-        assert_eq!(&comment("ok")[..], b": ok\n\n");
+        assert_eq!(&opening(1500)[..], b": ok\nretry: 1500\n\n");
+        assert_eq!(&heartbeat()[..], b":\n\n");
+        assert_eq!(&cursor("1-2")[..], b"id: 1-2\n\n");
     }
 }

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::api::Publish;
-use crate::server::Publisher;
+use crate::broadcast::event::Publish;
+use crate::broadcast::publisher::Publisher;
 
 /// The topic the clock publishes on.
 pub const TOPIC: &str = "time";

@@ -7,9 +7,9 @@ mod support;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bare_sse::api::Publish;
-use bare_sse::broker::EventId;
-use bare_sse::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
+use bare_sse::broadcast::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
+use bare_sse::broadcast::event::EventId;
+use bare_sse::broadcast::event::Publish;
 use support::redis::RedisServer;
 
 /// How long any wait may take before the test fails.

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bare_sse::broker::EventId;
+use bare_sse::broadcast::event::EventId;
 use support::redis::RedisServer;
 use support::{Client, EventStream, TestServer, get, post};
 

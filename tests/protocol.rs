@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bare_sse::api::Publish;
+use bare_sse::broadcast::event::Publish;
 use support::{Client, TestServer, post};
 
 fn publish_json(server: &TestServer, body: serde_json::Value) -> serde_json::Value {

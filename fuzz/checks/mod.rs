@@ -30,9 +30,10 @@ use std::io::{self, IoSlice, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bare_sse::api::{self, Publish};
-use bare_sse::broker::{Broker, Delivery, EventId, HistoryLimits, Published, Subscriber};
-use bare_sse::conn::{self, Action, Conn, Limits, Settings, SocketCommand};
+use bare_sse::app::{self, Action, App, Settings, seeds};
+use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Subscriber};
+use bare_sse::broadcast::event::{self, EventId, Publish, Published, Receipt};
+use bare_sse::http::conn::{self, Conn, Limits, SocketCommand};
 use bare_sse::http::{self, BodyFraming, ChunkedDecoder, Method};
 use bare_sse::sse;
 use slab::Slab;
@@ -207,7 +208,7 @@ impl Subscriber for NoOne {
 
 /// Most bytes one answer of the connection can add to its outbox.
 fn max_answer_bytes() -> usize {
-    api::DEMO_PAGE.len() + 1024
+    app::DEMO_PAGE.len() + 1024
 }
 
 /// Checks the bounds that must hold whenever the server is not inside a call.
@@ -235,6 +236,7 @@ const MAX_READS_PER_EVENT: usize = 16;
 struct Harness<'p, 'a> {
     plan: &'p Plan<'a>,
     conn: Conn,
+    app: App,
     broker: Broker,
     sink: Sink<'a>,
     now: Instant,
@@ -245,19 +247,17 @@ struct Harness<'p, 'a> {
     actions: Vec<Action>,
     shutdown_at: Option<usize>,
     closed: bool,
-    /// Responses the connection noted, by status class (`Conn::take_notes`).
+    /// Responses the connection counted, by status class (`Conn::take_answered`).
     noted: [u32; 5],
 }
-
-/// As `server.rs` answers `Action::Metrics`.
-const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl<'p, 'a> Harness<'p, 'a> {
     fn new(plan: &'p Plan<'a>) -> Harness<'p, 'a> {
         let now = start_time();
         Harness {
             plan,
-            conn: Conn::new(&plan.settings, now),
+            conn: Conn::new(&plan.settings.limits, now),
+            app: App::new(plan.settings.clone()),
             broker: Broker::new(HistoryLimits::default(), Some(EventId { ms: EPOCH, seq: 0 })),
             sink: Sink { taken: Vec::new(), schedule: plan.writes, next: 0, shut: false },
             now,
@@ -282,10 +282,10 @@ impl<'p, 'a> Harness<'p, 'a> {
         // Any action needs a request of at least 16 bytes ("GET / HTTP/1.0\n\n").
         let max_actions = self.plan.stream.len() / 8 + 1;
         loop {
-            let action = self.conn.poll(settings, self.now);
+            let action = self.conn.poll(&self.app, &settings.limits, self.now);
             check_bounds(&mut self.conn, &settings.limits);
             let Some(action) = action else {
-                if let Some(notes) = self.conn.take_notes() {
+                if let Some(notes) = self.conn.take_answered() {
                     if let Some((status, why)) = notes.refusal {
                         assert!(status.0 >= 400 && !why.is_empty(), "refusal {status:?} {why:?}");
                     }
@@ -295,11 +295,11 @@ impl<'p, 'a> Harness<'p, 'a> {
             };
             match &action {
                 Action::Health => {
-                    self.conn.answer("text/plain; charset=utf-8", b"ok\n", settings, self.now);
+                    self.conn.respond(self.app.health(None), &settings.limits, self.now);
                 }
                 Action::Metrics => {
-                    let text = b"# HELP bare_sse_up 1 if the server runs.\nbare_sse_up 1\n";
-                    self.conn.answer(METRICS_CONTENT_TYPE, text, settings, self.now);
+                    let text = "# HELP bare_sse_up 1 if the server runs.\nbare_sse_up 1\n".to_owned();
+                    self.conn.respond(self.app.metrics(text), &settings.limits, self.now);
                 }
                 Action::Publish(publish) => {
                     check_valid_publish(publish);
@@ -309,14 +309,17 @@ impl<'p, 'a> Harness<'p, 'a> {
                     let id = id.to_string();
                     let event = sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message };
                     check_frame_roundtrip(&event);
-                    self.conn.published(&id, 0, settings, self.now);
+                    let receipt = Receipt { id: EventId::parse(&id).expect("an id"), subscribers: 0 };
+                    self.conn.respond(self.app.published(&receipt), &settings.limits, self.now);
                 }
                 Action::Subscribe(subscribe) => {
-                    assert!((1..=api::MAX_TOPICS).contains(&subscribe.topics.len()));
+                    assert!((1..=event::MAX_TOPICS).contains(&subscribe.topics.len()));
                     assert!(subscribe.topics.iter().all(|t| valid_topic(t)), "topics {:?}", subscribe.topics);
                     assert_eq!(dedup(subscribe.topics.clone()), subscribe.topics, "repeated topics");
                     self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
                     let joined = self.broker.subscribe(0, &subscribe.topics, subscribe.last_event_id.as_deref());
+                    self.conn.open_stream(self.app.stream_head());
+                    self.conn.outbox().push(self.app.stream_opening());
                     for frame in joined.backlog {
                         self.conn.outbox().push(frame);
                     }
@@ -338,7 +341,7 @@ impl<'p, 'a> Harness<'p, 'a> {
         let mut reads = 0;
         loop {
             self.carry_out_actions();
-            let budget = self.conn.read_budget(settings);
+            let budget = self.conn.read_budget(&settings.limits);
             if budget == 0 || reads == MAX_READS_PER_EVENT {
                 break;
             }
@@ -359,7 +362,7 @@ impl<'p, 'a> Harness<'p, 'a> {
                 break; // WouldBlock: the rest arrives later
             }
             let (now, later) = self.rest.split_at(size.min(budget).min(self.rest.len()));
-            self.conn.receive(now, settings, self.now);
+            self.conn.receive(now, &settings.limits, self.now);
             self.rest = later;
             reads += 1;
         }
@@ -403,7 +406,7 @@ impl<'p, 'a> Harness<'p, 'a> {
         // Quiet now: every answer is out, and what is left waits for the peer.
         let queued = self.conn.outbox().queued_bytes();
         assert_eq!(queued, 0, "quiet with bytes queued");
-        let budget = self.conn.read_budget(&plan.settings);
+        let budget = self.conn.read_budget(&plan.settings.limits);
         assert!(self.rest.is_empty() || budget > 0, "stuck: {} bytes unread and no read budget", self.rest.len());
         assert!(!self.eof_sent, "the peer closed and nothing is left to send, but the connection stays open");
     }
@@ -444,7 +447,7 @@ pub fn play(plan: &Plan) -> Run {
         assert!(!streaming, "a stream has no deadline");
         assert!(at >= harness.now, "a deadline in the past");
         harness.now = at;
-        harness.conn.on_timeout(&plan.settings, harness.now);
+        harness.conn.on_timeout(&plan.settings.limits, harness.now);
         harness.run_to_quiet();
     }
     assert!(harness.closed || harness.conn.deadline().is_none(), "the connection outlives its deadlines");
@@ -517,7 +520,7 @@ fn check_run(plan: &Plan, run: &Run) {
     for response in responses.iter().filter(|r| r.status != 100) {
         by_class[usize::from(response.status / 100) - 1] += 1;
     }
-    assert_eq!(run.noted, by_class, "Conn::take_notes counts, by status class, vs the responses written");
+    assert_eq!(run.noted, by_class, "Conn::take_answered counts, by status class, vs the responses written");
 
     let heads = plan.stream.windows(5).filter(|w| w == b"HEAD ").count();
     let bodiless = responses.iter().filter(|r| r.head_only).count();
@@ -736,7 +739,7 @@ pub fn parse_responses(out: &[u8]) -> Result<Vec<Response>, String> {
 fn check_body(response: &mut Response, content_type: &str, body: &[u8]) -> Result<(), String> {
     match content_type {
         "text/html; charset=utf-8" if response.status == 200 => {
-            if body != api::DEMO_PAGE.as_bytes() {
+            if body != app::DEMO_PAGE.as_bytes() {
                 return Err("the page is not the demo page".into());
             }
         }
@@ -745,7 +748,7 @@ fn check_body(response: &mut Response, content_type: &str, body: &[u8]) -> Resul
                 return Err(format!("health says {:?}", String::from_utf8_lossy(body)));
             }
         }
-        METRICS_CONTENT_TYPE if response.status == 200 => {
+        app::metrics::CONTENT_TYPE if response.status == 200 => {
             if !body.ends_with(b"bare_sse_up 1\n") {
                 return Err("not the metrics the server rendered".into());
             }
@@ -1108,7 +1111,7 @@ pub fn check_chunked(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// publish_body: api::parse_publish against a JSON reference, and through Conn
+// publish_body: seeds::parse_publish against a JSON reference, and through Conn
 // ---------------------------------------------------------------------------
 
 /// What a publish body must yield.
@@ -1357,7 +1360,7 @@ impl Json<'_> {
 
 /// A topic name: 1 to 64 bytes of `A-Z a-z 0-9 - _ . : ~`.
 pub fn valid_topic(topic: &str) -> bool {
-    (1..=api::MAX_TOPIC_BYTES).contains(&topic.len())
+    (1..=event::MAX_TOPIC_BYTES).contains(&topic.len())
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'~'))
 }
 
@@ -1370,7 +1373,7 @@ fn dedup(items: Vec<String>) -> Vec<String> {
 /// What every publish handed to the server must be.
 fn check_valid_publish(publish: &Publish) {
     let topics = &publish.topics;
-    assert!((1..=api::MAX_TOPICS).contains(&topics.len()), "{} topics", topics.len());
+    assert!((1..=event::MAX_TOPICS).contains(&topics.len()), "{} topics", topics.len());
     assert!(topics.iter().all(|t| valid_topic(t)), "topics {topics:?}");
     assert_eq!(dedup(topics.clone()), *topics, "repeated topics");
     if let Some(event) = &publish.event {
@@ -1419,7 +1422,7 @@ pub fn reference_publish(body: &[u8]) -> Expected {
         let [messages, topics, events] = &fields;
         let [Value::Text(message)] = messages.as_slice() else { return None };
         let topics = match topics.as_slice() {
-            [] | [Value::Null] => vec![api::DEFAULT_TOPIC.to_owned()],
+            [] | [Value::Null] => vec![event::DEFAULT_TOPIC.to_owned()],
             [Value::Text(topic)] => vec![topic.clone()],
             [Value::List(items)] => items
                 .iter()
@@ -1428,7 +1431,7 @@ pub fn reference_publish(body: &[u8]) -> Expected {
             _ => return None,
         };
         let topics = dedup(topics);
-        if !(1..=api::MAX_TOPICS).contains(&topics.len()) || !topics.iter().all(|t| valid_topic(t)) {
+        if !(1..=event::MAX_TOPICS).contains(&topics.len()) || !topics.iter().all(|t| valid_topic(t)) {
             return None;
         }
         let event = match events.as_slice() {
@@ -1461,7 +1464,7 @@ fn contains_not_text(value: &Value) -> bool {
 /// `Content-Length`, then chunked, must publish exactly the message or answer
 /// 400 with the reason, keeping the connection either way.
 pub fn check_publish_body(body: &[u8]) {
-    let parsed = api::parse_publish(body);
+    let parsed = seeds::parse_publish(body);
     match (&parsed, reference_publish(body)) {
         (Ok(publish), Expected::Accept(expected)) => assert_eq!(*publish, expected),
         (Err(why), Expected::Reject) => assert!(!why.is_empty(), "a refusal without a reason"),
@@ -1502,7 +1505,7 @@ pub fn check_publish_body(body: &[u8]) {
             Err(why) => {
                 assert!(run.actions.is_empty(), "a refused body was published");
                 assert_eq!(statuses, [400, 404], "400, then the next request on the same connection");
-                let error = api::error_body(why);
+                let error = serde_json::json!({ "error": why }).to_string();
                 let error_at = output.windows(error.len()).position(|w| w == error.as_bytes());
                 assert!(error_at.is_some(), "the 400 says why: {why}");
             }
@@ -1675,7 +1678,7 @@ pub fn check_head(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// query: api::parse_subscribe_query and api::percent_decode
+// query: seeds::parse_subscribe_query and seeds::percent_decode
 // ---------------------------------------------------------------------------
 
 /// `%XX` is the byte XX, `+` a space, any other byte itself; a `%` without
@@ -1706,7 +1709,7 @@ pub fn reference_percent_decode(text: &[u8]) -> Option<String> {
 /// compared as sent.
 pub fn check_query(data: &[u8]) {
     let query = String::from_utf8_lossy(data);
-    assert_eq!(api::percent_decode(&query), reference_percent_decode(query.as_bytes()), "percent_decode");
+    assert_eq!(seeds::percent_decode(&query), reference_percent_decode(query.as_bytes()), "percent_decode");
 
     let expected = (|| {
         let mut topics = Vec::new();
@@ -1719,15 +1722,15 @@ pub fn check_query(data: &[u8]) {
                 _ => {}
             }
         }
-        if topics.len() > api::MAX_TOPICS {
+        if topics.len() > event::MAX_TOPICS {
             return None;
         }
         if topics.is_empty() {
-            topics.push(api::DEFAULT_TOPIC.to_owned());
+            topics.push(event::DEFAULT_TOPIC.to_owned());
         }
         Some((dedup(topics), last_event_id))
     })();
-    match (api::parse_subscribe_query(&query), expected) {
+    match (seeds::parse_subscribe_query(&query), expected) {
         (Ok(parsed), Some((topics, last_event_id))) => {
             assert_eq!((parsed.topics, parsed.last_event_id), (topics, last_event_id), "query {query:?}");
         }
@@ -1735,6 +1738,6 @@ pub fn check_query(data: &[u8]) {
         (parsed, expected) => panic!("query {query:?}: parse_subscribe_query gave {parsed:?}, expected {expected:?}"),
     }
     for topic in query.split(['&', '=']) {
-        assert_eq!(api::is_valid_topic(topic), valid_topic(topic), "is_valid_topic({topic:?})");
+        assert_eq!(event::is_valid_topic(topic), valid_topic(topic), "is_valid_topic({topic:?})");
     }
 }

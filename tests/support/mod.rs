@@ -20,7 +20,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     handle: Handle,
-    publisher: bare_sse::server::Publisher,
+    publisher: bare_sse::broadcast::publisher::Publisher,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -48,7 +48,7 @@ impl TestServer {
         Client::connect(self.addr)
     }
 
-    pub fn publisher(&self) -> bare_sse::server::Publisher {
+    pub fn publisher(&self) -> bare_sse::broadcast::publisher::Publisher {
         self.publisher.clone()
     }
 

@@ -3,7 +3,7 @@
 //!
 //! A broker belongs to one event loop and knows only that loop's
 //! subscribers. Events reach it already numbered and framed, in the one order
-//! every loop sees ([`crate::hub`] says where ids come from and how that order
+//! every loop sees ([`crate::broadcast::hub`] says where ids come from and how that order
 //! is kept); the broker retains them, fans them out, and replays them.
 //!
 //! **History.** The last events (bounded in count and in bytes) stay in a ring
@@ -61,45 +61,8 @@ use std::sync::Arc;
 
 use slab::Slab;
 
-use crate::api::{GAP_EVENT, Publish};
+use crate::broadcast::event::{EventId, GAP_EVENT, Published};
 use crate::sse::{self, Frame};
-
-/// An event's id, `<ms>-<seq>`, ordered as the pair `(ms, seq)`.
-///
-/// A lone server's ids are `<start time in Unix ms>-<counter>`; in a cluster
-/// they are Redis stream ids, which have the same form and the same order. So
-/// replay works the same way in both: find the place in the history by
-/// comparing ids.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl EventId {
-    /// Parses `<ms>-<seq>` (ASCII digits on both sides, nothing else).
-    ///
-    /// ```
-    /// use bare_sse::broker::EventId;
-    /// assert_eq!(EventId::parse("1700000000000-7"), Some(EventId { ms: 1_700_000_000_000, seq: 7 }));
-    /// assert_eq!(EventId::parse("7"), None);
-    /// assert_eq!(EventId::parse("+1-2"), None);
-    /// ```
-    pub fn parse(id: &str) -> Option<EventId> {
-        let (ms, seq) = id.split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return None;
-        }
-        Some(EventId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
-    }
-}
-
-impl std::fmt::Display for EventId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
 
 /// Something frames can be delivered to: in the server, a connection's
 /// outbox in front of its socket.
@@ -144,35 +107,6 @@ impl Default for HistoryLimits {
     fn default() -> HistoryLimits {
         HistoryLimits { events: 1000, bytes: 16 * 1024 * 1024 }
     }
-}
-
-/// One published event, numbered and framed once, shared by every loop's
-/// pending batch and history.
-#[derive(Debug)]
-pub struct Published {
-    pub id: EventId,
-    pub topics: Box<[Box<str>]>,
-    /// The encoded event, `id:` field included.
-    pub frame: Frame,
-}
-
-impl Published {
-    /// Frames `publish` (which must be valid, [`Publish::validate`]) with `id`.
-    pub fn new(id: EventId, publish: &Publish) -> Published {
-        let id_text = id.to_string();
-        let frame =
-            sse::encode(&sse::Event { id: Some(&id_text), name: publish.event.as_deref(), data: &publish.message });
-        Published { id, topics: publish.topics.iter().map(|t| t.as_str().into()).collect(), frame }
-    }
-}
-
-/// What a publish returns to its publisher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    /// The event's id.
-    pub id: EventId,
-    /// How many subscribers it will be sent to.
-    pub subscribers: usize,
 }
 
 /// Topics, subscribers, history and the batch of frames not yet sent.
@@ -330,7 +264,7 @@ impl Broker {
             scratch: Vec::new(),
             scratch_key: None,
             scratch_bytes: 0,
-            heartbeat_frame: Arc::from(&b":\n\n"[..]),
+            heartbeat_frame: sse::heartbeat(),
             stats: Stats::default(),
         }
     }
@@ -438,7 +372,7 @@ impl Broker {
         let backlog = match last_event_id.filter(|id| !id.is_empty()) {
             _ if ahead.is_some() => Vec::new(),
             None if self.floor.is_none() => Vec::new(),
-            None => vec![Arc::from(format!("id: {}\n\n", self.last).into_bytes())],
+            None => vec![sse::cursor(&self.last.to_string())],
             Some(id) => self.replay(topics, id),
         };
         let membership = self.members.vacant_key();
@@ -681,6 +615,7 @@ fn deliver<S: Subscriber>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broadcast::event::Publish;
 
     /// A subscriber that records the frames it is handed, one entry per
     /// delivery.

@@ -2,7 +2,7 @@
 //! event reaches all of them.
 //!
 //! With `--threads N` a server runs N event loops, each with its own poll,
-//! connections, timers and [`Broker`](crate::broker::Broker). A connection
+//! connections, timers and [`Broker`](crate::broadcast::broker::Broker). A connection
 //! lives on one loop for its whole life. What they must agree on lives here:
 //!
 //! * **One order of events.** [`Hub::publish`] takes one lock, gives the event
@@ -35,21 +35,21 @@
 //!   copies its counters into its [`Gauges`] once per turn; `/metrics` adds
 //!   them up.
 //!
-//! In a cluster ([`crate::bus`]) the order comes from a Redis stream instead
+//! In a cluster ([`crate::broadcast::bus`]) the order comes from a Redis stream instead
 //! of the lock's counter: the bus's reader hands events to
 //! [`Hub::distribute`], the same path a local publish takes after numbering.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use crate::api::Publish;
-use crate::broker::{EventId, Published, Receipt};
-use crate::bus::{BusEvent, BusSink};
+use crate::broadcast::bus::{BusEvent, BusSink};
+use crate::broadcast::event::Publish;
+use crate::broadcast::event::{EventId, Published, Receipt};
 
 /// What a loop finds in its inbox.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub enum Message {
     /// The next event of the one order.
     Event(Arc<Published>),
     /// A cluster node's history, once, before any event (see
-    /// [`crate::broker::Broker::backfill`]).
+    /// [`crate::broadcast::broker::Broker::backfill`]).
     Backfill(EventId, Arc<[Arc<Published>]>),
     /// The bus answered a publish made by connection `key` of this loop
     /// (`serial` tells it apart from a later connection with the same key).
@@ -98,7 +98,7 @@ pub struct Totals {
 /// waits): the inboxes are unbounded channels (a publishing loop must never
 /// wait on a loop that may be waiting on it), so this is what bounds them.
 ///
-/// [`Publisher`]: crate::server::Publisher
+/// [`Publisher`]: crate::broadcast::publisher::Publisher
 pub const MAX_INBOX_BYTES: usize = 32 * 1024 * 1024;
 
 /// Bytes of events an inbox may hold before a loop with no streams is woken
@@ -112,7 +112,7 @@ pub struct Busy;
 /// Shared by every loop of a server (and its publishers) behind an `Arc`.
 pub struct Hub {
     state: Mutex<State>,
-    outlets: Box<[Outlet]>,
+    inboxes: Box<[LoopInbox]>,
     gauges: Box<[Gauges]>,
     /// Open connections on all loops.
     connections: AtomicUsize,
@@ -122,11 +122,32 @@ pub struct Hub {
     started: Instant,
 }
 
-struct Outlet {
+/// The hub's end of one loop's inbox.
+struct LoopInbox {
     messages: Sender<Message>,
     waker: Arc<Waker>,
     /// Bytes of event frames sent to this loop and not yet taken by it.
     queued_bytes: AtomicUsize,
+    /// Whether the loop has streams, so must be woken for every local
+    /// publish (see `Hub::needs_wake`). Set by [`Hub::stream_opening`] before
+    /// the loop takes its inbox in for a new stream, and kept up to date by
+    /// the loop each turn ([`Hub::set_listening`]).
+    listening: AtomicBool,
+}
+
+/// Where an event comes from, which decides which loops are woken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A publish made on this loop, which takes its inbox in at the end of
+    /// the turn without a wake-up.
+    Loop(usize),
+    /// A publish from another thread (a [`Publisher`]).
+    ///
+    /// [`Publisher`]: crate::broadcast::publisher::Publisher
+    Thread,
+    /// The cluster bus: every loop is woken, since a node learns of its own
+    /// publishes through the bus too.
+    Bus,
 }
 
 /// What the lock guards.
@@ -143,20 +164,25 @@ impl Hub {
     /// order of `wakers`.
     pub fn new(wakers: Vec<Arc<Waker>>, max_connections: usize) -> (Arc<Hub>, Vec<Receiver<Message>>) {
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let mut outlets = Vec::with_capacity(wakers.len());
+        let mut senders = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
         for waker in wakers {
             // Unbounded: a publishing loop must never wait on a loop that may
             // be waiting on it. What bounds an inbox is the pace of the
             // publishers, each held back by its own connection or queue.
             let (messages, receiver) = crossbeam_channel::unbounded();
-            outlets.push(Outlet { messages, waker, queued_bytes: AtomicUsize::new(0) });
+            senders.push(LoopInbox {
+                messages,
+                waker,
+                queued_bytes: AtomicUsize::new(0),
+                listening: AtomicBool::new(false),
+            });
             inboxes.push(receiver);
         }
-        let gauges = (0..outlets.len()).map(|_| Gauges::default()).collect();
+        let gauges = (0..senders.len()).map(|_| Gauges::default()).collect();
         let hub = Hub {
             state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default() }),
-            outlets: outlets.into(),
+            inboxes: senders.into(),
             gauges,
             connections: AtomicUsize::new(0),
             max_connections,
@@ -168,20 +194,19 @@ impl Hub {
 
     /// How many loops share this hub.
     pub fn loops(&self) -> usize {
-        self.outlets.len()
+        self.inboxes.len()
     }
 
     /// The floor of a new local history: before the first id this server
-    /// will issue (see [`crate::broker`]).
+    /// will issue (see [`crate::broadcast::broker`]).
     pub fn local_floor(&self) -> EventId {
         EventId { ms: self.lock().epoch, seq: 0 }
     }
 
     /// Numbers `publish` (which must be valid), frames it once, and sends it
-    /// to every loop. `from` is the calling loop, which needs no wake-up: it
-    /// drains its inbox at the end of the turn anyway. Refused while a loop
+    /// to every loop; `origin` says which loops need a wake-up. Refused while a loop
     /// is more than [`MAX_INBOX_BYTES`] behind.
-    pub fn publish(&self, publish: &Publish, from: Option<usize>) -> Result<Receipt, Busy> {
+    pub fn publish(&self, publish: &Publish, origin: Origin) -> Result<Receipt, Busy> {
         if self.is_congested() {
             return Err(Busy);
         }
@@ -190,20 +215,20 @@ impl Hub {
         state.next_seq += 1;
         let subscribers = state.registry.count(&publish.topics);
         let event = Arc::new(Published::new(id, publish));
-        self.send_to_all(&state, Message::Event, event, Some(from));
+        self.send_to_all(&state, Message::Event, event, origin);
         self.events.fetch_add(1, Ordering::Relaxed);
         Ok(Receipt { id, subscribers })
     }
 
     /// Whether some loop has more than [`MAX_INBOX_BYTES`] of events waiting.
     pub fn is_congested(&self) -> bool {
-        self.outlets.iter().any(|outlet| outlet.queued_bytes.load(Ordering::Relaxed) > MAX_INBOX_BYTES)
+        self.inboxes.iter().any(|inbox| inbox.queued_bytes.load(Ordering::Relaxed) > MAX_INBOX_BYTES)
     }
 
     /// Loop `index` took an event of `bytes` from its inbox.
     pub fn taken(&self, index: usize, bytes: usize) {
-        if let Some(outlet) = self.outlets.get(index) {
-            outlet.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(inbox) = self.inboxes.get(index) {
+            inbox.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -212,7 +237,7 @@ impl Hub {
     pub fn distribute(&self, events: impl IntoIterator<Item = Arc<Published>>) {
         let state = self.lock();
         for event in events {
-            self.send_to_all(&state, Message::Event, event, None);
+            self.send_to_all(&state, Message::Event, event, Origin::Bus);
             self.events.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -221,7 +246,7 @@ impl Hub {
     pub fn backfill(&self, floor: EventId, events: Vec<Arc<Published>>) {
         let state = self.lock();
         let events: Arc<[Arc<Published>]> = events.into();
-        self.send_to_all(&state, |events| Message::Backfill(floor, events), events, None);
+        self.send_to_all(&state, |events| Message::Backfill(floor, events), events, Origin::Bus);
     }
 
     /// How many streams, on all loops, an event on `topics` would reach.
@@ -231,30 +256,36 @@ impl Hub {
 
     /// Hands loop `index` the answer to a publish one of its connections made.
     pub fn answer(&self, index: usize, key: usize, serial: u32, answer: Result<Receipt, String>) {
-        if let Some(outlet) = self.outlets.get(index) {
+        if let Some(inbox) = self.inboxes.get(index) {
             // Fails only once the loop is gone, and then nobody is waiting.
-            if outlet.messages.send(Message::Answer { key, serial, answer }).is_ok() {
-                let _ = outlet.waker.wake();
+            if inbox.messages.send(Message::Answer { key, serial, answer }).is_ok() {
+                let _ = inbox.waker.wake();
             }
         }
     }
 
     /// Wakes every loop (to notice a shutdown).
     pub fn wake_all(&self) {
-        for outlet in self.outlets.iter() {
-            let _ = outlet.waker.wake();
+        for inbox in self.inboxes.iter() {
+            let _ = inbox.waker.wake();
         }
     }
 
     /// Loop `index` is about to open a stream: from now on it is woken for
-    /// every publish (its stream gauge is otherwise only stored at the end of
-    /// a turn, too late for an event published meanwhile). Call before the
-    /// loop takes its inbox in for the new stream.
+    /// every publish (its [`Hub::set_listening`] at the end of the turn
+    /// would come too late for an event published meanwhile). Call before
+    /// the loop takes its inbox in for the new stream.
     pub fn stream_opening(&self, index: usize) {
-        if let Some(gauges) = self.gauges.get(index) {
-            gauges.streams.fetch_add(1, Ordering::SeqCst);
-        }
+        self.set_listening(index, true);
         std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Says whether loop `index` has streams (so must be woken for local
+    /// publishes).
+    pub fn set_listening(&self, index: usize, listening: bool) {
+        if let Some(inbox) = self.inboxes.get(index) {
+            inbox.listening.store(listening, Ordering::SeqCst);
+        }
     }
 
     /// Counts a stream that opened on `topics`.
@@ -340,36 +371,26 @@ impl Hub {
 
     /// Sends `item` (wrapped by `wrap`) to every loop, under the lock held as
     /// `_state` (which is what keeps the order the same in every inbox).
-    /// `publisher` is set for a local publish: `Some(loop)` when a loop
-    /// publishes (it needs no wake-up: it takes its inbox at the end of the
-    /// turn), `Some(None)` from a [`Publisher`] thread; then loops without
-    /// streams are not woken either (see `Hub::needs_wake`). Events from
-    /// the bus wake every loop.
-    ///
-    /// [`Publisher`]: crate::server::Publisher
-    fn send_to_all<T: Clone>(
-        &self,
-        _state: &State,
-        wrap: impl Fn(T) -> Message,
-        item: T,
-        publisher: Option<Option<usize>>,
-    ) {
-        for (index, outlet) in self.outlets.iter().enumerate() {
+    /// Which loops are woken depends on where the item comes from: see
+    /// [`Origin`] and `Hub::needs_wake`.
+    fn send_to_all<T: Clone>(&self, _state: &State, wrap: impl Fn(T) -> Message, item: T, origin: Origin) {
+        for (index, inbox) in self.inboxes.iter().enumerate() {
             let message = wrap(item.clone());
             let bytes = match &message {
                 Message::Event(event) => event.frame.len(),
                 _ => 0,
             };
             // Counted before the send, so the loop's `taken` never runs first.
-            outlet.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            inbox.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
             // A send fails only when the loop has exited (shut down).
-            if outlet.messages.send(message).is_err() {
-                outlet.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            } else if match publisher {
-                None => true,
-                Some(from) => from != Some(index) && self.needs_wake(index, outlet),
+            if inbox.messages.send(message).is_err() {
+                inbox.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            } else if match origin {
+                Origin::Bus => true,
+                Origin::Loop(from) if from == index => false,
+                Origin::Loop(_) | Origin::Thread => self.needs_wake(inbox),
             } {
-                let _ = outlet.waker.wake();
+                let _ = inbox.waker.wake();
             }
         }
     }
@@ -380,13 +401,12 @@ impl Hub {
     /// the publish itself when nobody listens. Nothing is lost by waiting: a
     /// lone server's loop takes its inbox in every turn and before every
     /// subscribe, so a new stream starts after every event sent so far.
-    fn needs_wake(&self, index: usize, outlet: &Outlet) -> bool {
+    fn needs_wake(&self, inbox: &LoopInbox) -> bool {
         // Pairs with the fence in `Hub::stream_opening`: either this load
         // sees the new stream (and wakes the loop), or the loop's inbox
         // drain after its store sees the event just sent.
         std::sync::atomic::fence(Ordering::SeqCst);
-        let streams = self.gauges.get(index).map_or(1, |gauges| gauges.streams.load(Ordering::SeqCst));
-        streams > 0 || outlet.queued_bytes.load(Ordering::Relaxed) > WAKE_IDLE_LOOP_BYTES
+        inbox.listening.load(Ordering::SeqCst) || inbox.queued_bytes.load(Ordering::Relaxed) > WAKE_IDLE_LOOP_BYTES
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

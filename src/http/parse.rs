@@ -1,19 +1,9 @@
-//! HTTP/1.1 for the requests bare-sse serves: parsing and validating a request
-//! head, decoding a request body, and writing a response head.
-//!
-//! Read this first: RFC 9112 (HTTP/1.1 message syntax), sections 2-7, and RFC
-//! 9110 for the meaning of status codes. Everything here is pure: functions
-//! over byte slices that say how much they used. No sockets.
-//!
-//! The parser is deliberately strict where leniency has led to request
-//! smuggling: a request with both `Content-Length` and `Transfer-Encoding`, two
-//! different lengths, a transfer coding other than `chunked`, or a malformed
-//! chunk line is rejected, and the connection is closed afterwards because its
-//! framing can no longer be trusted. "Incomplete" (`Ok(None)`) is always
-//! kept apart from "invalid" ([`Err`]), and both are bounded: a head can never
-//! grow past the configured limit, a body past its own.
+//! Requests: parsing and validating a request head, and decoding a request
+//! body.
+//! The module doc of [`crate::http`] says what to read first and how
+//! strict the parser is, and why.
 
-use std::fmt::Write as _;
+use super::Status;
 
 /// Most header fields we accept in one request head (431 beyond). Real clients
 /// send about a dozen; httparse needs a fixed-size array.
@@ -77,52 +67,6 @@ impl Error {
     }
 }
 
-/// A response status code with its reason phrase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status(pub u16);
-
-impl Status {
-    pub const CONTINUE: Status = Status(100);
-    pub const OK: Status = Status(200);
-    pub const NO_CONTENT: Status = Status(204);
-    pub const BAD_REQUEST: Status = Status(400);
-    pub const UNAUTHORIZED: Status = Status(401);
-    pub const NOT_FOUND: Status = Status(404);
-    pub const METHOD_NOT_ALLOWED: Status = Status(405);
-    pub const REQUEST_TIMEOUT: Status = Status(408);
-    pub const LENGTH_REQUIRED: Status = Status(411);
-    pub const PAYLOAD_TOO_LARGE: Status = Status(413);
-    pub const EXPECTATION_FAILED: Status = Status(417);
-    pub const HEADERS_TOO_LARGE: Status = Status(431);
-    pub const INTERNAL_ERROR: Status = Status(500);
-    pub const NOT_IMPLEMENTED: Status = Status(501);
-    pub const SERVICE_UNAVAILABLE: Status = Status(503);
-    pub const VERSION_NOT_SUPPORTED: Status = Status(505);
-
-    /// The standard reason phrase (RFC 9110 section 15).
-    pub fn reason(self) -> &'static str {
-        match self.0 {
-            100 => "Continue",
-            200 => "OK",
-            204 => "No Content",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            408 => "Request Timeout",
-            411 => "Length Required",
-            413 => "Content Too Large",
-            417 => "Expectation Failed",
-            431 => "Request Header Fields Too Large",
-            500 => "Internal Server Error",
-            501 => "Not Implemented",
-            503 => "Service Unavailable",
-            505 => "HTTP Version Not Supported",
-            _ => "",
-        }
-    }
-}
-
 /// Request methods bare-sse routes on; anything else is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -169,6 +113,9 @@ pub struct RequestHead {
     pub authorization: Option<String>,
     /// The `Origin` header (CORS), if any.
     pub origin: Option<String>,
+    /// The `Cookie` header (RFC 6265), if any; several are joined with `; `
+    /// as RFC 9113 8.2.3 and browsers do.
+    pub cookie: Option<String>,
 }
 
 /// Finds the end of a request head in `buf`: the index just past the blank line
@@ -229,6 +176,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut last_event_id = None;
     let mut authorization = None;
     let mut origin = None;
+    let mut cookie: Option<String> = None;
     for header in request.headers.iter() {
         let name = header.name;
         let value = std::str::from_utf8(header.value).map(trim_ows);
@@ -277,6 +225,16 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
             authorization = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = value.ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("cookie")
+            && let Ok(value) = value
+        {
+            match &mut cookie {
+                Some(cookies) => {
+                    cookies.push_str("; ");
+                    cookies.push_str(value);
+                }
+                None => cookie = Some(value.to_owned()),
+            }
         }
     }
 
@@ -304,6 +262,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         last_event_id,
         authorization,
         origin,
+        cookie,
     })
 }
 
@@ -551,34 +510,6 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// Writes a response status line and headers, ending with the blank line.
-///
-/// `headers` are written as given; `content_length` adds `Content-Length`
-/// (omit it only for a stream that ends when the connection closes), and
-/// `close` adds `Connection: close`.
-pub fn write_head(
-    out: &mut Vec<u8>,
-    status: Status,
-    headers: &[(&str, &str)],
-    content_length: Option<usize>,
-    close: bool,
-) {
-    // Writing to a String cannot fail.
-    let mut head = String::with_capacity(160);
-    let _ = write!(head, "HTTP/1.1 {} {}\r\n", status.0, status.reason());
-    for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    if let Some(length) = content_length {
-        let _ = write!(head, "Content-Length: {length}\r\n");
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    out.extend_from_slice(head.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,17 +748,5 @@ mod tests {
         assert_eq!(d.decode(b"loGET", &mut out), Ok(2));
         assert!(d.is_done());
         assert_eq!(out, b"hello");
-    }
-
-    // ---- responses ----
-
-    #[test]
-    fn response_head() {
-        let mut out = Vec::new();
-        write_head(&mut out, Status::NOT_FOUND, &[("Content-Type", "text/plain")], Some(3), true);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
-        );
     }
 }

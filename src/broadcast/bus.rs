@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
 use redis::{Connection, RedisResult, Value};
 
-use crate::api::Publish;
-use crate::broker::EventId;
+use crate::broadcast::event::EventId;
+use crate::broadcast::event::Publish;
 
 /// Where the bus is and how much history it keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]

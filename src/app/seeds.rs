@@ -1,5 +1,5 @@
-//! The seeds' API: which paths exist, which methods they take, what a publish
-//! body must contain, and the JSON answers.
+//! The seeds' API: what a publish body and a subscription query must
+//! contain, and the JSON answers.
 //!
 //! | path          | methods            | what it does                                     |
 //! |---------------|--------------------|--------------------------------------------------|
@@ -9,118 +9,13 @@
 //! | `/metrics`    | GET, HEAD          | Prometheus text exposition                       |
 //! | `/healthz`    | GET, HEAD          | `ok`                                             |
 //!
-//! Pure functions only; [`crate::conn`] calls them while handling a request.
+//! This module holds the formats: the publish body, the subscription query,
+//! the JSON answers. Routing and credentials are in [`crate::app`]. Pure
+//! functions only.
 
 use serde::Deserialize;
 
-use crate::http::Method;
-
-/// The demo page served at `/`: the seeds' EventSource client, made useful.
-pub const DEMO_PAGE: &str = include_str!("demo.html");
-
-/// The resources bare-sse serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/`: the demo page.
-    Page,
-    /// `/events`: the event stream.
-    Events,
-    /// `/send-event`: publishing.
-    Publish,
-    /// `/metrics`: Prometheus metrics.
-    Metrics,
-    /// `/healthz`: liveness.
-    Health,
-}
-
-impl Endpoint {
-    /// The endpoint at `path`, if any.
-    pub fn from_path(path: &str) -> Option<Endpoint> {
-        match path {
-            "/" | "/index.html" => Some(Endpoint::Page),
-            "/events" => Some(Endpoint::Events),
-            "/send-event" => Some(Endpoint::Publish),
-            "/metrics" => Some(Endpoint::Metrics),
-            "/healthz" => Some(Endpoint::Health),
-            _ => None,
-        }
-    }
-
-    /// Whether the endpoint answers `method`.
-    pub fn allows(self, method: Method) -> bool {
-        match self {
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health => matches!(method, Method::Get | Method::Head),
-            Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
-            Endpoint::Publish => matches!(method, Method::Post | Method::Options),
-        }
-    }
-
-    /// The `Allow` header value for a 405.
-    pub fn allow_header(self) -> &'static str {
-        match self {
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
-            Endpoint::Events => "GET, HEAD, OPTIONS",
-            Endpoint::Publish => "POST, OPTIONS",
-        }
-    }
-}
-
-/// The topic of a plain `GET /events` and of a publish that names none, so
-/// the seeds' API works unchanged.
-pub const DEFAULT_TOPIC: &str = "default";
-
-/// The event name the server uses to tell a resuming client that events were
-/// lost (see [`crate::broker`]); publishers may not use it.
-pub const GAP_EVENT: &str = "gap";
-
-/// Longest topic name, in bytes.
-pub const MAX_TOPIC_BYTES: usize = 64;
-
-/// Most topics one subscription or one publish may name.
-pub const MAX_TOPICS: usize = 16;
-
-/// Whether `name` is a valid topic: 1 to [`MAX_TOPIC_BYTES`] bytes of ASCII
-/// letters, digits and `-_.:~` (safe in a URL query without escaping).
-pub fn is_valid_topic(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TOPIC_BYTES
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
-}
-
-/// A valid publish request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    /// The text subscribers receive; any string, line breaks included.
-    pub message: String,
-    /// The topics it goes to (at least one, no duplicates).
-    pub topics: Vec<String>,
-    /// The event name (`event:` field), if any.
-    pub event: Option<String>,
-}
-
-impl Publish {
-    /// A message on the default topic, with no event name.
-    pub fn message(message: impl Into<String>) -> Publish {
-        Publish { message: message.into(), topics: vec![DEFAULT_TOPIC.to_owned()], event: None }
-    }
-
-    /// Checks topics and event name; on refusal, says what was wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.topics.is_empty() || self.topics.len() > MAX_TOPICS {
-            return Err(format!("a publish names 1 to {MAX_TOPICS} topics"));
-        }
-        if let Some(bad) = self.topics.iter().find(|t| !is_valid_topic(t)) {
-            return Err(format!("invalid topic {bad:?}: use 1-{MAX_TOPIC_BYTES} of A-Z a-z 0-9 - _ . : ~"));
-        }
-        if self.event.as_deref() == Some(GAP_EVENT) {
-            return Err(format!("the event name {GAP_EVENT:?} is reserved for the server's replay gaps"));
-        }
-        if self.event.as_deref().is_some_and(|event| !crate::sse::is_valid_name(event)) {
-            return Err(format!("invalid event name: 1-{} bytes without CR or LF", crate::sse::MAX_FIELD_BYTES));
-        }
-        Ok(())
-    }
-}
+use crate::broadcast::event::{DEFAULT_TOPIC, MAX_TOPIC_BYTES, MAX_TOPICS, Publish, is_valid_topic};
 
 /// The JSON body of `POST /send-event`. Unknown fields are ignored, as the
 /// seeds' Go decoder ignores them.
@@ -128,16 +23,9 @@ impl Publish {
 struct PublishBody {
     message: String,
     #[serde(default)]
-    topic: Option<OneOrMany>,
+    topic: Option<serde_json::Value>,
     #[serde(default)]
     event: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
 }
 
 /// Parses a publish body: a JSON object with a string `message`, optionally a
@@ -145,7 +33,7 @@ enum OneOrMany {
 /// says what was wrong, for a 400 answer.
 ///
 /// ```
-/// use bare_sse::api::parse_publish;
+/// use bare_sse::app::seeds::parse_publish;
 /// let publish = parse_publish(br#"{"message":"hi","topic":["a","b"],"event":"greet"}"#).unwrap();
 /// assert_eq!((publish.message.as_str(), publish.topics.len()), ("hi", 2));
 /// assert!(parse_publish(br#"{"message":5}"#).unwrap_err().contains("expected a string"));
@@ -157,15 +45,20 @@ pub fn parse_publish(body: &[u8]) -> Result<Publish, String> {
         Ok(_) if !is_object => return Err("body must be a JSON object with a string \"message\"".to_owned()),
         Ok(parsed) => parsed,
         Err(e) if e.is_syntax() || e.is_eof() => return Err(format!("body is not valid JSON: {e}")),
-        Err(e) if e.to_string().contains("untagged enum OneOrMany") => {
-            return Err("\"topic\" must be a string or a list of strings".to_owned());
-        }
         Err(e) => return Err(format!("body must be a JSON object with a string \"message\": {e}")),
     };
+    let not_strings = || "\"topic\" must be a string or a list of strings".to_owned();
     let mut topics = match parsed.topic {
-        None => vec![DEFAULT_TOPIC.to_owned()],
-        Some(OneOrMany::One(topic)) => vec![topic],
-        Some(OneOrMany::Many(topics)) => topics,
+        None | Some(serde_json::Value::Null) => vec![DEFAULT_TOPIC.to_owned()],
+        Some(serde_json::Value::String(topic)) => vec![topic],
+        Some(serde_json::Value::Array(topics)) => topics
+            .into_iter()
+            .map(|topic| match topic {
+                serde_json::Value::String(topic) => Ok(topic),
+                _ => Err(not_strings()),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(not_strings()),
     };
     dedup_in_order(&mut topics);
     let publish = Publish { message: parsed.message, topics, event: parsed.event };
@@ -188,7 +81,7 @@ pub struct SubscribeQuery {
 /// ignored (clients add cache-busters).
 ///
 /// ```
-/// let query = bare_sse::api::parse_subscribe_query("topic=a&topic=b&lastEventId=7").unwrap();
+/// let query = bare_sse::app::seeds::parse_subscribe_query("topic=a&topic=b&lastEventId=7").unwrap();
 /// assert_eq!(query.topics, ["a", "b"]);
 /// assert_eq!(query.last_event_id.as_deref(), Some("7"));
 /// ```
@@ -264,11 +157,6 @@ fn dedup_in_order(items: &mut Vec<String>) {
     items.retain(|item| seen.insert(item.clone()));
 }
 
-/// `{"error": why}`.
-pub fn error_body(why: &str) -> String {
-    serde_json::json!({ "error": why }).to_string()
-}
-
 /// The answer to a publish: the event's id and how many subscriber streams
 /// it was sent to.
 pub fn published_body(id: &str, subscribers: usize) -> String {
@@ -278,14 +166,6 @@ pub fn published_body(id: &str, subscribers: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes() {
-        assert_eq!(Endpoint::from_path("/events"), Some(Endpoint::Events));
-        assert_eq!(Endpoint::from_path("/events/"), None);
-        assert!(Endpoint::Events.allows(Method::Head));
-        assert!(!Endpoint::Publish.allows(Method::Get));
-    }
 
     #[test]
     fn publish_bodies() {
@@ -365,7 +245,6 @@ mod tests {
 
     #[test]
     fn json_answers() {
-        assert_eq!(error_body("a \"b\""), r#"{"error":"a \"b\""}"#);
         assert_eq!(published_body("1-2", 3), r#"{"id":"1-2","subscribers":3}"#);
     }
 }

@@ -1,0 +1,602 @@
+//! One client connection as an HTTP/1.1 state machine, without sockets,
+//! clocks or endpoints.
+//!
+//! The event loop ([`crate::server`]) reads bytes and hands them to
+//! [`Conn::receive`]. The connection parses them into requests, reads their
+//! bodies, enforces the limits and timeouts, and writes responses into its
+//! [`Outbox`]; the server writes the outbox to the socket. What a request
+//! *means* is not decided here: [`Conn::poll`] asks an [`Application`],
+//! first on the head alone ([`Application::screen`]: read the body, or
+//! refuse now), then on the whole request ([`Application::handle`]: a
+//! [`Response`] at once, or an action for the server, which answers later
+//! with [`Conn::respond`] or turns the connection into a stream with
+//! [`Conn::open_stream`]). So a new endpoint, or a whole second API, never
+//! touches this file. Nothing here performs I/O or reads the clock (`now`
+//! is passed in), so every path is testable and fuzzable with byte slices.
+//!
+//! ```text
+//!               head + body read; the application answers at once
+//!   ┌─────────┐ ─────────────────────────────────────────► response queued ─┐
+//!   │ Reading │ ◄──────────────────────────────────────────────────────────┘ (keep-alive)
+//!   └─────────┘
+//!     │     │  the application hands   ┌─────────┐  Conn::respond     Reading,
+//!     │     └────────────────────────► │ Waiting │ ─────────────────► or Closing
+//!     │        the server an action    └─────────┘
+//!     │                                     │ Conn::open_stream ┌───────────┐
+//!     │                                     └─────────────────► │ Streaming │ output only,
+//!     │   bad request, timeout,    ┌─────────┐                  └───────────┘ until the peer goes
+//!     └──────────────────────────► │ Closing │ outbox empty   ┌───────────┐  EOF or
+//!         Connection: close        └─────────┘ ─────────────► │ Lingering │ ─────────► done
+//!                                              (shut down     └───────────┘  timeout
+//!                                               our write side)
+//! ```
+//!
+//! `Reading` covers a request's head and then its body (the pending
+//! request, which `parse` takes out while it works on it and puts back);
+//! every state change goes through `Conn::set_state`.
+//!
+//! **Timers.** A connection has at most one deadline ([`Conn::deadline`]),
+//! and the server calls [`Conn::on_timeout`] when it passes:
+//!
+//! * idle between requests: closed after `idle_timeout` (no answer owed);
+//! * inside a request: the whole head and body must arrive within
+//!   `header_timeout` of its first byte, or the answer is 408 and close. The
+//!   deadline is not pushed back by each byte, so a client trickling a byte a
+//!   minute (slowloris) is cut off like any other;
+//! * closing or lingering: the peer gets [`LINGER`] to read our last answer
+//!   and close.
+//!
+//! A stream has no deadline: heartbeats find dead peers.
+//!
+//! **Why linger?** If we close a socket while the peer's unread bytes sit in
+//! our receive buffer, the kernel sends RST, and the peer may lose our error
+//! response before reading it. So after the last response we shut down our
+//! write side and read (and drop) input until the peer closes too, as nginx's
+//! `lingering_close` does, for a bounded time.
+
+use std::time::{Duration, Instant};
+
+use super::outbox::Outbox;
+use super::{BodyDecoder, Error, Method, RequestHead, Response, Status};
+
+/// Bounds on what one connection may send us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request head (request line + headers), in bytes.
+    pub max_head_bytes: usize,
+    /// Longest request body, in bytes (after chunked decoding).
+    pub max_body_bytes: usize,
+    /// Time for a whole request (head and body) from its first byte.
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long a closing connection waits for the peer to read our last answer
+/// and close its side.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// While more than this many response bytes wait in the outbox, pipelined
+/// requests are not parsed: a client that sends requests but does not read the
+/// answers cannot make us buffer without bound.
+pub const PIPELINE_PAUSE_BYTES: usize = 64 * 1024;
+
+/// Most bytes one read may bring while streaming or lingering. The input is
+/// dropped, so this only sets how much we read per system call.
+const DISCARD_READ_BYTES: usize = 16 * 1024;
+
+/// A complete request: its head and its decoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+}
+
+/// What decides what requests mean: the routes, credentials and answers of
+/// an API. The connection machine calls it from [`Conn::poll`].
+pub trait Application {
+    /// What the application needs the server to do for a request it cannot
+    /// answer alone (publish, subscribe, ...).
+    type Action;
+
+    /// Looks at a request's head before its body is read. A refusal is
+    /// answered once the body has been read and dropped (which keeps the
+    /// connection's framing), or at once, closing the connection, when the
+    /// client waits for `100 Continue` or the response says to close.
+    fn screen(&self, head: &RequestHead) -> Result<(), Response>;
+
+    /// Handles a complete request that [`Application::screen`] let through.
+    fn handle(&self, request: Request) -> Handled<Self::Action>;
+
+    /// How the request appears in the access log, or `None` for no access
+    /// log. The application decides, since it knows which parts are secret.
+    fn log_line(&self, head: &RequestHead) -> Option<String>;
+}
+
+/// What [`Application::handle`] made of a request.
+#[derive(Debug)]
+pub enum Handled<A> {
+    /// Answer with this now.
+    Respond(Response),
+    /// The server must carry out `action`, then answer with
+    /// [`Conn::respond`] or [`Conn::open_stream`]; `headers` are added to
+    /// whatever that answer is (CORS, say), so the server need not know them.
+    Defer { action: A, headers: Vec<(&'static str, String)> },
+}
+
+/// What the server should do with the socket after handling the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketCommand {
+    /// Keep it open.
+    Keep,
+    /// Everything is written: shut down our write side and call
+    /// [`Conn::write_side_closed`].
+    ShutdownWrite,
+    /// Close it and forget the connection.
+    Close,
+}
+
+/// The per-connection state machine.
+#[derive(Debug)]
+pub struct Conn {
+    state: State,
+    /// Received bytes not yet parsed. Unallocated while streaming.
+    input: Vec<u8>,
+    /// Bytes at the start of `input` already searched for the end of a head
+    /// (at most the head limit, so 32 bits are plenty).
+    scanned: u32,
+    /// Bytes waiting to go out.
+    outbox: Outbox,
+    /// The peer closed its write side (we read EOF).
+    peer_closed: bool,
+    /// What the deadline is for (kept apart from `deadline` so the two pack
+    /// with the flags: an idle stream should be small).
+    timer: Timer,
+    /// When the timer fires; meaningless while `timer` is `Off`.
+    deadline: Instant,
+    /// A deadline passed where the only thing left to do is close.
+    expired: bool,
+    /// What was answered since the server last asked (see
+    /// [`Conn::take_answered`]); `None`, and free, most of the time.
+    answered: Option<Box<Answered>>,
+}
+
+/// What a connection answered, for the server's metrics and log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub by_class: [u32; 5],
+    /// The last refusal (4xx/5xx) with its reason.
+    pub refusal: Option<(Status, &'static str)>,
+    /// With an access log: the application's line for each answered
+    /// request, followed by its status.
+    pub access: Vec<String>,
+    /// With an access log: the request being handled, until it is answered.
+    open_request: Option<String>,
+}
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// No deadline (streams, and connections waiting for the server).
+    Off,
+    /// Between requests.
+    Idle,
+    /// Inside a request.
+    Request,
+    /// Closing or lingering.
+    Linger,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading a request: its head, then (if `Some`) its body.
+    Reading(Option<Box<Pending>>),
+    /// The application handed the server an action; waiting for
+    /// [`Conn::respond`] or [`Conn::open_stream`].
+    Waiting(Box<Deferred>),
+    /// An event stream. Input is read only to notice the peer leaving.
+    Streaming,
+    /// The last response is queued; once written, our write side shuts down.
+    Closing,
+    /// Our write side is shut; dropping input until the peer closes.
+    Lingering,
+}
+
+/// A request whose head is parsed and whose body is being read.
+#[derive(Debug)]
+struct Pending {
+    head: RequestHead,
+    /// The application's refusal on the head alone, answered once the body
+    /// is read (to keep the framing).
+    refusal: Option<Response>,
+    decoder: BodyDecoder,
+    body: Vec<u8>,
+}
+
+/// What the answer to a deferred request needs from its request.
+#[derive(Debug)]
+struct Deferred {
+    keep_alive: bool,
+    head_only: bool,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Conn {
+    /// A connection accepted at `now`.
+    pub fn new(limits: &Limits, now: Instant) -> Conn {
+        Conn {
+            state: State::Reading(None),
+            input: Vec::new(),
+            scanned: 0,
+            outbox: Outbox::new(),
+            peer_closed: false,
+            timer: Timer::Idle,
+            deadline: now + limits.idle_timeout,
+            expired: false,
+            answered: None,
+        }
+    }
+
+    /// Whether the connection is an open event stream.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.state, State::Streaming)
+    }
+
+    /// Whether parsing is paused because the peer has not read our answers
+    /// ([`PIPELINE_PAUSE_BYTES`]); writing the outbox resumes it.
+    pub fn is_paused_by_output(&self) -> bool {
+        matches!(self.state, State::Reading(_)) && self.outbox.queued_bytes() > PIPELINE_PAUSE_BYTES
+    }
+
+    /// Whether closing the connection now loses nothing: it owes no bytes and
+    /// is not in the middle of a request (for a graceful shutdown).
+    pub fn is_quiet(&self) -> bool {
+        self.outbox.is_empty()
+            && match self.state {
+                State::Reading(None) => self.input.is_empty(),
+                State::Reading(Some(_)) | State::Waiting(_) => false,
+                State::Streaming | State::Closing | State::Lingering => true,
+            }
+    }
+
+    /// Received bytes the connection holds: unparsed input plus the body of
+    /// the request being read. Bounded by [`Conn::read_budget`] and the
+    /// [`Limits`]; the fuzz targets check that it stays so.
+    pub fn buffered_input_bytes(&self) -> usize {
+        let body = match &self.state {
+            State::Reading(Some(pending)) => pending.body.len(),
+            _ => 0,
+        };
+        self.input.len() + body
+    }
+
+    /// The bytes waiting to be written to the peer.
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// What the connection answered since the last call: counts by status
+    /// class, the last refusal with its reason, and access-log lines.
+    pub fn take_answered(&mut self) -> Option<Answered> {
+        let answered = self.answered.as_deref_mut()?;
+        let open_request = answered.open_request.take();
+        let taken = std::mem::take(answered);
+        match open_request {
+            // A request still in progress keeps its place for its answer.
+            Some(_) => answered.open_request = open_request,
+            None => self.answered = None,
+        }
+        Some(taken)
+    }
+
+    /// Counts a response's status (and, for a refusal, its reason).
+    fn count(&mut self, status: Status, refusal: Option<&'static str>) {
+        let answered = self.answered.get_or_insert_default();
+        if let Some(why) = refusal {
+            answered.refusal = Some((status, why));
+        }
+        if let Some(count) = answered.by_class.get_mut(usize::from(status.0 / 100).wrapping_sub(1)) {
+            *count += 1;
+        }
+        if let Some(request) = answered.open_request.take() {
+            answered.access.push(format!("{request} {}", status.0));
+        }
+    }
+
+    /// When the server must call [`Conn::on_timeout`], if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.timer != Timer::Off).then_some(self.deadline)
+    }
+
+    /// How many bytes the connection is willing to take now; 0 means "don't
+    /// read". Bounds every buffer a peer can fill.
+    pub fn read_budget(&self, limits: &Limits) -> usize {
+        match &self.state {
+            _ if self.peer_closed || self.expired => 0,
+            // Waiting for our own answers to drain before reading more.
+            State::Reading(_) if self.outbox.queued_bytes() > PIPELINE_PAUSE_BYTES => 0,
+            // One byte past the limit is enough to know the head is too long.
+            State::Reading(None) => (limits.max_head_bytes + 1).saturating_sub(self.input.len()),
+            // A body is decoded as it arrives; `input` only holds bytes that
+            // follow it (the next pipelined request).
+            State::Reading(Some(_)) => limits.max_head_bytes.saturating_sub(self.input.len()).max(1),
+            State::Waiting(_) => 0,
+            State::Streaming | State::Closing | State::Lingering => DISCARD_READ_BYTES,
+        }
+    }
+
+    /// Takes bytes read from the peer at `now`. Call [`Conn::poll`] afterwards.
+    pub fn receive(&mut self, input: &[u8], limits: &Limits, now: Instant) {
+        match self.state {
+            State::Reading(_) | State::Waiting(_) => self.input.extend_from_slice(input),
+            // Nothing a subscriber or a closing peer sends means anything now.
+            State::Streaming | State::Closing | State::Lingering => {}
+        }
+        self.arm_timer(limits, now);
+    }
+
+    /// The peer closed its side of the connection (a read returned 0).
+    pub fn receive_eof(&mut self) {
+        self.peer_closed = true;
+    }
+
+    /// Our write side has been shut down, as asked by
+    /// [`SocketCommand::ShutdownWrite`].
+    pub fn write_side_closed(&mut self) {
+        self.set_state(State::Lingering);
+    }
+
+    /// The deadline passed: an idle or lingering connection is closed, a
+    /// request in progress gets 408. Does nothing if the deadline (which the
+    /// server may hold in a timer queue) has since moved past `now`.
+    pub fn on_timeout(&mut self, limits: &Limits, now: Instant) {
+        if self.timer == Timer::Off || self.deadline > now {
+            return;
+        }
+        if self.timer == Timer::Request {
+            self.write_response(Response::error(Status::REQUEST_TIMEOUT, "request not received in time"), false, false);
+            self.arm_timer(limits, now);
+        } else {
+            self.expired = true;
+            self.timer = Timer::Off;
+        }
+    }
+
+    /// Parses what was received and lets `app` answer it, as far as possible
+    /// without the server. Returns the next thing the server must do, if
+    /// any; call again until it returns `None`.
+    pub fn poll<A: Application>(&mut self, app: &A, limits: &Limits, now: Instant) -> Option<A::Action> {
+        let action = self.parse(app, limits);
+        self.arm_timer(limits, now);
+        action
+    }
+
+    fn parse<A: Application>(&mut self, app: &A, limits: &Limits) -> Option<A::Action> {
+        loop {
+            let State::Reading(pending) = &mut self.state else {
+                return None;
+            };
+            if self.outbox.queued_bytes() > PIPELINE_PAUSE_BYTES {
+                return None;
+            }
+            match pending.take() {
+                None => {
+                    let head = match self.try_head(limits) {
+                        Ok(Some(head)) => head,
+                        Ok(None) => return None,
+                        Err(error) => {
+                            self.refuse(error);
+                            return None;
+                        }
+                    };
+                    self.start_request(app, head, limits);
+                }
+                Some(mut request) => {
+                    let used = match request.decoder.decode(&self.input, &mut request.body) {
+                        Ok(used) => used,
+                        Err(error) => {
+                            self.refuse(error);
+                            return None;
+                        }
+                    };
+                    self.input.drain(..used);
+                    if !request.decoder.is_done() {
+                        self.set_state(State::Reading(Some(request)));
+                        return None;
+                    }
+                    // The next request gets a deadline of its own.
+                    self.timer = Timer::Off;
+                    if let Some(action) = self.finish_request(app, *request) {
+                        return Some(action);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the request handed to the server as an action.
+    pub fn respond(&mut self, response: Response, limits: &Limits, now: Instant) {
+        let State::Waiting(deferred) = &mut self.state else { return };
+        let Deferred { keep_alive, head_only, headers } =
+            std::mem::replace(deferred.as_mut(), Deferred { keep_alive: false, head_only: false, headers: Vec::new() });
+        self.set_state(State::Reading(None));
+        self.write_response(response.with_headers(headers), head_only, keep_alive);
+        self.arm_timer(limits, now);
+    }
+
+    /// Answers the request handed to the server as an action with the head
+    /// of an endless body (an event stream): from now on the connection
+    /// only sends what the server queues in its outbox.
+    pub fn open_stream(&mut self, head: Response) {
+        let State::Waiting(deferred) = &mut self.state else { return };
+        let headers = std::mem::take(&mut deferred.headers);
+        let mut head = head.with_headers(headers);
+        head.headers.insert(head.headers.len().min(1), ("Connection", "keep-alive".into()));
+        let mut out = Vec::with_capacity(256);
+        super::write_head(&mut out, head.status, &head.headers, None, false);
+        self.outbox.push(out.into());
+        self.count(head.status, head.refusal);
+        self.set_state(State::Streaming);
+    }
+
+    /// What the server should do with the socket now. Call after polling and
+    /// after each flush of the outbox.
+    pub fn socket_command(&self) -> SocketCommand {
+        match self.state {
+            _ if self.expired => SocketCommand::Close,
+            State::Streaming | State::Lingering if self.peer_closed => SocketCommand::Close,
+            State::Closing if self.outbox.is_empty() => {
+                if self.peer_closed {
+                    SocketCommand::Close
+                } else {
+                    SocketCommand::ShutdownWrite
+                }
+            }
+            // The peer is gone and no request of theirs is left to answer: a
+            // partial request can never complete.
+            State::Reading(_) if self.peer_closed && self.outbox.is_empty() => SocketCommand::Close,
+            _ => SocketCommand::Keep,
+        }
+    }
+
+    /// Sets the deadline the current state calls for, keeping a running one
+    /// of the same kind (so bytes trickling in do not extend it).
+    fn arm_timer(&mut self, limits: &Limits, now: Instant) {
+        let (wanted, after) = match &self.state {
+            State::Reading(None) if self.input.is_empty() => (Timer::Idle, limits.idle_timeout),
+            State::Reading(_) => (Timer::Request, limits.header_timeout),
+            State::Waiting(_) | State::Streaming => (Timer::Off, Duration::ZERO),
+            State::Closing | State::Lingering => (Timer::Linger, LINGER),
+        };
+        if wanted != self.timer {
+            self.timer = wanted;
+            self.deadline = now + after;
+        }
+    }
+
+    /// Looks for a complete request head in the input.
+    fn try_head(&mut self, limits: &Limits) -> Result<Option<RequestHead>, Error> {
+        // RFC 9112 2.2: ignore empty lines before a request line (some clients
+        // send an extra CRLF after a body).
+        let scanned = self.scanned as usize;
+        if scanned == 0 {
+            let blank = self.input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            self.input.drain(..blank);
+        }
+        let Some(end) = super::find_head_end(&self.input, scanned) else {
+            if self.input.len() > limits.max_head_bytes {
+                return Err(Error::HeadTooLarge);
+            }
+            // Within the head limit, checked just above.
+            self.scanned = self.input.len() as u32;
+            return Ok(None);
+        };
+        if end > limits.max_head_bytes {
+            return Err(Error::HeadTooLarge);
+        }
+        let head = super::parse_head(&self.input[..end])?;
+        self.input.drain(..end);
+        self.scanned = 0;
+        Ok(Some(head))
+    }
+
+    /// Lets the application screen a parsed head, and starts reading its
+    /// body.
+    fn start_request<A: Application>(&mut self, app: &A, head: RequestHead, limits: &Limits) {
+        if let Some(line) = app.log_line(&head) {
+            self.answered.get_or_insert_default().open_request = Some(line);
+        }
+        let refusal = app.screen(&head).err();
+        let decoder = match BodyDecoder::new(head.body, limits.max_body_bytes) {
+            Ok(decoder) => decoder,
+            Err(error) => return self.refuse(error),
+        };
+        if let Some(refusal) = refusal.as_ref().filter(|refusal| refusal.close) {
+            // The response itself ends the connection: no need to read on.
+            let head_only = head.method == Method::Head;
+            return self.write_response(refusal.clone(), head_only, false);
+        }
+        if head.expect_continue && !decoder.is_done() {
+            if let Some(refusal) = refusal {
+                // Refuse before the body is sent; the client may send it
+                // anyway, so the framing is lost: close afterwards.
+                return self.write_response(refusal, head.method == Method::Head, false);
+            }
+            self.outbox.push(b"HTTP/1.1 100 Continue\r\n\r\n"[..].into());
+        }
+        let pending = Pending { head, refusal, decoder, body: Vec::new() };
+        self.set_state(State::Reading(Some(Box::new(pending))));
+    }
+
+    /// Handles a request whose body has been read completely.
+    fn finish_request<A: Application>(&mut self, app: &A, request: Pending) -> Option<A::Action> {
+        let Pending { head, refusal, body, .. } = request;
+        self.set_state(State::Reading(None));
+        let (keep_alive, head_only) = (head.keep_alive, head.method == Method::Head);
+        if let Some(refusal) = refusal {
+            self.write_response(refusal, head_only, keep_alive);
+            return None;
+        }
+        match app.handle(Request { head, body }) {
+            Handled::Respond(response) => {
+                self.write_response(response, head_only, keep_alive);
+                None
+            }
+            Handled::Defer { action, headers } => {
+                self.set_state(State::Waiting(Box::new(Deferred { keep_alive, head_only, headers })));
+                Some(action)
+            }
+        }
+    }
+
+    /// Answers a request that broke the rules of HTTP, then closes: after a
+    /// framing error we cannot know where the next request would start.
+    fn refuse(&mut self, error: Error) {
+        self.write_response(Response::error(error.status(), error.reason()), false, false);
+    }
+
+    /// Queues a complete response: no body for a `HEAD` request (the same
+    /// head a `GET` gets), and the connection closes after it unless
+    /// `keep_alive` (the request's wish) and the response agree.
+    fn write_response(&mut self, response: Response, head_only: bool, keep_alive: bool) {
+        let keep_alive = keep_alive && !response.close;
+        let mut out = Vec::with_capacity(200 + response.body.as_ref().map_or(0, |body| body.len()));
+        let mut headers = response.headers;
+        if keep_alive {
+            // Redundant for HTTP/1.1, needed by HTTP/1.0 clients that asked.
+            headers.insert(headers.len().min(1), ("Connection", "keep-alive".into()));
+        }
+        let length = response.body.as_ref().map(|body| body.len());
+        super::write_head(&mut out, response.status, &headers, length, !keep_alive);
+        if let (Some(body), false) = (&response.body, head_only) {
+            out.extend_from_slice(body);
+        }
+        self.outbox.push(out.into());
+        self.count(response.status, response.refusal);
+        if !keep_alive {
+            self.set_state(State::Closing);
+        }
+    }
+
+    /// The one place the state changes. Leaving `Reading` frees the input
+    /// buffer, so a stream or a closing connection holds no read memory.
+    fn set_state(&mut self, state: State) {
+        if !matches!(state, State::Reading(_) | State::Waiting(_)) {
+            self.input = Vec::new();
+            self.scanned = 0;
+        }
+        self.state = state;
+    }
+}

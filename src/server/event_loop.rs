@@ -1,0 +1,720 @@
+//! One event loop: readiness, reads and writes, timers, and carrying out
+//! what the application asks for. The module doc of [`crate::server`]
+//! follows one publish through it.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::accept::Acceptor;
+use super::{Handle, Shared};
+use crate::app::{Action, App, Subscribe};
+use crate::broadcast::broker::{Broker, Delivery, Subscriber};
+use crate::broadcast::bus::Bus;
+use crate::broadcast::event::{EventId, Receipt};
+use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
+use crate::config::Config;
+use crate::http::conn::{Conn, SocketCommand};
+use crate::http::outbox::Flushed;
+use crate::sse::Frame;
+
+/// Token of the listening socket. Client keys come from the slab, which never
+/// reaches these values.
+pub(super) const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker other threads use to reach the loop.
+pub(super) const WAKER: Token = Token(usize::MAX - 2);
+/// Token of the SIGINT/SIGTERM source, when signals are handled.
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Size of the one read buffer shared by all connections. Connections keep
+/// only what they have not parsed yet, so an idle one holds no read buffer.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most reads from one connection per readiness event. A client that keeps
+/// its socket full is put back in line after this many, so it cannot starve
+/// the others.
+const MAX_READS_PER_EVENT: usize = 16;
+
+/// Most messages taken from a loop's inbox per turn, so a flood of events
+/// from other loops cannot keep this one from its sockets (the rest wait for
+/// the next turn, which then comes at once).
+const MAX_INBOX_PER_TURN: usize = 4096;
+
+/// How far past this node's clock a cluster id may be and still be taken as
+/// one this node has not read yet: clocks of nodes and Redis differ a little,
+/// and a node may lag. A client's id beyond it is treated as unknown (`gap`).
+const AHEAD_OF_CLOCK_MS: u64 = 60_000;
+
+/// Most subscribers written to per loop turn. A pass over all subscribers
+/// is cut into slices this size, and the loop polls between them: a publish
+/// that arrives meanwhile is taken in at once and rides along in the same
+/// writes to the subscribers not yet reached (see [`crate::broadcast::broker`]), and
+/// other connections are not kept waiting behind a long pass. At some 10 µs
+/// per loopback write, a slice is a few milliseconds.
+const FAN_OUT_PER_TURN: usize = 256;
+
+/// Readiness events taken per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Most bytes of events a loop's broker holds unsent (beyond what a pass is
+/// delivering). Past it, the loop leaves events in its inbox, which makes
+/// the hub refuse publishes: memory stays bounded when subscribers are
+/// slower than publishers.
+const MAX_UNSENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// One event loop: a poll, a listening socket, and the connections accepted
+/// on it, with their broker and timers. Touched only by its own thread.
+pub(super) struct Loop {
+    /// Which loop this is (0 is the first; it also takes the signals).
+    index: usize,
+    poll: Poll,
+    listener: TcpListener,
+    clients: Slab<Client>,
+    broker: Broker,
+    hub: Arc<Hub>,
+    inbox: Receiver<Message>,
+    /// The cluster bus (`--redis`): publishes go through it, and come back
+    /// in the inbox like everyone else's.
+    bus: Option<Arc<Bus>>,
+    app: App,
+    /// Unsent bytes a subscriber may have before it is dropped as too slow.
+    max_buffered_bytes: usize,
+    heartbeat: Option<Duration>,
+    /// The one read buffer, shared by all connections.
+    read_buffer: Box<[u8]>,
+    /// Connections that still had input when their read budget ran out:
+    /// served again next turn, since no readiness event will come for them.
+    unfinished_reads: Vec<usize>,
+    /// Subscribers whose last delivery needs a follow-up (see [`Delivery`]).
+    follow_ups: Vec<(usize, Delivery)>,
+    handle: Handle,
+    /// Deadlines of connections, earliest first. An entry is a reminder to
+    /// look at the connection, which holds the authoritative deadline, so
+    /// stale entries are harmless; each connection has at most a few.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    acceptor: Acceptor,
+    /// False once shutting down: publishes are refused from then on.
+    accepting: bool,
+    /// The inbox or the fan-out had more work after the last turn's bounded
+    /// share: poll again at once.
+    backlog_left: bool,
+    /// Counts accepted connections, to tell a connection from a later one
+    /// with the same key (see [`Client::serial`]).
+    serials: u32,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// How long a graceful shutdown may take to flush and finish requests.
+    shutdown_timeout: Duration,
+    counters: Counters,
+}
+
+/// A connection as the loop sees it: the socket and its state machine.
+struct Client {
+    socket: TcpStream,
+    conn: Conn,
+    /// Membership in the broker while the connection is a subscriber.
+    membership: Option<u32>,
+    /// Whether WRITABLE interest is registered (only while output is queued).
+    wants_writable: bool,
+    /// Replay bytes still queued, allowed on top of `--max-buffered-bytes`: a
+    /// resuming client gets its whole replay (frames shared with the history,
+    /// so they cost no copy) before the cap applies to it.
+    replay_grace: u32,
+    /// The earliest reminder for this connection in the server's timers.
+    scheduled: Option<Instant>,
+    /// This connection's number on its loop: an answer that comes back
+    /// later (from the cluster bus) names it, so that it cannot reach a
+    /// newer connection that reused the slab key.
+    serial: u32,
+}
+
+impl Subscriber for Client {
+    fn deliver(&mut self, frames: &[Frame]) -> Delivery {
+        match self.conn.outbox().send(frames, &mut self.socket) {
+            Ok(Flushed::All) => Delivery::Done,
+            Ok(Flushed::Partly) => Delivery::Queued,
+            Err(_) => Delivery::Failed,
+        }
+    }
+}
+
+/// The loop's own counters, for `/metrics`. Plain integers: the loop is one
+/// thread, so no atomics or locks are needed on the hot path; once per turn
+/// they are copied into the loop's [`Gauges`] in the hub.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Responses by status class, 1xx to 5xx.
+    responses: [u64; 5],
+    connections_accepted: u64,
+    dropped_slow: u64,
+}
+
+impl Loop {
+    /// A loop on its own poll and listener, taking events from `inbox`.
+    pub(super) fn new(
+        config: &Config,
+        index: usize,
+        poll: Poll,
+        listener: TcpListener,
+        inbox: Receiver<Message>,
+        shared: &Shared,
+    ) -> Loop {
+        let mut broker = Broker::new(config.history, shared.floor);
+        broker.reserve(config.max_connections);
+        Loop {
+            index,
+            poll,
+            listener,
+            // Reserved, not touched: only pages of slots in use become resident.
+            clients: Slab::with_capacity(config.max_connections),
+            broker,
+            hub: shared.hub.clone(),
+            inbox,
+            bus: shared.bus.clone(),
+            app: App::new(config.settings.clone()),
+            max_buffered_bytes: config.max_buffered_bytes,
+            heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
+            read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            unfinished_reads: Vec::new(),
+            follow_ups: Vec::new(),
+            handle: shared.handle.clone(),
+            timers: BinaryHeap::new(),
+            acceptor: Acceptor::new(),
+            accepting: true,
+            backlog_left: false,
+            serials: 0,
+            signals: None,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Makes this loop take SIGINT and SIGTERM (the first loop does).
+    pub(super) fn take_signals_from(&mut self, mut signals: signal_hook_mio::v1_0::Signals) -> io::Result<()> {
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The address this loop listens on.
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub(super) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Runs this loop until the server stops, then shuts it down gracefully.
+    pub(super) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut next_heartbeat = self.heartbeat.map(|every| Instant::now() + every);
+        while !self.handle.is_stopped() {
+            if let Err(e) = self.turn(&mut events, next_heartbeat) {
+                self.handle.shutdown();
+                return Err(e);
+            }
+            if let (Some(at), Some(every)) = (next_heartbeat, self.heartbeat) {
+                let now = Instant::now();
+                if now >= at {
+                    self.heartbeat();
+                    // After a stall, beat again one interval from now rather
+                    // than several times in a row.
+                    next_heartbeat = Some(if now - at > every { now + every } else { at + every });
+                }
+            }
+        }
+        self.shut_down(&mut events)
+    }
+
+    /// One turn of the loop: wait for readiness (or the next deadline), handle
+    /// it, expire timers, and fan out what was published.
+    fn turn(&mut self, events: &mut Events, next_heartbeat: Option<Instant>) -> io::Result<()> {
+        // Connections cut short last time are served again at once;
+        // otherwise sleep until the earliest deadline, if any.
+        let wake_at = [next_heartbeat, self.timers.peek().map(|Reverse((at, _))| *at), self.acceptor.resume_at()]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = if self.unfinished_reads.is_empty() && !self.backlog_left {
+            wake_at.map(|at| at.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for key in std::mem::take(&mut self.unfinished_reads) {
+            self.drive(key);
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                // Publisher queue and inbox are taken every turn (below).
+                WAKER => {}
+                SIGNALS => self.take_signals(),
+                Token(key) => self.drive(key),
+            }
+        }
+        self.backlog_left = false;
+        self.take_inbox();
+        let now = Instant::now();
+        if self.acceptor.resume_at().is_some_and(|at| now >= at) {
+            self.accept();
+        }
+        self.expire_timers(now);
+        self.fan_out(FAN_OUT_PER_TURN);
+        self.store_gauges();
+        // Whether other threads must wake this loop for their publishes.
+        self.hub.set_listening(self.index, self.broker.subscribers() > 0);
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting, let requests in flight finish and
+    /// queued events drain to subscribers for at most the shutdown timeout,
+    /// then close everything. Every event a publisher was answered for has
+    /// been handed to the subscribers' sockets by then, unless a subscriber
+    /// could not take it within the bound.
+    fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        // From now on publishes are refused (503), so what is queued can only
+        // shrink.
+        self.accepting = false;
+        self.acceptor.close();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        loop {
+            self.send_everything_queued(deadline);
+            let quiet: Vec<usize> =
+                self.clients.iter_mut().filter(|(_, client)| client.conn.is_quiet()).map(|(key, _)| key).collect();
+            for key in quiet {
+                self.close(key);
+            }
+            if self.clients.is_empty() || Instant::now() >= deadline {
+                self.store_gauges();
+                return Ok(());
+            }
+            // Wake at least every 50 ms to check the deadline and quiet
+            // connections.
+            let soon = Instant::now() + Duration::from_millis(50);
+            self.timers.push(Reverse((soon.min(deadline), usize::MAX)));
+            self.turn(events, None)?;
+        }
+    }
+
+    /// Hands every event published so far (in the inbox and the broker's
+    /// unsent queue) to the subscribers' outboxes, so
+    /// that no stream counts as quiet, and is closed, while an event it
+    /// should get is still on its way. Every event answered before the stop
+    /// is in this loop's inbox by then (the hub puts it in every inbox before
+    /// the publisher is answered). Bounded by `deadline`.
+    fn send_everything_queued(&mut self, deadline: Instant) {
+        loop {
+            self.take_inbox();
+            if (!self.broker.has_pending() && self.inbox.is_empty()) || Instant::now() >= deadline {
+                return;
+            }
+            self.fan_out(usize::MAX);
+        }
+    }
+
+    /// Takes the pending connections the accept policy lets in, and
+    /// registers each for readability with a fresh [`Conn`].
+    fn accept(&mut self) {
+        let now = Instant::now();
+        let refused_before = self.acceptor.refused_over_capacity;
+        for mut socket in self.acceptor.accept(&self.listener, &self.hub, now) {
+            // Frames are small and must go out now, not wait for the
+            // previous one's ACK (Nagle's algorithm).
+            let _ = socket.set_nodelay(true);
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            if self.poll.registry().register(&mut socket, Token(key), Interest::READABLE).is_err() {
+                self.hub.disconnected();
+                continue;
+            }
+            self.serials = self.serials.wrapping_add(1);
+            entry.insert(Client {
+                socket,
+                conn: Conn::new(&self.app.settings.limits, now),
+                membership: None,
+                wants_writable: false,
+                replay_grace: 0,
+                scheduled: None,
+                serial: self.serials,
+            });
+            self.counters.connections_accepted += 1;
+            self.schedule(key);
+        }
+        // Each refusal was a 503 answer.
+        self.counters.responses[4] += self.acceptor.refused_over_capacity - refused_before;
+    }
+
+    fn take_signals(&mut self) {
+        if let Some(signals) = &mut self.signals {
+            for signal in signals.pending() {
+                log::info!("signal {signal}: shutting down gracefully");
+                self.handle.shutdown();
+            }
+        }
+    }
+
+    /// Puts a reminder in the timer queue for the connection's deadline,
+    /// unless an earlier one is already there.
+    fn schedule(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if let Some(deadline) = client.conn.deadline().filter(|&d| client.scheduled.is_none_or(|at| d < at)) {
+            client.scheduled = Some(deadline);
+            self.timers.push(Reverse((deadline, key)));
+        }
+    }
+
+    /// Handles the connections whose deadlines have passed.
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if client.scheduled == Some(at) {
+                client.scheduled = None;
+            }
+            client.conn.on_timeout(&self.app.settings.limits, now);
+            self.count_answers(key);
+            self.flush(key);
+            self.schedule(key);
+        }
+    }
+
+    /// Moves bytes for one connection: reads what it wants, lets it handle
+    /// them, writes what it has queued, and closes it when it is finished.
+    fn drive(&mut self, key: usize) {
+        let mut reads = 0;
+        loop {
+            self.carry_out_actions(key);
+            let Some(client) = self.clients.get_mut(key) else {
+                return; // Closed earlier in this batch of events.
+            };
+            let budget = client.conn.read_budget(&self.app.settings.limits).min(self.read_buffer.len());
+            if budget == 0 {
+                // Paused behind its own unread answers (pipelining): write
+                // them now, and if that made room, parse and read on. Bytes
+                // already received bring no new readiness event, so waiting
+                // for one would stall the connection.
+                if client.conn.is_paused_by_output() {
+                    match client.conn.outbox().flush(&mut client.socket) {
+                        Ok(_) if !client.conn.is_paused_by_output() => continue,
+                        Ok(_) => {}
+                        Err(_) => return self.close(key),
+                    }
+                }
+                break;
+            }
+            if reads == MAX_READS_PER_EVENT {
+                self.unfinished_reads.push(key);
+                break;
+            }
+            reads += 1;
+            match client.socket.read(&mut self.read_buffer[..budget]) {
+                Ok(0) => client.conn.receive_eof(),
+                Ok(n) => client.conn.receive(&self.read_buffer[..n], &self.app.settings.limits, Instant::now()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(key),
+            }
+        }
+        self.flush(key);
+        self.schedule(key);
+    }
+
+    /// Lets a connection handle what it has received, and does what the
+    /// application asks.
+    fn carry_out_actions(&mut self, key: usize) {
+        loop {
+            let Some(client) = self.clients.get_mut(key) else { return };
+            let limits = &self.app.settings.limits;
+            let Some(action) = client.conn.poll(&self.app, limits, Instant::now()) else {
+                return self.count_answers(key);
+            };
+            let response = match action {
+                Action::Publish(_) if !self.accepting => self.app.unavailable("shutting down"),
+                Action::Publish(publish) => match &self.bus {
+                    None => match self.hub.publish(&publish, Origin::Loop(self.index)) {
+                        Ok(receipt) => self.app.published(&receipt),
+                        Err(Busy) => self.app.unavailable("server busy: subscribers are behind; retry later"),
+                    },
+                    // The connection waits (Conn's Waiting state) until the
+                    // bus's answer comes back through the inbox.
+                    Some(bus) => {
+                        let (hub, index, serial) = (self.hub.clone(), self.index, client.serial);
+                        let topics = publish.topics.clone();
+                        bus.submit(
+                            publish,
+                            Box::new(move |result| {
+                                let answer = result
+                                    .map(|id| Receipt { id, subscribers: hub.count_subscribers(&topics) })
+                                    .map_err(|e| e.to_string());
+                                hub.answer(index, key, serial, answer);
+                            }),
+                        );
+                        continue;
+                    }
+                },
+                Action::Health => {
+                    let degraded = self.bus.as_ref().is_some_and(|bus| !bus.is_up());
+                    self.app.health(degraded.then_some("redis unavailable"))
+                }
+                Action::Subscribe(subscribe) => {
+                    self.subscribe(key, subscribe);
+                    continue;
+                }
+                Action::Metrics => {
+                    self.store_gauges();
+                    let redis_up = self.bus.as_ref().map(|bus| bus.is_up());
+                    self.app.metrics(crate::app::metrics::render(&self.hub, redis_up))
+                }
+            };
+            if let Some(client) = self.clients.get_mut(key) {
+                client.conn.respond(response, &self.app.settings.limits, Instant::now());
+            }
+        }
+    }
+
+    /// Adds a new stream to the broker and queues its backlog (replay). The
+    /// broker makes the seam between the two exact at any time, even in the
+    /// middle of a fan-out pass.
+    fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
+        let last_event_id = subscribe.last_event_id.as_deref();
+        // The stream starts after every event sent so far: take the inbox
+        // in first (a loop without streams is not woken for each publish).
+        // And a client resuming here may have come from a loop further
+        // along: every event another loop has sent out is in this loop's
+        // inbox already (the hub fills every inbox before anyone is
+        // answered), so after this its id is known here. A cluster node may
+        // be behind the node the client came from by more than its inbox:
+        // an id up to a minute past the node's clock is taken as one not
+        // read yet (see Broker::subscribe_up_to).
+        let newest = match &self.bus {
+            None => {
+                // (Only events come in a lone server's inbox; bounded by
+                // the hub's backlog bound.) Announced first, so that no
+                // event can slip in between unseen and unwoken.
+                self.hub.stream_opening(self.index);
+                while let Ok(message) = self.inbox.try_recv() {
+                    self.take_message(message);
+                }
+                None
+            }
+            Some(_) => {
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                Some(EventId { ms: now_ms.saturating_add(AHEAD_OF_CLOCK_MS), seq: u64::MAX })
+            }
+        };
+        let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
+        let Some(client) = self.clients.get_mut(key) else {
+            return self.broker.unsubscribe(joined.membership);
+        };
+        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
+        client.membership = Some(joined.membership as u32);
+        client.conn.open_stream(self.app.stream_head());
+        client.conn.outbox().push(self.app.stream_opening());
+        let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
+        client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
+        for frame in joined.backlog {
+            client.conn.outbox().push(frame);
+        }
+    }
+
+    /// Takes what the hub sent this loop: events into the broker (to go out
+    /// at the next fan-out), and answers for waiting publishers. Bounded per
+    /// turn, so a flood of events from other loops cannot keep this one from
+    /// its sockets.
+    fn take_inbox(&mut self) {
+        for _ in 0..MAX_INBOX_PER_TURN {
+            if self.broker.unsent_bytes() > MAX_UNSENT_BYTES {
+                // Fan out first; what stays in the inbox holds publishers back.
+                break;
+            }
+            let Ok(message) = self.inbox.try_recv() else { return };
+            self.take_message(message);
+        }
+        self.backlog_left = true;
+    }
+
+    fn take_message(&mut self, message: Message) {
+        match message {
+            Message::Event(event) => {
+                self.hub.taken(self.index, event.frame.len());
+                self.broker.accept(event);
+            }
+            Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
+            Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
+        }
+    }
+
+    /// Answers a publish that waited for the cluster bus, if the connection
+    /// that made it is still there.
+    fn answer_publish(&mut self, key: usize, serial: u32, answer: Result<Receipt, String>) {
+        let Some(client) = self.clients.get_mut(key).filter(|client| client.serial == serial) else { return };
+        let now = Instant::now();
+        match answer {
+            Ok(receipt) => client.conn.respond(self.app.published(&receipt), &self.app.settings.limits, now),
+            Err(why) => client.conn.respond(self.app.unavailable(&why), &self.app.settings.limits, now),
+        }
+        // A pipelined request may be waiting behind this one, in the
+        // connection's input or still in the socket, and no readiness event
+        // will come for bytes that have already arrived: go on as after a read.
+        self.drive(key);
+    }
+
+    /// Copies this loop's counters into its gauges in the hub.
+    fn store_gauges(&self) {
+        let Some(gauges) = self.hub.gauges(self.index) else { return };
+        let stats = self.broker.stats();
+        let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
+        let Gauges { connections, streams, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } =
+            gauges;
+        store(connections, self.clients.len() as u64);
+        store(streams, self.broker.subscribers() as u64);
+        store(frames, stats.frames);
+        store(bytes, stats.bytes);
+        store(heartbeats, stats.heartbeats);
+        store(dropped_slow, self.counters.dropped_slow);
+        for (gauge, &value) in responses.iter().zip(&self.counters.responses) {
+            store(gauge, value);
+        }
+        store(accepted, self.counters.connections_accepted);
+        store(refused, self.acceptor.refused_over_capacity);
+    }
+
+    /// Writes a connection's queued output and applies its socket command.
+    fn flush(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let flushed = match client.conn.outbox().flush(&mut client.socket) {
+            Ok(flushed) => flushed,
+            Err(_) => return self.close(key),
+        };
+        // The replay sits at the front of the queue, so once fewer bytes than
+        // the grace are queued, that much of the replay has gone out.
+        let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
+        client.replay_grace = client.replay_grace.min(queued);
+        let wants_writable = flushed == Flushed::Partly;
+        if wants_writable != client.wants_writable {
+            let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if self.poll.registry().reregister(&mut client.socket, Token(key), interest).is_err() {
+                return self.close(key);
+            }
+            client.wants_writable = wants_writable;
+        }
+        match client.conn.socket_command() {
+            SocketCommand::Keep => {}
+            SocketCommand::ShutdownWrite => {
+                let _ = client.socket.shutdown(Shutdown::Write);
+                client.conn.write_side_closed();
+            }
+            SocketCommand::Close => self.close(key),
+        }
+    }
+
+    /// Goes on with the fan-out for one slice of at most `budget` deliveries,
+    /// and deals with the subscribers that could not take theirs at once.
+    /// Notes when more is left, so the next turn comes at once.
+    fn fan_out(&mut self, budget: usize) {
+        if self.broker.has_pending() {
+            let mut follow_ups = std::mem::take(&mut self.follow_ups);
+            let more = self.broker.fan_out_some(&mut self.clients, &mut follow_ups, budget);
+            self.backlog_left |= more;
+            self.follow_up(follow_ups);
+        }
+    }
+
+    /// Sends a heartbeat to the streams that were idle for an interval.
+    fn heartbeat(&mut self) {
+        let mut follow_ups = std::mem::take(&mut self.follow_ups);
+        self.broker.heartbeat(&mut self.clients, &mut follow_ups);
+        self.follow_up(follow_ups);
+    }
+
+    /// Deals with the subscribers whose delivery did not simply go out:
+    /// asks for writable readiness, drops the too slow, closes the failed.
+    fn follow_up(&mut self, mut follow_ups: Vec<(usize, Delivery)>) {
+        for &(key, delivery) in &follow_ups {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            match delivery {
+                Delivery::Done => {}
+                // Too far behind: drop it rather than buffer without bound. It
+                // can reconnect with Last-Event-ID and replay what it missed.
+                Delivery::Queued
+                    if client.conn.outbox().queued_bytes()
+                        > self.max_buffered_bytes.saturating_add(client.replay_grace as usize) =>
+                {
+                    self.counters.dropped_slow += 1;
+                    log::info!(
+                        "{}: dropped, {} bytes behind",
+                        peer(&client.socket),
+                        client.conn.outbox().queued_bytes()
+                    );
+                    self.close(key);
+                }
+                // Registers WRITABLE interest; the rest goes out when the
+                // socket drains.
+                Delivery::Queued if !client.wants_writable => self.flush(key),
+                Delivery::Queued => {}
+                Delivery::Failed => self.close(key),
+            }
+        }
+        follow_ups.clear();
+        self.follow_ups = follow_ups;
+    }
+
+    /// Counts a connection's answers and logs its refusal, if any.
+    fn count_answers(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let Some(notes) = client.conn.take_answered() else { return };
+        for (total, count) in self.counters.responses.iter_mut().zip(notes.by_class) {
+            *total += u64::from(count);
+        }
+        if let Some((status, why)) = notes.refusal {
+            log::info!("{}: {} {why}", peer(&client.socket), status.0);
+        }
+        for line in notes.access {
+            log::info!("{} {line}", peer(&client.socket));
+        }
+    }
+
+    /// Forgets a connection; dropping the socket closes it (and removes it
+    /// from the poll set).
+    fn close(&mut self, key: usize) {
+        let Some(client) = self.clients.try_remove(key) else { return };
+        self.hub.disconnected();
+        if let Some(membership) = client.membership.map(|m| m as usize) {
+            self.hub.stream_closed(self.broker.topics_of(membership));
+            self.broker.unsubscribe(membership);
+        }
+    }
+}
+
+/// The peer's address for a log line.
+fn peer(socket: &TcpStream) -> String {
+    socket.peer_addr().map_or_else(|_| "unknown peer".to_owned(), |addr| addr.to_string())
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // Once any loop is gone (done or failed) the others stop too, and
+        // publishers fail fast.
+        self.handle.shutdown();
+    }
+}
