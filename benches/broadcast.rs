@@ -59,7 +59,7 @@ fn fan_out(c: &mut Criterion) {
                 broker.subscribe(key, &["default".to_owned()], None);
             }
             let publish = Publish::message("the quick brown fox jumps over the lazy dog");
-            let mut attention = Vec::new();
+            let mut follow_ups = Vec::new();
             group.throughput(Throughput::Elements((subscribers * burst) as u64));
             let id = BenchmarkId::new(format!("burst{burst}"), subscribers);
             group.bench_with_input(id, &subscribers, |b, _| {
@@ -67,10 +67,10 @@ fn fan_out(c: &mut Criterion) {
                     // Numbered and framed once per publish, as the hub does.
                     for _ in 0..burst {
                         seq += 1;
-                        broker.accept(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
+                        broker.push(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
                     }
-                    broker.fan_out(&mut sinks, &mut attention);
-                    attention.clear();
+                    broker.fan_out(&mut sinks, &mut follow_ups);
+                    follow_ups.clear();
                 })
             });
         }
@@ -91,14 +91,14 @@ fn lonely_topic(c: &mut Criterion) {
     let key = sinks.insert(MemorySubscriber { outbox: Outbox::new(), sink: CountingSink(0) });
     broker.subscribe(key, &["lonely".to_owned()], None);
     let publish = Publish { message: "for one".into(), topics: vec!["lonely".into()], event: None };
-    let mut attention = Vec::new();
+    let mut follow_ups = Vec::new();
     let mut seq = 0;
     c.bench_function("fan_out/lonely_topic_among_10000", |b| {
         b.iter(|| {
             seq += 1;
-            broker.accept(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
-            broker.fan_out(&mut sinks, &mut attention);
-            attention.clear();
+            broker.push(Arc::new(Published::new(EventId { ms: 1, seq }, &publish)));
+            broker.fan_out(&mut sinks, &mut follow_ups);
+            follow_ups.clear();
         })
     });
 }

@@ -305,7 +305,7 @@ impl<'p, 'a> Harness<'p, 'a> {
                     check_valid_publish(publish);
                     // As the hub numbers and frames it, and the loop takes it in.
                     let id = EventId { ms: EPOCH, seq: self.broker.last_id().seq + 1 };
-                    self.broker.accept(Arc::new(Published::new(id, publish)));
+                    self.broker.push(Arc::new(Published::new(id, publish)));
                     let id = id.to_string();
                     let event = sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message };
                     check_frame_roundtrip(&event);

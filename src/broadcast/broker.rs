@@ -1,32 +1,20 @@
-//! The broadcast path: event ids, the shared history, topics, who is
-//! subscribed to what, and how one published frame reaches all of them.
+//! The broadcast path on one loop: topics, who is subscribed to what, and
+//! how one published frame reaches all of them.
 //!
 //! A broker belongs to one event loop and knows only that loop's
 //! subscribers. Events reach it already numbered and framed, in the one order
 //! every loop sees ([`crate::broadcast::hub`] says where ids come from and how that order
 //! is kept); the broker retains them, fans them out, and replays them.
 //!
-//! **History.** The last events (bounded in count and in bytes) stay in a ring
-//! shared by this loop's subscribers: each entry is the event's frame, already
-//! encoded, behind an `Arc`, so retaining it costs one copy however many
-//! subscribers (and loops) replay it. Ids in the ring are increasing, so the
-//! place to resume from is found by binary search. The broker also keeps a
-//! *floor*: every event after the floor is in the ring. It starts at the
-//! first id that could ever be issued (so nothing before this process is
-//! claimed) and rises as old events are evicted.
-//!
-//! **Replay.** A subscriber that sends `Last-Event-ID` first gets every retained
-//! event after that id on its topics, in order, then the live stream; an
-//! event is in one of the two, never both and never neither (the seam is
-//! explained under fan-out below). If the id is below the floor (it fell out
-//! of the history, or comes from an earlier process), above the last event
-//! (from another process), or not an id at all, the subscriber gets a `gap`
-//! event saying so, then everything retained on its topics. (A cluster node
-//! may take an id a little above its last event as one it has not read yet:
-//! [`Broker::subscribe_up_to`].) A new subscriber without
-//! `Last-Event-ID` gets the current id in its opening block (an `id:` field
-//! with no data sets the client's last event id without firing an event), so
-//! even a client that never received an event resumes without a gap.
+//! **History and replay** are kept in [`History`]: every event accepted
+//! here is retained there, and a subscriber that sends `Last-Event-ID`
+//! first gets the retained events after that id on its topics, then the
+//! live stream; an event is in one of the two, never both and never neither
+//! (the seam is explained under fan-out below). (A cluster node may take an
+//! id a little above its last event as one it has not read yet:
+//! [`Broker::subscribe_up_to`].) A new subscriber without `Last-Event-ID`
+//! gets the current id in its opening block ([`sse::cursor`]), so even a
+//! client that never received an event resumes without a gap.
 //!
 //! **Fan-out.** Accepting an event writes nothing. It goes into the
 //! *unsent* queue, and fan-out passes walk the subscribers of the topics that
@@ -61,7 +49,9 @@ use std::sync::Arc;
 
 use slab::Slab;
 
-use crate::broadcast::event::{EventId, GAP_EVENT, Published};
+use crate::broadcast::event::{EventId, Published};
+use crate::broadcast::history::History;
+pub use crate::broadcast::history::HistoryLimits;
 use crate::sse::{self, Frame};
 
 /// Something frames can be delivered to: in the server, a connection's
@@ -94,33 +84,10 @@ pub struct Stats {
     pub heartbeats: u64,
 }
 
-/// Bounds on the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Most events retained.
-    pub events: usize,
-    /// Most bytes of frames retained.
-    pub bytes: usize,
-}
-
-impl Default for HistoryLimits {
-    fn default() -> HistoryLimits {
-        HistoryLimits { events: 1000, bytes: 16 * 1024 * 1024 }
-    }
-}
-
 /// Topics, subscribers, history and the batch of frames not yet sent.
 #[derive(Debug)]
 pub struct Broker {
-    /// Every event after this id is in `history` (see the module docs);
-    /// `None` while the history is not known yet (a cluster node that has not
-    /// reached Redis).
-    floor: Option<EventId>,
-    /// The last event accepted, or the floor.
-    last: EventId,
-    history: VecDeque<Arc<Published>>,
-    history_bytes: usize,
-    limits: HistoryLimits,
+    history: History,
     /// Topic name to its key in `topic_members`.
     topics: HashMap<Box<str>, usize>,
     /// Per topic: its subscribers.
@@ -144,10 +111,10 @@ pub struct Broker {
     /// Counts heartbeat intervals.
     beat: u32,
     /// The frames of the last delivery, reused by the next subscriber when
-    /// `scratch_key` matches (see `Broker::serve`), and their bytes.
-    scratch: Vec<Frame>,
-    scratch_key: Option<(u64, u64, u32)>,
-    scratch_bytes: u64,
+    /// `gathered_for` matches (see `Broker::serve`), and their bytes.
+    gathered: Vec<Frame>,
+    gathered_for: Option<(u64, u64, u32)>,
+    gathered_bytes: u64,
     heartbeat_frame: Frame,
     stats: Stats,
 }
@@ -246,11 +213,7 @@ impl Broker {
     /// not known yet: [`Broker::backfill`] brings it.
     pub fn new(limits: HistoryLimits, floor: Option<EventId>) -> Broker {
         Broker {
-            floor,
-            last: floor.unwrap_or_default(),
-            history: VecDeque::new(),
-            history_bytes: 0,
-            limits,
+            history: History::new(limits, floor),
             topics: HashMap::new(),
             topic_members: Slab::new(),
             members: Slab::new(),
@@ -261,9 +224,9 @@ impl Broker {
             pass: None,
             ahead: HashMap::new(),
             beat: 0,
-            scratch: Vec::new(),
-            scratch_key: None,
-            scratch_bytes: 0,
+            gathered: Vec::new(),
+            gathered_for: None,
+            gathered_bytes: 0,
             heartbeat_frame: sse::heartbeat(),
             stats: Stats::default(),
         }
@@ -277,7 +240,7 @@ impl Broker {
 
     /// The id of the last event accepted (the floor before any).
     pub fn last_id(&self) -> EventId {
-        self.last
+        self.history.last_id()
     }
 
     /// How many subscribers there are.
@@ -303,11 +266,9 @@ impl Broker {
     /// Takes the next event of the one order all loops see: retains it and,
     /// if a subscriber here wants it, queues it for fan-out. Ids must
     /// increase.
-    pub fn accept(&mut self, event: Arc<Published>) {
-        debug_assert!(event.id > self.last || self.floor.is_none(), "events arrive in id order");
-        self.last = self.last.max(event.id);
+    pub fn push(&mut self, event: Arc<Published>) {
         let topics: Box<[u32]> = event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect();
-        self.retain(event.clone());
+        self.history.push(event.clone());
         if topics.is_empty() {
             return;
         }
@@ -326,17 +287,7 @@ impl Broker {
     /// them. Nothing is fanned out: these events happened before the broker
     /// could know of them. Ignored once the history is known.
     pub fn backfill(&mut self, floor: EventId, events: impl IntoIterator<Item = Arc<Published>>) {
-        if self.floor.is_some() {
-            return;
-        }
-        self.floor = Some(floor);
-        self.last = self.last.max(floor);
-        for event in events {
-            if event.id > self.last {
-                self.last = event.id;
-                self.retain(event);
-            }
-        }
+        self.history.backfill(floor, events);
     }
 
     /// The topics of a membership returned by [`Broker::subscribe`].
@@ -366,14 +317,15 @@ impl Broker {
         newest: Option<EventId>,
     ) -> Joined {
         assert!(!topics.is_empty(), "a subscription names a topic");
-        let ahead = last_event_id
-            .and_then(EventId::parse)
-            .filter(|id| self.floor.is_some() && *id > self.last && newest.is_some_and(|newest| *id <= newest));
+        let ahead = last_event_id.and_then(EventId::parse).filter(|&id| self.history.is_ahead(id, newest));
         let backlog = match last_event_id.filter(|id| !id.is_empty()) {
             _ if ahead.is_some() => Vec::new(),
-            None if self.floor.is_none() => Vec::new(),
-            None => vec![sse::cursor(&self.last.to_string())],
-            Some(id) => self.replay(topics, id),
+            None if !self.history.is_known() => Vec::new(),
+            None => vec![sse::cursor(&self.history.last_id().to_string())],
+            Some(id) => {
+                let on_topic = |e: &Published| e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t));
+                self.history.replay(id, on_topic)
+            }
         };
         let membership = self.members.vacant_key();
         let mut keys: Vec<(u32, u32)> = Vec::with_capacity(topics.len());
@@ -421,19 +373,19 @@ impl Broker {
 
     /// Fans out until every subscriber has every event (the whole of what
     /// [`Broker::fan_out_some`] does in slices), for shutdown and tests.
-    pub fn fan_out<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, attention: &mut Vec<(usize, Delivery)>) {
-        while self.fan_out_some(subscribers, attention, usize::MAX) {}
+    pub fn fan_out<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, follow_ups: &mut Vec<(usize, Delivery)>) {
+        while self.fan_out_some(subscribers, follow_ups, usize::MAX) {}
     }
 
     /// Goes on with the fan-out pass (starting one if events wait), making
     /// at most `budget` deliveries: each subscriber visited gets, in one
     /// delivery, every unsent event on its topics it has not had. Subscribers
-    /// whose delivery needs the server's attention are appended to
-    /// `attention`. Returns whether work remains (call again soon).
+    /// whose delivery needs the server's follow_ups are appended to
+    /// `follow_ups`. Returns whether work remains (call again soon).
     pub fn fan_out_some<S: Subscriber>(
         &mut self,
         subscribers: &mut Slab<S>,
-        attention: &mut Vec<(usize, Delivery)>,
+        follow_ups: &mut Vec<(usize, Delivery)>,
         budget: usize,
     ) -> bool {
         if self.unsent.is_empty() {
@@ -466,7 +418,7 @@ impl Broker {
             pass.slot += 1;
             if let Some(membership) = membership {
                 visits += 1;
-                deliveries += usize::from(self.serve(membership as usize, subscribers, attention));
+                deliveries += usize::from(self.serve(membership as usize, subscribers, follow_ups));
             }
         }
         // The pass is over: every member of its topics has had the events
@@ -478,8 +430,8 @@ impl Broker {
             }
         }
         // Let go of the last frames gathered, so they are not kept alive.
-        self.scratch.clear();
-        self.scratch_key = None;
+        self.gathered.clear();
+        self.gathered_for = None;
         while self.unsent_base < pass.start {
             let Some(sent) = self.unsent.pop_front() else { break };
             self.unsent_bytes -= sent.event.frame.len();
@@ -494,7 +446,7 @@ impl Broker {
         &mut self,
         membership: usize,
         subscribers: &mut Slab<S>,
-        attention: &mut Vec<(usize, Delivery)>,
+        follow_ups: &mut Vec<(usize, Delivery)>,
     ) -> bool {
         let Some(member) = self.members.get_mut(membership) else { return false };
         if member.sent >= self.unsent_end {
@@ -510,78 +462,42 @@ impl Broker {
         // then reused as they are. Positions in the queue never change
         // meaning, so the key is exact.
         let key = member.topics.single().filter(|_| skip_through.is_none()).map(|t| (member.sent, self.unsent_end, t));
-        if key.is_none() || key != self.scratch_key {
+        if key.is_none() || key != self.gathered_for {
             let wants = |unsent: &&Unsent| {
                 member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)))
                     && skip_through.is_none_or(|id| unsent.event.id > id)
             };
-            self.scratch.clear();
-            self.scratch.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
-            self.scratch_bytes = self.scratch.iter().map(|f| f.len() as u64).sum();
-            self.scratch_key = key;
+            self.gathered.clear();
+            self.gathered.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
+            self.gathered_bytes = self.gathered.iter().map(|f| f.len() as u64).sum();
+            self.gathered_for = key;
         }
         member.sent = self.unsent_end;
-        if skip_through.is_some_and(|id| id <= self.last) {
+        if skip_through.is_some_and(|id| id <= self.history.last_id()) {
             self.ahead.remove(&membership);
         }
-        if self.scratch.is_empty() {
+        if self.gathered.is_empty() {
             return false;
         }
         member.beat = self.beat;
-        deliver(subscribers, member.client as usize, &self.scratch, attention);
-        self.stats.frames += self.scratch.len() as u64;
-        self.stats.bytes += self.scratch_bytes;
+        deliver(subscribers, member.client as usize, &self.gathered, follow_ups);
+        self.stats.frames += self.gathered.len() as u64;
+        self.stats.bytes += self.gathered_bytes;
         true
     }
 
     /// Sends a comment line to every subscriber that was sent nothing during
     /// the interval now ending. The server calls this once per heartbeat
     /// interval: one timer per loop, however many subscribers.
-    pub fn heartbeat<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, attention: &mut Vec<(usize, Delivery)>) {
+    pub fn heartbeat<S: Subscriber>(&mut self, subscribers: &mut Slab<S>, follow_ups: &mut Vec<(usize, Delivery)>) {
         let frame = std::slice::from_ref(&self.heartbeat_frame);
         for (_, member) in self.members.iter() {
             if member.beat != self.beat {
-                deliver(subscribers, member.client as usize, frame, attention);
+                deliver(subscribers, member.client as usize, frame, follow_ups);
                 self.stats.heartbeats += 1;
             }
         }
         self.beat = self.beat.wrapping_add(1);
-    }
-
-    /// Frames to send a subscriber that resumes after `last_event_id`.
-    fn replay(&self, topics: &[String], last_event_id: &str) -> Vec<Frame> {
-        let resume_after =
-            EventId::parse(last_event_id).filter(|id| self.floor.is_some_and(|floor| floor <= *id) && *id <= self.last);
-        let mut frames = Vec::new();
-        let start = match resume_after {
-            Some(after) => self.history.partition_point(|e| e.id <= after),
-            None => {
-                let replay_from = self.history.front().map(|e| e.id.to_string());
-                let body = serde_json::json!({ "lastEventId": last_event_id, "replayFrom": replay_from });
-                let gap = sse::encode(&sse::Event { name: Some(GAP_EVENT), data: &body.to_string(), id: None });
-                frames.push(gap);
-                0
-            }
-        };
-        let on_topic = |e: &&Arc<Published>| e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t));
-        frames.extend(self.history.range(start..).filter(on_topic).map(|e| e.frame.clone()));
-        frames
-    }
-
-    /// Keeps `event` in the history, evicting the oldest beyond the bounds
-    /// (which raises the floor).
-    fn retain(&mut self, event: Arc<Published>) {
-        if self.limits.events == 0 {
-            self.floor = Some(event.id);
-            return;
-        }
-        self.history_bytes += event.frame.len();
-        self.history.push_back(event);
-        while self.history.len() > self.limits.events || self.history_bytes > self.limits.bytes {
-            let Some(old) = self.history.pop_front() else { break };
-            self.history_bytes -= old.frame.len();
-            self.floor = Some(old.id);
-        }
     }
 }
 
@@ -602,12 +518,12 @@ fn deliver<S: Subscriber>(
     subscribers: &mut Slab<S>,
     key: usize,
     frames: &[Frame],
-    attention: &mut Vec<(usize, Delivery)>,
+    follow_ups: &mut Vec<(usize, Delivery)>,
 ) {
     if let Some(subscriber) = subscribers.get_mut(key) {
         match subscriber.deliver(frames) {
             Delivery::Done => {}
-            other => attention.push((key, other)),
+            other => follow_ups.push((key, other)),
         }
     }
 }
@@ -659,15 +575,15 @@ mod tests {
     #[test]
     fn events_accepted_mid_pass_ride_along_to_those_not_yet_reached() {
         let (mut broker, mut sinks) = broker_with(4, &["t"]);
-        let mut attention = Vec::new();
-        broker.accept(event(1, &["t"]));
+        let mut follow_ups = Vec::new();
+        broker.push(event(1, &["t"]));
         // A slice of two: subscribers 0 and 1 get event 1.
-        assert!(broker.fan_out_some(&mut sinks, &mut attention, 2));
-        broker.accept(event(2, &["t"]));
+        assert!(broker.fan_out_some(&mut sinks, &mut follow_ups, 2));
+        broker.push(event(2, &["t"]));
         // The rest of the pass: 2 and 3 get 1 and 2 in one delivery. Then 0
         // and 1 still lack event 2: a second pass gives it to them.
-        assert!(broker.fan_out_some(&mut sinks, &mut attention, 10));
-        assert!(!broker.fan_out_some(&mut sinks, &mut attention, 10));
+        assert!(broker.fan_out_some(&mut sinks, &mut follow_ups, 10));
+        assert!(!broker.fan_out_some(&mut sinks, &mut follow_ups, 10));
         let got: Vec<Vec<Vec<&str>>> = sinks.iter().map(|(_, r)| data(&r.0)).collect();
         assert_eq!(got[0], [vec!["m1"], vec!["m2"]]);
         assert_eq!(got[1], [vec!["m1"], vec!["m2"]]);
@@ -680,17 +596,17 @@ mod tests {
     #[test]
     fn a_subscriber_joining_mid_pass_gets_each_event_once() {
         let (mut broker, mut sinks) = broker_with(3, &["t"]);
-        let mut attention = Vec::new();
-        broker.accept(event(1, &["t"]));
-        broker.accept(event(2, &["t"]));
-        assert!(broker.fan_out_some(&mut sinks, &mut attention, 1));
+        let mut follow_ups = Vec::new();
+        broker.push(event(1, &["t"]));
+        broker.push(event(2, &["t"]));
+        assert!(broker.fan_out_some(&mut sinks, &mut follow_ups, 1));
         // Resumes after event 1, in the middle of the pass.
         let key = sinks.insert(Recorder::default());
         let joined = broker.subscribe(key, &["t".to_owned()], Some("7-1"));
         let replay: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
         assert_eq!(data(&[replay]), [vec!["m2"]]);
-        broker.accept(event(3, &["t"]));
-        broker.fan_out(&mut sinks, &mut attention);
+        broker.push(event(3, &["t"]));
+        broker.fan_out(&mut sinks, &mut follow_ups);
         assert_eq!(data(&sinks[key].0), [vec!["m3"]], "live events only after the replay");
         for (key, recorder) in sinks.iter().take(3) {
             let all: Vec<&str> = data(&recorder.0).concat();
@@ -708,10 +624,10 @@ mod tests {
             key
         };
         let (a, ab, b) = (join(&["a"]), join(&["a", "b"]), join(&["b"]));
-        broker.accept(event(1, &["a"]));
-        broker.accept(event(2, &["b"]));
-        broker.accept(event(3, &["a", "b"]));
-        broker.accept(event(4, &["nobody"]));
+        broker.push(event(1, &["a"]));
+        broker.push(event(2, &["b"]));
+        broker.push(event(3, &["a", "b"]));
+        broker.push(event(4, &["nobody"]));
         assert_eq!(broker.unsent.len(), 3, "an event no one here wants is not queued");
         broker.fan_out(&mut sinks, &mut Vec::new());
         assert_eq!(data(&sinks[a].0), [vec!["m1", "m3"]]);
@@ -724,7 +640,7 @@ mod tests {
         let limits = HistoryLimits { events: 3, bytes: 1 << 20 };
         let mut broker = Broker::new(limits, Some(START));
         for seq in 1..=5 {
-            broker.accept(event(seq, &["t"]));
+            broker.push(event(seq, &["t"]));
         }
         let topics = ["t".to_owned()];
         let replay = |broker: &mut Broker, id: &str| {
@@ -759,7 +675,7 @@ mod tests {
         let (mut broker, mut sinks) = broker_with(10_000, &["crowd"]);
         let key = sinks.insert(Recorder::default());
         broker.subscribe(key, &["lonely".to_owned()], None);
-        broker.accept(event(1, &["lonely"]));
+        broker.push(event(1, &["lonely"]));
         // A slice of one delivery (16 visits) finishes the pass: it walks the
         // lonely topic's one subscriber, not the crowd.
         assert!(!broker.fan_out_some(&mut sinks, &mut Vec::new(), 1));
@@ -770,13 +686,13 @@ mod tests {
     #[test]
     fn a_slice_is_bounded_in_visits_too() {
         let (mut broker, mut sinks) = broker_with(100, &["t"]);
-        broker.accept(event(1, &["t"]));
+        broker.push(event(1, &["t"]));
         broker.fan_out(&mut sinks, &mut Vec::new());
         // Everyone has event 1; event 2 is for a newcomer only, so the walk
         // over the others finds nothing to send but still counts.
         let key = sinks.insert(Recorder::default());
         broker.subscribe(key, &["t".to_owned()], None);
-        broker.accept(event(2, &["t"]));
+        broker.push(event(2, &["t"]));
         let mut calls = 1;
         while broker.fan_out_some(&mut sinks, &mut Vec::new(), 1) {
             calls += 1;
@@ -788,15 +704,15 @@ mod tests {
     #[test]
     fn resuming_from_an_id_not_read_yet_gives_no_gap_and_no_repeat() {
         let (mut broker, mut sinks) = broker_with(0, &["t"]);
-        broker.accept(event(1, &["t"]));
+        broker.push(event(1, &["t"]));
         let key = sinks.insert(Recorder::default());
         let topics = ["t".to_owned()];
         // The client saw 7-2 elsewhere; this broker has only 7-1 so far.
         let newest = Some(EventId { ms: 7, seq: 100 });
         let joined = broker.subscribe_up_to(key, &topics, Some("7-2"), newest);
         assert!(joined.backlog.is_empty(), "no gap, no replay");
-        broker.accept(event(2, &["t"]));
-        broker.accept(event(3, &["t"]));
+        broker.push(event(2, &["t"]));
+        broker.push(event(3, &["t"]));
         broker.fan_out(&mut sinks, &mut Vec::new());
         assert_eq!(data(&sinks[key].0).concat(), ["m3"], "7-2 is not sent again");
         assert!(broker.ahead.is_empty(), "forgotten once passed");
@@ -866,7 +782,7 @@ mod tests {
                         let mut topics: Vec<String> = topics.into_iter().map(String::from).collect();
                         topics.sort();
                         topics.dedup();
-                        broker.accept(event_on(seq, &topics));
+                        broker.push(event_on(seq, &topics));
                         published.push((seq, topics));
                     }
                     _ => {

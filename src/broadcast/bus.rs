@@ -448,10 +448,14 @@ impl Shared {
 
     /// `XINFO STREAM`, or `None` if the stream does not exist.
     fn info(&self, con: &mut Connection) -> RedisResult<Option<StreamInfo>> {
-        let reply: Value = match redis::cmd("XINFO").arg("STREAM").arg(&self.key).query(con) {
-            Err(e) if e.to_string().contains("no such key") => return Ok(None),
-            reply => reply?,
-        };
+        // Asked first, rather than read from XINFO's error text ("no such
+        // key"), which is not part of any contract. Should the stream vanish
+        // in between, XINFO fails and the caller retries like any error.
+        let exists: bool = redis::cmd("EXISTS").arg(&self.key).query(con)?;
+        if !exists {
+            return Ok(None);
+        }
+        let reply: Value = redis::cmd("XINFO").arg("STREAM").arg(&self.key).query(con)?;
         let pairs: Vec<(&Value, &Value)> = match &reply {
             Value::Array(flat) => flat.chunks_exact(2).filter_map(|kv| kv.first().zip(kv.get(1))).collect(),
             Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
@@ -708,4 +712,79 @@ fn reason(e: &redis::RedisError) -> String {
 /// at every step, so a panic elsewhere leaves nothing half-done.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reply decoding, on replies built by hand: what a live Redis
+    //! sends is covered by `tests/bus.rs`; here, every malformed shape.
+
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(fields.iter().map(|f| bulk(f)).collect())])
+    }
+
+    #[test]
+    fn an_entry_decodes_to_its_publish() {
+        let entries = [entry("5-1", &["data", "two\nlines", "topics", "a,b,a", "event", "update", "extra", "x"])];
+        let (events, last) = decode(&entries);
+        assert_eq!(last, Some(EventId { ms: 5, seq: 1 }));
+        let publish = &events[0].publish;
+        assert_eq!(publish.message, "two\nlines");
+        assert_eq!(publish.topics, ["a", "b"], "repeated topics are dropped, order kept");
+        assert_eq!(publish.event.as_deref(), Some("update"));
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_but_their_ids_still_count() {
+        let entries = [
+            entry("1-1", &["data", "ok", "topics", "t"]),
+            entry("2-1", &["data", "no topics"]),
+            entry("3-1", &["topics", "t"]),
+            entry("4-1", &["data", "x", "topics", "not a topic!"]),
+            entry("5-1", &["data", "x", "topics", "t", "event", "gap"]),
+            entry("6-1", &["data", "odd", "topics"]),
+            Value::Array(vec![bulk("7-1"), Value::Array(vec![bulk("data"), Value::Int(1), bulk("topics"), bulk("t")])]),
+            Value::Array(vec![
+                bulk("8-1"),
+                Value::Array(vec![bulk("data"), Value::BulkString(vec![0xff]), bulk("topics"), bulk("t")]),
+            ]),
+            Value::Array(vec![bulk("9-1"), Value::Nil]),
+            entry("not-an-id", &["data", "x", "topics", "t"]),
+            Value::Int(3),
+        ];
+        let (events, last) = decode(&entries);
+        assert_eq!(events.len(), 1, "only the first entry is a valid publish");
+        assert_eq!(events[0].id, EventId { ms: 1, seq: 1 });
+        assert_eq!(last, Some(EventId { ms: 9, seq: 1 }), "skipped entries with an id still move the cursor");
+    }
+
+    #[test]
+    fn a_field_over_the_message_bound_is_refused() {
+        let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        let (events, _) = decode(&[entry("1-1", &["data", &big, "topics", "t"])]);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn entry_lists_and_texts() {
+        assert_eq!(list_or_empty(&Value::Nil).map(<[Value]>::len).ok(), Some(0));
+        assert!(list_or_empty(&Value::Int(1)).is_err());
+        assert_eq!(text(&Value::SimpleString("OK".into())), Some("OK"));
+        assert_eq!(text(&Value::BulkString(vec![0xff])), None);
+        assert_eq!(entry_id(&entry("12-3", &[])), Some(EventId { ms: 12, seq: 3 }));
+        assert_eq!(entry_id(&Value::Array(vec![bulk("12-3")])), None);
+    }
+
+    #[test]
+    fn before_is_the_greatest_id_below() {
+        assert_eq!(before(EventId { ms: 5, seq: 3 }), EventId { ms: 5, seq: 2 });
+        assert_eq!(before(EventId { ms: 5, seq: 0 }), EventId { ms: 4, seq: u64::MAX });
+        assert_eq!(before(EventId { ms: 0, seq: 0 }), EventId { ms: 0, seq: 0 });
+    }
 }

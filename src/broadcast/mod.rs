@@ -8,12 +8,14 @@
 //! |---------------|------|
 //! | [`event`]     | what an event is: the publish, its id, the framed event shared by all |
 //! | [`hub`]       | what the event loops share: the one order of events (ids), the inboxes, counts and caps |
-//! | [`broker`]    | one loop's replay history, topics, subscribers, and the fan-out of frames to them |
+//! | [`history`]   | one loop's recent events, and replay after a `Last-Event-ID` |
+//! | [`broker`]    | one loop's topics, subscribers, and the fan-out of frames to them |
 //! | [`bus`]       | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads |
 //! | [`publisher`] | publishing from the embedding program's threads (and `--tick`) |
 
 pub mod broker;
 pub mod bus;
 pub mod event;
+pub mod history;
 pub mod hub;
 pub mod publisher;

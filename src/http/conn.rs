@@ -600,3 +600,143 @@ impl Conn {
         self.state = state;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine with a stand-in application; the real one's routes,
+    //! credentials and answers are tested through this machine in
+    //! `crate::app`.
+
+    use super::*;
+
+    /// Answers `GET /now` at once, defers `GET /later` and `GET /stream`,
+    /// refuses everything else on its head.
+    struct Stub;
+
+    impl Application for Stub {
+        type Action = &'static str;
+
+        fn screen(&self, head: &RequestHead) -> Result<(), Response> {
+            match head.path.as_str() {
+                "/now" | "/later" | "/stream" => Ok(()),
+                _ => Err(Response::error(Status::NOT_FOUND, "not found")),
+            }
+        }
+
+        fn handle(&self, request: Request) -> Handled<&'static str> {
+            match request.head.path.as_str() {
+                "/now" => Handled::Respond(Response::new(Status::OK, "text/plain", request.body)),
+                path => Handled::Defer {
+                    action: if path == "/later" { "later" } else { "stream" },
+                    headers: vec![("X-Deferred", "yes".to_owned())],
+                },
+            }
+        }
+
+        fn log_line(&self, _: &RequestHead) -> Option<String> {
+            None
+        }
+    }
+
+    fn t0() -> Instant {
+        use std::sync::OnceLock;
+        static T0: OnceLock<Instant> = OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
+
+    fn written(conn: &mut Conn) -> String {
+        let mut out = Vec::new();
+        conn.outbox().flush(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn feed(conn: &mut Conn, input: &str) -> Option<&'static str> {
+        conn.receive(input.as_bytes(), &Limits::default(), t0());
+        conn.poll(&Stub, &Limits::default(), t0())
+    }
+
+    #[test]
+    fn an_immediate_answer_gets_its_length_and_keeps_the_connection() {
+        let mut conn = Conn::new(&Limits::default(), t0());
+        let action = feed(&mut conn, "POST /now HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+        assert_eq!(action, None);
+        let out = written(&mut conn);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"), "{out}");
+        assert!(out.ends_with("Content-Length: 2\r\n\r\nhi"), "{out}");
+        assert_eq!(conn.socket_command(), SocketCommand::Keep);
+    }
+
+    #[test]
+    fn head_gets_the_same_head_and_no_body() {
+        let mut conn = Conn::new(&Limits::default(), t0());
+        feed(&mut conn, "HEAD /now HTTP/1.1\r\nHost: x\r\n\r\n");
+        let out = written(&mut conn);
+        assert!(out.ends_with("Content-Length: 0\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_deferred_request_waits_reads_nothing_and_gets_the_deferred_headers() {
+        let mut conn = Conn::new(&Limits::default(), t0());
+        let action = feed(&mut conn, "GET /later HTTP/1.1\r\nHost: x\r\n\r\nGET /now HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(action, Some("later"));
+        assert_eq!(conn.read_budget(&Limits::default()), 0, "waiting for the server");
+        assert_eq!(conn.deadline(), None, "the server answers, not the clock");
+        assert_eq!(conn.poll(&Stub, &Limits::default(), t0()), None, "the pipelined request waits its turn");
+        assert_eq!(written(&mut conn), "");
+        conn.respond(Response::new(Status::OK, "text/plain", &b"done"[..]), &Limits::default(), t0());
+        assert_eq!(conn.poll(&Stub, &Limits::default(), t0()), None);
+        let out = written(&mut conn);
+        assert!(out.contains("X-Deferred: yes\r\n") && out.contains("\r\n\r\ndoneHTTP/1.1 200 OK\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_stream_has_no_length_and_no_read_buffer() {
+        let mut conn = Conn::new(&Limits::default(), t0());
+        assert_eq!(feed(&mut conn, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /now HTTP/1.1\r\n"), Some("stream"));
+        conn.open_stream(Response::stream("text/event-stream"));
+        let out = written(&mut conn);
+        assert!(out.contains("Connection: keep-alive\r\n") && out.contains("X-Deferred: yes\r\n"), "{out}");
+        assert!(!out.contains("Content-Length"), "{out}");
+        assert!(conn.is_streaming());
+        assert_eq!(conn.input.capacity(), 0, "a stream holds no read buffer");
+        assert_eq!(conn.deadline(), None);
+    }
+
+    #[test]
+    fn a_refusal_reads_the_body_first_and_keeps_the_framing() {
+        let mut conn = Conn::new(&Limits::default(), t0());
+        let action = feed(
+            &mut conn,
+            "POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /now HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(action, None);
+        let out = written(&mut conn);
+        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n") && out.contains("HTTP/1.1 200 OK\r\n"), "{out}");
+        let answered = conn.take_answered().unwrap();
+        assert_eq!(answered.by_class, [0, 1, 0, 1, 0]);
+        assert_eq!(answered.refusal, Some((Status::NOT_FOUND, "not found")));
+    }
+
+    #[test]
+    fn a_closing_response_ends_the_connection_whatever_the_request_asked() {
+        struct Closing;
+        impl Application for Closing {
+            type Action = ();
+            fn screen(&self, _: &RequestHead) -> Result<(), Response> {
+                Err(Response::error(Status::LENGTH_REQUIRED, "length required").closing())
+            }
+            fn handle(&self, _: Request) -> Handled<()> {
+                unreachable!("screened out")
+            }
+            fn log_line(&self, _: &RequestHead) -> Option<String> {
+                None
+            }
+        }
+        let mut conn = Conn::new(&Limits::default(), t0());
+        conn.receive(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n", &Limits::default(), t0());
+        conn.poll(&Closing, &Limits::default(), t0());
+        let out = written(&mut conn);
+        assert!(out.starts_with("HTTP/1.1 411 ") && out.contains("Connection: close\r\n"), "{out}");
+        assert_eq!(conn.socket_command(), SocketCommand::ShutdownWrite);
+    }
+}

@@ -555,7 +555,7 @@ impl Loop {
         match message {
             Message::Event(event) => {
                 self.hub.taken(self.index, event.frame.len());
-                self.broker.accept(event);
+                self.broker.push(event);
             }
             Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
             Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),

@@ -1,11 +1,14 @@
-//! The event loop: the only code that touches sockets.
+//! The event loops: the only code that touches sockets.
 //!
 //! A server runs one event loop per `--threads` (one by default), each on
-//! its own thread. A loop's `mio::Poll` watches its listening socket, its
-//! waker, and its client connections. Connections live in a [`Slab`], and a
-//! connection's slab key is its mio [`Token`]. The loop only moves bytes and
-//! readiness; what the bytes mean is decided by [`Conn`] (per connection) and
-//! [`Broker`] (broadcast); what the loops share is in [`Hub`].
+//! its own thread (`event_loop.rs`). A loop's `mio::Poll` watches its
+//! listening socket, its waker, and its client connections. Connections live
+//! in a `Slab`, and a connection's slab key is its mio `Token`. The loop only
+//! moves bytes and readiness; what the bytes mean is decided by the HTTP/1.1
+//! machine ([`crate::http::conn::Conn`], per connection), the application
+//! ([`crate::app::App`], per request) and the broker
+//! ([`crate::broadcast::broker::Broker`], broadcast); what the loops share is
+//! in the [`Hub`]. Whom to accept is the accept policy's (`accept.rs`).
 //!
 //! With several loops, each has its own listening socket on the same address
 //! (`SO_REUSEPORT`), so the kernel spreads new connections across them with
@@ -13,24 +16,26 @@
 //!
 //! Follow one publish from `accept` to the wire:
 //!
-//! 1. The listener is readable: `Server::accept` takes the pending
-//!    connections (until `WouldBlock`, at most 256 a turn) and registers each
-//!    for readability, with a fresh [`Conn`].
-//! 2. A client is readable: `Server::drive` reads into one scratch buffer
-//!    shared by all connections and gives the bytes to [`Conn::receive`].
-//! 3. [`Conn::poll`] parses the request. A `POST /send-event` comes back as
-//!    [`Action::Publish`]: the loop hands it to [`Hub::publish`], which
-//!    numbers it, encodes it once ([`crate::sse::encode`]) and puts the frame
-//!    in every loop's inbox; the loop then answers the publisher.
+//! 1. The listener is readable: `Loop::accept` takes the connections the
+//!    accept policy lets in (until `WouldBlock`, at most 256 a turn) and
+//!    registers each for readability, with a fresh `Conn`.
+//! 2. A client is readable: `Loop::drive` reads into the one read buffer
+//!    shared by all connections and gives the bytes to `Conn::receive`.
+//! 3. `Conn::poll` parses the request and hands it to the application, which
+//!    routes it: a `POST /send-event` comes back as `Action::Publish`. The
+//!    loop hands the event to [`Hub::publish`], which numbers it, encodes it
+//!    once ([`crate::sse::encode`]) and puts the frame in every loop's
+//!    inbox; the loop then answers the publisher with the response the
+//!    application builds (`App::published`), through `Conn::respond`.
 //! 4. When every ready connection has been handled, the loop takes its inbox
-//!    into its broker and [`Broker::fan_out_some`] writes the new frames to
+//!    into its broker and `Broker::fan_out_some` writes the new frames to
 //!    the subscribers: one `write()` (or `writev()` for several events) per
-//!    subscriber, straight from the loop, in slices of
-//!    `FAN_OUT_PER_TURN` subscribers so the loop keeps reading meanwhile.
-//!    Other loops, woken by the hub, do the same for theirs.
+//!    subscriber, straight from the loop, in slices of `FAN_OUT_PER_TURN`
+//!    subscribers so the loop keeps reading meanwhile. Other loops, woken by
+//!    the hub, do the same for theirs.
 //! 5. Whatever a socket did not take stays in that connection's
-//!    [`crate::http::outbox::Outbox`]; the loop then asks for `WRITABLE` readiness,
-//!    and only until the outbox is empty again.
+//!    [`crate::http::outbox::Outbox`]; the loop then asks for `WRITABLE`
+//!    readiness, and only until the outbox is empty again.
 //!
 //! mio's readiness is edge-triggered: an event means "something changed", so
 //! every read loops until `WouldBlock`, `Interrupted` is retried, and an event
@@ -38,7 +43,8 @@
 //! same batch) is ignored. When a connection stops reading before
 //! `WouldBlock` (its budget ran out, or it is paused behind its own unread
 //! answers), the loop itself must come back to it, since no new event will:
-//! the `again` list and the flush-then-continue in `Server::drive` do that.
+//! the `unfinished_reads` list and the flush-then-continue in `Loop::drive`
+//! do that.
 
 mod accept;
 mod event_loop;
