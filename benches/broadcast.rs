@@ -90,7 +90,7 @@ fn lonely_topic(c: &mut Criterion) {
     }
     let key = sinks.insert(MemorySubscriber { outbox: Outbox::new(), sink: CountingSink(0) });
     broker.subscribe(key, &["lonely".to_owned()], None);
-    let publish = Publish { message: "for one".into(), topics: vec!["lonely".into()], event: None };
+    let publish = Publish { message: "for one".into(), topics: vec!["lonely".into()], event: None, mercure: None };
     let mut follow_ups = Vec::new();
     let mut seq = 0;
     c.bench_function("fan_out/lonely_topic_among_10000", |b| {

@@ -12,7 +12,7 @@ fn framing(c: &mut Criterion) {
     for (name, data) in [("short", short), ("multi_line", lines.as_str()), ("4k", large.as_str())] {
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_function(name, |b| {
-            b.iter(|| encode(&Event { id: Some("1764300000000-42"), name: None, data: black_box(data) }))
+            b.iter(|| encode(&Event { id: Some("1764300000000-42"), name: None, data: black_box(data), retry: None }))
         });
     }
     group.finish();

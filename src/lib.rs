@@ -46,6 +46,7 @@
 //!     message: "42 degrees".into(),
 //!     topics: vec!["weather".into()],
 //!     event: Some("reading".into()),
+//!     ..Publish::default()
 //! })?;
 //!
 //! handle.shutdown(); // graceful: flushes subscribers, then run() returns

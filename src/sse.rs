@@ -38,6 +38,8 @@ pub struct Event<'a> {
     pub name: Option<&'a str>,
     /// The message; any text, line breaks included.
     pub data: &'a str,
+    /// The `retry:` field: the reconnection delay it sets, in milliseconds.
+    pub retry: Option<u64>,
 }
 
 /// Whether `name` can be sent as an `event:` field: non-empty, at most
@@ -82,6 +84,9 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.push(b'\n');
+    }
+    if let Some(retry) = event.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
     }
     for line in lines(event.data) {
         out.extend_from_slice(b"data: ");
@@ -203,7 +208,7 @@ mod tests {
 
     #[test]
     fn id_and_name_come_before_data() {
-        let frame = encode(&Event { id: Some("42"), name: Some("tick"), data: "t" });
+        let frame = encode(&Event { id: Some("42"), name: Some("tick"), data: "t", retry: None });
         assert_eq!(&frame[..], b"id: 42\nevent: tick\ndata: t\n\n");
     }
 

@@ -21,7 +21,7 @@ pub fn run(publisher: Publisher) {
         // Sleep to the next whole second, so ticks land on the second.
         std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())));
         let secs = now.as_secs() + 1;
-        let tick = Publish { message: stamp(secs), topics: vec![TOPIC.to_owned()], event: None };
+        let tick = Publish { message: stamp(secs), topics: vec![TOPIC.to_owned()], ..Publish::default() };
         if publisher.publish(tick).is_err() {
             return; // The server has stopped.
         }

@@ -151,6 +151,7 @@ fn a_submit_is_delivered_once_with_its_id() {
         message: "two\nlines, and a comma".into(),
         topics: vec!["news".into(), "weather".into()],
         event: Some("update".into()),
+        mercure: None,
     };
     let id = submit(&bus, publish.clone()).expect("submit");
     assert_eq!(recorder.exactly(1), [BusEvent { id, publish }]);
@@ -335,7 +336,7 @@ fn bad_entries_are_skipped_and_the_good_ones_around_them_delivered() {
     let extra = xadd(&redis, key, &[b"data", b"dup", b"topics", b"a,b,a", b"unknown", b"ignored"]);
     let delivered = recorder.exactly(3);
     assert_eq!(delivered[..2], [event(first, "first"), event(last, "last")]);
-    let dup = Publish { message: "dup".into(), topics: vec!["a".into(), "b".into()], event: None };
+    let dup = Publish { message: "dup".into(), topics: vec!["a".into(), "b".into()], event: None, mercure: None };
     assert_eq!(delivered[2], BusEvent { id: extra, publish: dup });
 }
 

@@ -241,9 +241,10 @@ fn publisher_from_another_thread() {
         for i in 0..100 {
             publisher.send(format!("p{i}")).unwrap();
         }
-        let event = Publish { message: "hot".into(), topics: vec!["news".into()], event: Some("flash".into()) };
+        let event =
+            Publish { message: "hot".into(), topics: vec!["news".into()], event: Some("flash".into()), mercure: None };
         publisher.publish(event).unwrap();
-        let bad = Publish { message: "x".into(), topics: vec!["bad topic".into()], event: None };
+        let bad = Publish { message: "x".into(), topics: vec!["bad topic".into()], event: None, mercure: None };
         assert!(publisher.publish(bad).is_err());
     });
     thread.join().unwrap();

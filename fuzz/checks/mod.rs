@@ -190,7 +190,8 @@ pub struct Run {
 
 /// The event the harness sends to a connection that is still an event stream
 /// when the input is spent, as the broker would.
-const LAST_EVENT: sse::Event<'static> = sse::Event { id: Some("1-99"), name: Some("end"), data: "last\r\nevent" };
+const LAST_EVENT: sse::Event<'static> =
+    sse::Event { id: Some("1-99"), name: Some("end"), data: "last\r\nevent", retry: None };
 
 /// The epoch of the harness's broker, so that ids are the same in every play.
 const EPOCH: u64 = 1;
@@ -307,7 +308,12 @@ impl<'p, 'a> Harness<'p, 'a> {
                     let id = EventId { ms: EPOCH, seq: self.broker.last_id().seq + 1 };
                     self.broker.push(Arc::new(Published::new(id, publish)));
                     let id = id.to_string();
-                    let event = sse::Event { id: Some(&id), name: publish.event.as_deref(), data: &publish.message };
+                    let event = sse::Event {
+                        id: Some(&id),
+                        name: publish.event.as_deref(),
+                        data: &publish.message,
+                        retry: None,
+                    };
                     check_frame_roundtrip(&event);
                     let receipt = Receipt { id: EventId::parse(&id).expect("an id"), subscribers: 0 };
                     self.conn.respond(self.app.published(&receipt), &settings.limits, self.now);
@@ -911,7 +917,7 @@ pub fn check_frame(data: &[u8]) {
     assert_eq!(sse::is_valid_id(&id), line_safe(&id) && !id.contains('\0'), "is_valid_id({id:?})");
     let id = Some(id.as_ref()).filter(|id| flags & 1 != 0 && sse::is_valid_id(id));
     let name = Some(name.as_ref()).filter(|name| flags & 2 != 0 && sse::is_valid_name(name));
-    check_frame_roundtrip(&sse::Event { id, name, data: &message });
+    check_frame_roundtrip(&sse::Event { id, name, data: &message, retry: None });
 
     // A comment is never an event, and never touches one.
     let text: String = message.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
@@ -1442,7 +1448,7 @@ pub fn reference_publish(body: &[u8]) -> Expected {
         if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > sse::MAX_FIELD_BYTES || e.contains(['\r', '\n'])) {
             return None;
         }
-        Some(Publish { message: message.clone(), topics, event })
+        Some(Publish { message: message.clone(), topics, event, mercure: None })
     })();
     match verdict {
         _ if json.unsure || ignored_not_text => Expected::Either,

@@ -61,7 +61,7 @@ pub fn parse_publish(body: &[u8]) -> Result<Publish, String> {
         Some(_) => return Err(not_strings()),
     };
     dedup_in_order(&mut topics);
-    let publish = Publish { message: parsed.message, topics, event: parsed.event };
+    let publish = Publish { message: parsed.message, topics, event: parsed.event, mercure: None };
     publish.validate()?;
     Ok(publish)
 }

@@ -88,8 +88,17 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Broker {
     history: History,
-    /// Topic name to its key in `topic_members`.
+    /// Topic name to its key in `topic_members`: the seeds' topics, the
+    /// Mercure topics subscribed to exactly, and the Mercure patterns (by
+    /// key).
     topics: HashMap<Box<str>, usize>,
+    mercure_topics: HashMap<Box<str>, usize>,
+    patterns: HashMap<Box<str>, usize>,
+    /// Each pattern with subscribers, and its key in `topic_members`.
+    pattern_list: Vec<(usize, Arc<dyn TopicPattern>)>,
+    /// The members that may read private events, and who they are. Rare
+    /// (tokens), so kept apart from [`Member`].
+    audiences: HashMap<usize, Arc<dyn Audience>>,
     /// Per topic: its subscribers.
     topic_members: Slab<Topic>,
     members: Slab<Member>,
@@ -113,11 +122,40 @@ pub struct Broker {
     /// The frames of the last delivery, reused by the next subscriber when
     /// `gathered_for` matches (see `Broker::serve`), and their bytes.
     gathered: Vec<Frame>,
-    gathered_for: Option<(u64, u64, u32)>,
+    gathered_for: Option<(u64, u64, u32, usize)>,
     gathered_bytes: u64,
     heartbeat_frame: Frame,
     stats: Stats,
 }
+
+/// A topic pattern (a Mercure URL pattern, say). The broker asks each
+/// distinct pattern once per event whether one of the event's topics
+/// matches, however many subscribers hold it.
+pub trait TopicPattern: Send + Sync + std::fmt::Debug {
+    fn matches(&self, topic: &str) -> bool;
+}
+
+/// Who may read private events (a Mercure subscriber's token).
+pub trait Audience: Send + Sync + std::fmt::Debug {
+    /// Whether an event on `topics` may be sent.
+    fn may_read(&self, topics: &[Box<str>]) -> bool;
+}
+
+/// What a Mercure subscriber listens to: exact topics and patterns (each
+/// with the key that tells identical patterns apart, e.g. its type and
+/// text), and who it is for private events. It receives Mercure events
+/// only, as a seeds subscriber receives seeds events only.
+#[derive(Debug, Clone, Default)]
+pub struct MercureInterest {
+    pub topics: Vec<String>,
+    pub patterns: Vec<(String, Arc<dyn TopicPattern>)>,
+    /// `None`: public events only.
+    pub audience: Option<Arc<dyn Audience>>,
+}
+
+/// Where a Mercure subscriber resumes, as `Mercure-Last-Event-ID` says: the
+/// id it asked for when the history has it, else `earliest`.
+pub const EARLIEST: &str = "earliest";
 
 /// An event waiting in the unsent queue, with its topics as keys of this
 /// broker's topics (resolved once, not per subscriber).
@@ -141,9 +179,20 @@ struct Pass {
     start: u64,
 }
 
+/// What a topic entry stands for: a seeds topic, a Mercure topic (exact
+/// matching), or a Mercure pattern. The three live in separate maps, so a
+/// name never crosses from one to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicKind {
+    Seeds,
+    Mercure,
+    Pattern,
+}
+
 /// One topic with subscribers.
 #[derive(Debug)]
 struct Topic {
+    kind: TopicKind,
     name: Box<str>,
     /// Membership keys (into `Broker::members`).
     members: Slab<u32>,
@@ -205,6 +254,10 @@ pub struct Joined {
     /// Frames to send before any live event: the id block for a fresh
     /// subscriber, or the replay (maybe preceded by a `gap` event).
     pub backlog: Vec<Frame>,
+    /// For a Mercure subscriber that asked to resume: what
+    /// `Mercure-Last-Event-ID` must say (the id it sent when found, else
+    /// [`EARLIEST`]).
+    pub resumed_after: Option<String>,
 }
 
 impl Broker {
@@ -215,6 +268,10 @@ impl Broker {
         Broker {
             history: History::new(limits, floor),
             topics: HashMap::new(),
+            mercure_topics: HashMap::new(),
+            patterns: HashMap::new(),
+            pattern_list: Vec::new(),
+            audiences: HashMap::new(),
             topic_members: Slab::new(),
             members: Slab::new(),
             unsent: VecDeque::new(),
@@ -267,7 +324,16 @@ impl Broker {
     /// if a subscriber here wants it, queues it for fan-out. Ids must
     /// increase.
     pub fn push(&mut self, event: Arc<Published>) {
-        let topics: Box<[u32]> = event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect();
+        let topics: Box<[u32]> = match event.mercure {
+            None => event.topics.iter().filter_map(|t| self.topics.get(t).map(|&k| k as u32)).collect(),
+            Some(_) => {
+                let exact = event.topics.iter().filter_map(|t| self.mercure_topics.get(t).copied());
+                // Each distinct pattern is evaluated once per event, here,
+                // not once per subscriber.
+                let matching = self.pattern_list.iter().filter(|(_, p)| event.topics.iter().any(|t| p.matches(t)));
+                exact.chain(matching.map(|(key, _)| *key)).map(|k| k as u32).collect()
+            }
+        };
         self.history.push(event.clone());
         if topics.is_empty() {
             return;
@@ -291,9 +357,11 @@ impl Broker {
     }
 
     /// The topics of a membership returned by [`Broker::subscribe`].
+    /// (Seeds topics only: Mercure subscriptions are not counted by topic.)
     pub fn topics_of(&self, membership: usize) -> impl Iterator<Item = &str> {
         let slots = self.members.get(membership).map(|m| m.topics.iter());
-        slots.into_iter().flatten().filter_map(|(topic, _)| self.topic_members.get(topic).map(|t| &*t.name))
+        let topics = slots.into_iter().flatten().filter_map(|(topic, _)| self.topic_members.get(topic));
+        topics.filter(|t| t.kind == TopicKind::Seeds).map(|t| &*t.name)
     }
 
     /// Subscribes the connection `client` to `topics`, computing what it must
@@ -323,33 +391,101 @@ impl Broker {
             None if !self.history.is_known() => Vec::new(),
             None => vec![sse::cursor(&self.history.last_id().to_string())],
             Some(id) => {
-                let on_topic = |e: &Published| e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t));
+                let on_topic = |e: &Published| {
+                    e.mercure.is_none() && e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t))
+                };
                 self.history.replay(id, on_topic)
             }
         };
+        let keys: Vec<usize> = topics.iter().map(|topic| self.topic_key(TopicKind::Seeds, topic, None)).collect();
+        let membership = self.join(client, &keys, ahead, None);
+        Joined { membership, backlog, resumed_after: None }
+    }
+
+    /// Subscribes the connection `client` to Mercure updates: those on
+    /// `interest`'s topics or matching its patterns, private ones only if
+    /// its audience may read them (live and in the replay alike). Resumes
+    /// after `last_event_id` (a hub URN, a publisher's own id, or
+    /// [`EARLIEST`]); `newest` as for [`Broker::subscribe_up_to`].
+    pub fn subscribe_mercure(
+        &mut self,
+        client: usize,
+        interest: MercureInterest,
+        last_event_id: Option<&str>,
+        newest: Option<EventId>,
+    ) -> Joined {
+        let ahead = last_event_id.and_then(EventId::from_urn).filter(|&id| self.history.is_ahead(id, newest));
+        let MercureInterest { topics, patterns, audience } = interest;
+        let wanted = |e: &Published| {
+            e.mercure.is_some()
+                && (e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t))
+                    || patterns.iter().any(|(_, p)| e.topics.iter().any(|t| p.matches(t))))
+                && (!e.is_private() || audience.as_ref().is_some_and(|a| a.may_read(&e.topics)))
+        };
+        let (backlog, resumed_after) = match last_event_id {
+            _ if ahead.is_some() => (Vec::new(), last_event_id.map(str::to_owned)),
+            None if !self.history.is_known() => (Vec::new(), None),
+            None => (vec![sse::cursor(&self.history.last_id().urn())], None),
+            Some(id) => {
+                let (frames, found) = self.history.replay_mercure(id, wanted);
+                (frames, Some(if found { id.to_owned() } else { EARLIEST.to_owned() }))
+            }
+        };
+        let mut keys: Vec<usize> = topics.iter().map(|topic| self.topic_key(TopicKind::Mercure, topic, None)).collect();
+        for (key, pattern) in patterns {
+            keys.push(self.topic_key(TopicKind::Pattern, &key, Some(pattern)));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let membership = self.join(client, &keys, ahead, audience);
+        Joined { membership, backlog, resumed_after }
+    }
+
+    /// The key of the topic entry of `kind` named `name`, made if new.
+    fn topic_key(&mut self, kind: TopicKind, name: &str, pattern: Option<Arc<dyn TopicPattern>>) -> usize {
+        let map = match kind {
+            TopicKind::Seeds => &mut self.topics,
+            TopicKind::Mercure => &mut self.mercure_topics,
+            TopicKind::Pattern => &mut self.patterns,
+        };
+        if let Some(&key) = map.get(name) {
+            return key;
+        }
+        let topic = Topic { kind, name: name.into(), members: Slab::new(), slots: 0, in_pass: false };
+        let key = self.topic_members.insert(topic);
+        map.insert(name.into(), key);
+        if let Some(pattern) = pattern {
+            self.pattern_list.push((key, pattern));
+        }
+        key
+    }
+
+    /// Adds a member on the topic entries `keys` (at least one), served
+    /// from the end of the unsent queue.
+    fn join(
+        &mut self,
+        client: usize,
+        keys: &[usize],
+        ahead: Option<EventId>,
+        audience: Option<Arc<dyn Audience>>,
+    ) -> usize {
         let membership = self.members.vacant_key();
-        let mut keys: Vec<(u32, u32)> = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let topic_key = match self.topics.get(topic.as_str()) {
-                Some(&key) => key,
-                None => {
-                    let name = topic.as_str().into();
-                    let key = self.topic_members.insert(Topic { name, members: Slab::new(), slots: 0, in_pass: false });
-                    self.topics.insert(topic.as_str().into(), key);
-                    key
-                }
-            };
-            let topic = &mut self.topic_members[topic_key];
+        let mut slots: Vec<(u32, u32)> = Vec::with_capacity(keys.len());
+        for &topic_key in keys {
+            let Some(topic) = self.topic_members.get_mut(topic_key) else { continue };
             let slot = topic.members.insert(membership as u32);
             topic.slots = topic.slots.max(slot + 1);
-            keys.push((topic_key as u32, slot as u32));
+            slots.push((topic_key as u32, slot as u32));
         }
-        let topics = Slots::new(&keys);
+        let topics = Slots::new(&slots);
         self.members.insert(Member { client: client as u32, beat: self.beat, sent: self.unsent_end, topics });
         if let Some(id) = ahead {
             self.ahead.insert(membership, id);
         }
-        Joined { membership, backlog }
+        if let Some(audience) = audience {
+            self.audiences.insert(membership, audience);
+        }
+        membership
     }
 
     /// Removes a membership returned by [`Broker::subscribe`]; a topic left
@@ -359,6 +495,7 @@ impl Broker {
             return;
         };
         self.ahead.remove(&membership);
+        self.audiences.remove(&membership);
         for (topic_key, slot) in member.topics.iter() {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
                 continue;
@@ -366,7 +503,14 @@ impl Broker {
             topic.members.try_remove(slot);
             if topic.members.is_empty() {
                 let topic = self.topic_members.remove(topic_key);
-                self.topics.remove(&topic.name);
+                match topic.kind {
+                    TopicKind::Seeds => self.topics.remove(&topic.name),
+                    TopicKind::Mercure => self.mercure_topics.remove(&topic.name),
+                    TopicKind::Pattern => {
+                        self.pattern_list.retain(|(key, _)| *key != topic_key);
+                        self.patterns.remove(&topic.name)
+                    }
+                };
             }
         }
     }
@@ -457,15 +601,24 @@ impl Broker {
         // its topics: reading from the base is right for it too.
         let from = member.sent.saturating_sub(self.unsent_base) as usize;
         let skip_through = if self.ahead.is_empty() { None } else { self.ahead.get(&membership).copied() };
+        let audience = if self.audiences.is_empty() { None } else { self.audiences.get(&membership) };
         // Members in a row mostly want the same frames (one topic, the same
         // place in the queue): the frames gathered for the one before are
         // then reused as they are. Positions in the queue never change
         // meaning, so the key is exact.
-        let key = member.topics.single().filter(|_| skip_through.is_none()).map(|t| (member.sent, self.unsent_end, t));
+        // Private events depend on who reads, so the audience is part of
+        // the key (members without one read the same, public, events).
+        let reader = audience.map_or(0, |a| Arc::as_ptr(a) as *const () as usize);
+        let key = member
+            .topics
+            .single()
+            .filter(|_| skip_through.is_none())
+            .map(|t| (member.sent, self.unsent_end, t, reader));
         if key.is_none() || key != self.gathered_for {
             let wants = |unsent: &&Unsent| {
                 member.topics.iter().any(|(k, _)| unsent.topics.contains(&(k as u32)))
                     && skip_through.is_none_or(|id| unsent.event.id > id)
+                    && (!unsent.event.is_private() || audience.is_some_and(|a| a.may_read(&unsent.event.topics)))
             };
             self.gathered.clear();
             self.gathered.extend(self.unsent.range(from..).filter(wants).map(|u| u.event.frame.clone()));
@@ -548,8 +701,12 @@ mod tests {
     const START: EventId = EventId { ms: 7, seq: 0 };
 
     fn event(seq: u64, topics: &[&str]) -> Arc<Published> {
-        let publish =
-            Publish { message: format!("m{seq}"), topics: topics.iter().map(|t| t.to_string()).collect(), event: None };
+        let publish = Publish {
+            message: format!("m{seq}"),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            event: None,
+            mercure: None,
+        };
         Arc::new(Published::new(EventId { ms: 7, seq }, &publish))
     }
 
@@ -799,7 +956,126 @@ mod tests {
     }
 
     fn event_on(seq: u64, topics: &[String]) -> Arc<Published> {
-        let publish = Publish { message: format!("m{seq}"), topics: topics.to_vec(), event: None };
+        let publish = Publish { message: format!("m{seq}"), topics: topics.to_vec(), event: None, mercure: None };
         Arc::new(Published::new(EventId { ms: 7, seq }, &publish))
+    }
+
+    // ---- Mercure subscriptions ----
+
+    fn update(seq: u64, topics: &[&str], private: bool, id: Option<&str>) -> Arc<Published> {
+        let mercure = crate::broadcast::event::MercureFields { private, id: id.map(str::to_owned), retry: None };
+        let publish = Publish {
+            message: format!("u{seq}"),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            event: None,
+            mercure: Some(mercure),
+        };
+        Arc::new(Published::new(EventId { ms: 7, seq }, &publish))
+    }
+
+    /// A prefix pattern that counts how often it is asked.
+    #[derive(Debug, Default)]
+    struct Prefix(&'static str, std::sync::atomic::AtomicUsize);
+
+    impl TopicPattern for Prefix {
+        fn matches(&self, topic: &str) -> bool {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            topic.starts_with(self.0)
+        }
+    }
+
+    /// May read private events on topics starting with its prefix.
+    #[derive(Debug)]
+    struct Reader(&'static str);
+
+    impl Audience for Reader {
+        fn may_read(&self, topics: &[Box<str>]) -> bool {
+            topics.iter().any(|t| t.starts_with(self.0))
+        }
+    }
+
+    fn exact(topics: &[&str]) -> MercureInterest {
+        MercureInterest { topics: topics.iter().map(|t| t.to_string()).collect(), ..MercureInterest::default() }
+    }
+
+    #[test]
+    fn seeds_and_mercure_subscribers_never_see_each_others_events() {
+        let (mut broker, mut sinks) = broker_with(1, &["t"]);
+        let key = sinks.insert(Recorder::default());
+        broker.subscribe_mercure(key, exact(&["t"]), None, None);
+        broker.push(event(1, &["t"]));
+        broker.push(update(2, &["t"], false, None));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[0].0), [vec!["m1"]]);
+        assert_eq!(data(&sinks[key].0), [vec!["u2"]]);
+    }
+
+    #[test]
+    fn one_pattern_held_by_many_is_matched_once_per_event() {
+        let pattern = Arc::new(Prefix("/books/", Default::default()));
+        let mut broker = Broker::new(HistoryLimits::default(), Some(START));
+        let mut sinks = Slab::new();
+        for _ in 0..100 {
+            let key = sinks.insert(Recorder::default());
+            let interest = MercureInterest {
+                patterns: vec![("urlpattern /books/:id".into(), pattern.clone() as Arc<dyn TopicPattern>)],
+                ..MercureInterest::default()
+            };
+            broker.subscribe_mercure(key, interest, None, None);
+        }
+        broker.push(update(1, &["/books/1"], false, None));
+        broker.push(update(2, &["/films/1"], false, None));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(pattern.1.load(std::sync::atomic::Ordering::Relaxed), 2, "once per event, not per subscriber");
+        assert!(sinks.iter().all(|(_, r)| data(&r.0) == [vec!["u1"]]));
+    }
+
+    #[test]
+    fn private_updates_reach_only_their_audience_live_and_in_replay() {
+        let mut broker = Broker::new(HistoryLimits::default(), Some(START));
+        let mut sinks = Slab::new();
+        let anonymous = sinks.insert(Recorder::default());
+        broker.subscribe_mercure(anonymous, exact(&["/a", "/b"]), None, None);
+        let reader = sinks.insert(Recorder::default());
+        let mut interest = exact(&["/a", "/b"]);
+        interest.audience = Some(Arc::new(Reader("/a")));
+        broker.subscribe_mercure(reader, interest.clone(), None, None);
+        broker.push(update(1, &["/a"], true, None));
+        broker.push(update(2, &["/b"], true, None));
+        broker.push(update(3, &["/b", "/a"], true, None));
+        broker.push(update(4, &["/b"], false, None));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[anonymous].0), [vec!["u4"]]);
+        assert_eq!(data(&sinks[reader].0), [vec!["u1", "u3", "u4"]], "an alternate topic is enough");
+        // The replay is checked against the token just the same.
+        let key = sinks.insert(Recorder::default());
+        let joined = broker.subscribe_mercure(key, interest, Some(EARLIEST), None);
+        let replay: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        assert_eq!(data(&[replay]), [vec!["u1", "u3", "u4"]]);
+        assert_eq!(joined.resumed_after.as_deref(), Some(EARLIEST));
+    }
+
+    #[test]
+    fn mercure_replay_by_urn_by_own_id_and_earliest() {
+        let mut broker = Broker::new(HistoryLimits::default(), Some(START));
+        broker.push(update(1, &["/t"], false, Some("first")));
+        broker.push(update(2, &["/t"], false, Some("dup")));
+        broker.push(update(3, &["/t"], false, None));
+        broker.push(update(4, &["/t"], false, Some("dup")));
+        broker.push(update(5, &["/t"], false, None));
+        let mut replay = |id: &str| {
+            let joined = broker.subscribe_mercure(0, exact(&["/t"]), Some(id), None);
+            let frames: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            (data(&[frames]).concat().join(" "), joined.resumed_after.unwrap())
+        };
+        let urn = EventId { ms: 7, seq: 3 }.urn();
+        assert_eq!(replay(&urn), ("u4 u5".to_owned(), urn.clone()));
+        assert_eq!(replay("first"), ("u2 u3 u4 u5".to_owned(), "first".to_owned()));
+        assert_eq!(replay("dup"), ("u3 u4 u5".to_owned(), "dup".to_owned()), "a reused id means its earliest");
+        assert_eq!(replay(EARLIEST), ("u1 u2 u3 u4 u5".to_owned(), EARLIEST.to_owned()));
+        assert_eq!(replay("unknown"), ("u1 u2 u3 u4 u5".to_owned(), EARLIEST.to_owned()));
+        let fresh = broker.subscribe_mercure(0, exact(&["/t"]), None, None);
+        let cursor = String::from_utf8_lossy(&fresh.backlog[0]).into_owned();
+        assert_eq!(cursor, format!("id: {}\n\n", EventId { ms: 7, seq: 5 }.urn()));
     }
 }

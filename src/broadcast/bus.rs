@@ -48,7 +48,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select
 use redis::{Connection, RedisResult, Value};
 
 use crate::broadcast::event::EventId;
-use crate::broadcast::event::Publish;
+use crate::broadcast::event::{MercureFields, Publish};
 
 /// Where the bus is and how much history it keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -580,7 +580,12 @@ impl Shared {
     fn xadd(&self, publish: &Publish) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.key).arg("MAXLEN").arg(self.max_len).arg("*");
-        cmd.arg("data").arg(&publish.message).arg("topics").arg(publish.topics.join(","));
+        cmd.arg("data").arg(&publish.message);
+        match &publish.mercure {
+            // Seeds topics cannot contain a comma; Mercure topics can.
+            None => cmd.arg("topics").arg(publish.topics.join(",")),
+            Some(mercure) => cmd.arg("mercure").arg(encode_mercure(publish, mercure)),
+        };
         if let Some(event) = &publish.event {
             cmd.arg("event").arg(event);
         }
@@ -646,17 +651,44 @@ fn entry_id(entry: &Value) -> Option<EventId> {
     }
 }
 
-/// One entry's fields, `data`, `topics` (comma-separated) and `event`
-/// (optional), as a valid publish; unknown fields are ignored.
+/// The `mercure` field of a Mercure update's entry: its topics and what it
+/// carries beyond a seeds event, as JSON.
+fn encode_mercure(publish: &Publish, mercure: &MercureFields) -> String {
+    serde_json::json!({
+        "topics": publish.topics,
+        "private": mercure.private,
+        "id": mercure.id,
+        "retry": mercure.retry,
+    })
+    .to_string()
+}
+
+/// The `mercure` field back: topics and the Mercure fields.
+fn decode_mercure(json: &str) -> Result<(Vec<String>, MercureFields), String> {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        topics: Vec<String>,
+        private: bool,
+        id: Option<String>,
+        retry: Option<u64>,
+    }
+    let fields: Fields = serde_json::from_str(json).map_err(|e| format!("bad mercure field: {e}"))?;
+    Ok((fields.topics, MercureFields { private: fields.private, id: fields.id, retry: fields.retry }))
+}
+
+/// One entry's fields, `data`, `topics` (comma-separated) or `mercure` (for
+/// a Mercure update), and `event` (optional), as a valid publish; unknown
+/// fields are ignored.
 fn decode_publish(fields: &Value) -> Result<Publish, String> {
     let fields = list(fields).ok_or("fields are not a list")?;
-    let (mut data, mut topics, mut event) = (None, None, None);
+    let (mut data, mut topics, mut event, mut mercure) = (None, None, None, None);
     for pair in fields.chunks(2) {
         let [name, value] = pair else { return Err("odd number of fields".to_owned()) };
         let slot = match text(name) {
             Some("data") => &mut data,
             Some("topics") => &mut topics,
             Some("event") => &mut event,
+            Some("mercure") => &mut mercure,
             _ => continue,
         };
         let Value::BulkString(bytes) = value else { return Err("a field value is not a string".to_owned()) };
@@ -665,13 +697,20 @@ fn decode_publish(fields: &Value) -> Result<Publish, String> {
         }
         *slot = Some(std::str::from_utf8(bytes).map_err(|_| "a field is not UTF-8")?.to_owned());
     }
+    let (listed, mercure) = match mercure {
+        Some(json) => {
+            let (topics, fields) = decode_mercure(&json)?;
+            (topics, Some(fields))
+        }
+        None => (topics.ok_or("no topics field")?.split(',').map(str::to_owned).collect(), None),
+    };
     let mut topic_list: Vec<String> = Vec::new();
-    for topic in topics.ok_or("no topics field")?.split(',') {
-        if !topic_list.iter().any(|t| t == topic) {
-            topic_list.push(topic.to_owned());
+    for topic in listed {
+        if !topic_list.contains(&topic) {
+            topic_list.push(topic);
         }
     }
-    let publish = Publish { message: data.ok_or("no data field")?, topics: topic_list, event };
+    let publish = Publish { message: data.ok_or("no data field")?, topics: topic_list, event, mercure };
     publish.validate()?;
     Ok(publish)
 }
@@ -762,6 +801,23 @@ mod tests {
         assert_eq!(events.len(), 1, "only the first entry is a valid publish");
         assert_eq!(events[0].id, EventId { ms: 1, seq: 1 });
         assert_eq!(last, Some(EventId { ms: 9, seq: 1 }), "skipped entries with an id still move the cursor");
+    }
+
+    #[test]
+    fn a_mercure_update_travels_whole() {
+        let mercure = MercureFields { private: true, id: Some("urn:x:1".into()), retry: Some(5) };
+        let publish = Publish {
+            message: "m".into(),
+            topics: vec!["https://a.example/b,c".into(), "/d".into()],
+            event: Some("t".into()),
+            mercure: Some(mercure.clone()),
+        };
+        let json = encode_mercure(&publish, &mercure);
+        let entries = [entry("1-1", &["data", "m", "mercure", &json, "event", "t"])];
+        let (events, _) = decode(&entries);
+        assert_eq!(events[0].publish, publish, "a comma in a Mercure topic splits nothing");
+        let (events, _) = decode(&[entry("2-1", &["data", "m", "mercure", "{\"topics\":[]}"])]);
+        assert!(events.is_empty(), "a mercure field that is not whole is refused");
     }
 
     #[test]

@@ -32,8 +32,14 @@ pub fn is_valid_topic(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
 }
 
+/// Most topics one Mercure update may name (canonical and alternates).
+pub const MAX_MERCURE_TOPICS: usize = 32;
+
+/// Longest Mercure topic, in bytes.
+pub const MAX_MERCURE_TOPIC_BYTES: usize = 2048;
+
 /// A valid publish request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Publish {
     /// The text subscribers receive; any string, line breaks included.
     pub message: String,
@@ -41,16 +47,37 @@ pub struct Publish {
     pub topics: Vec<String>,
     /// The event name (`event:` field), if any.
     pub event: Option<String>,
+    /// For a Mercure update, what it carries beyond a seeds event; its
+    /// topics are then Mercure topics (IRIs), reaching Mercure subscribers
+    /// only, and the seeds' subscribers never see it (nor the reverse).
+    pub mercure: Option<MercureFields>,
+}
+
+/// What a Mercure update carries beyond a seeds event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MercureFields {
+    /// Only subscribers whose token allows one of its topics may read it.
+    pub private: bool,
+    /// The publisher's own id for it (the SSE `id:`); without one, the
+    /// update is known by [`EventId::urn`].
+    pub id: Option<String>,
+    /// The SSE `retry:` it sets, in milliseconds.
+    pub retry: Option<u64>,
 }
 
 impl Publish {
     /// A message on the default topic, with no event name.
     pub fn message(message: impl Into<String>) -> Publish {
-        Publish { message: message.into(), topics: vec![DEFAULT_TOPIC.to_owned()], event: None }
+        Publish { message: message.into(), topics: vec![DEFAULT_TOPIC.to_owned()], ..Publish::default() }
     }
 
-    /// Checks topics and event name; on refusal, says what was wrong.
+    /// Checks topics and event name; on refusal, says what was wrong. A
+    /// Mercure update is checked for what framing and routing need (the
+    /// protocol's own rules are the Mercure front door's, `crate::mercure`).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(mercure) = &self.mercure {
+            return validate_mercure(self, mercure);
+        }
         if self.topics.is_empty() || self.topics.len() > MAX_TOPICS {
             return Err(format!("a publish names 1 to {MAX_TOPICS} topics"));
         }
@@ -65,6 +92,23 @@ impl Publish {
         }
         Ok(())
     }
+}
+
+fn validate_mercure(publish: &Publish, mercure: &MercureFields) -> Result<(), String> {
+    if publish.topics.is_empty() || publish.topics.len() > MAX_MERCURE_TOPICS {
+        return Err(format!("an update names 1 to {MAX_MERCURE_TOPICS} topics"));
+    }
+    let bad_topic = |t: &String| t.is_empty() || t.len() > MAX_MERCURE_TOPIC_BYTES || t.contains(char::is_control);
+    if publish.topics.iter().any(bad_topic) {
+        return Err("invalid topic".to_owned());
+    }
+    if mercure.id.as_deref().is_some_and(|id| !sse::is_valid_id(id) || id.starts_with('#') || id.is_empty()) {
+        return Err("invalid id".to_owned());
+    }
+    if publish.event.as_deref().is_some_and(|event| !sse::is_valid_name(event)) {
+        return Err("invalid type".to_owned());
+    }
+    Ok(())
 }
 
 /// An event's id, `<ms>-<seq>`, ordered as the pair `(ms, seq)`.
@@ -98,6 +142,59 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// The id as a URN of a version 7 UUID (RFC 9562), which is how Mercure
+    /// knows an update that has no id of its own: the 48-bit Unix time in
+    /// milliseconds, then `seq` where a v7 UUID has random bits (the
+    /// "counter" method of RFC 9562 6.2). Ids in the same millisecond keep
+    /// their order, and the URN converts back ([`EventId::from_urn`]), so
+    /// resuming from it needs no lookup.
+    ///
+    /// ```
+    /// use bare_sse::broadcast::event::EventId;
+    /// let id = EventId { ms: 1_764_300_000_000, seq: 42 };
+    /// assert_eq!(id.urn(), "urn:uuid:019ac84e-5500-7000-8000-00000000002a");
+    /// assert_eq!(EventId::from_urn(&id.urn()), Some(id));
+    /// ```
+    pub fn urn(&self) -> String {
+        // 12 bits after the version, then 62 after the variant: 74 bits of seq.
+        let high = (self.seq >> 62) & 0xfff;
+        let low = self.seq & ((1 << 62) - 1);
+        let ms = self.ms & 0xffff_ffff_ffff;
+        format!(
+            "urn:uuid:{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+            ms >> 16,
+            ms & 0xffff,
+            high,
+            0x8000 | (low >> 48),
+            low & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The id of a URN made by [`EventId::urn`], if `text` is one.
+    pub fn from_urn(text: &str) -> Option<EventId> {
+        let hex = text.strip_prefix("urn:uuid:")?;
+        let groups: Vec<&str> = hex.split('-').collect();
+        let [a, b, c, d, e] = groups.as_slice() else { return None };
+        let sizes_ok = [(a, 8), (b, 4), (c, 4), (d, 4), (e, 12)]
+            .iter()
+            .all(|(g, n)| g.len() == *n && g.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x)));
+        if !sizes_ok || !c.starts_with('7') {
+            return None;
+        }
+        let number = |g: &str| u64::from_str_radix(g, 16).ok();
+        let ms = (number(a)? << 16) | number(b)?;
+        let high = number(c)? & 0xfff;
+        let d = number(d)?;
+        if d & 0xc000 != 0x8000 {
+            return None;
+        }
+        let seq_high = high.checked_shl(62).filter(|_| high < 4)?;
+        let seq = seq_high | ((d & 0x3fff) << 48) | number(e)?;
+        Some(EventId { ms, seq })
+    }
+}
+
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -112,15 +209,51 @@ pub struct Published {
     pub topics: Box<[Box<str>]>,
     /// The encoded event, `id:` field included.
     pub frame: Frame,
+    /// For a Mercure update: whether it is private, and its own id if the
+    /// publisher gave one (replay finds it by that id).
+    pub mercure: Option<Box<MercureMark>>,
+}
+
+/// What the broker and history need to know of a Mercure update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MercureMark {
+    pub private: bool,
+    pub custom_id: Option<Box<str>>,
 }
 
 impl Published {
     /// Frames `publish` (which must be valid, [`Publish::validate`]) with `id`.
     pub fn new(id: EventId, publish: &Publish) -> Published {
-        let id_text = id.to_string();
-        let frame =
-            sse::encode(&sse::Event { id: Some(&id_text), name: publish.event.as_deref(), data: &publish.message });
-        Published { id, topics: publish.topics.iter().map(|t| t.as_str().into()).collect(), frame }
+        let topics = publish.topics.iter().map(|t| t.as_str().into()).collect();
+        let Some(mercure) = &publish.mercure else {
+            let id_text = id.to_string();
+            let event =
+                sse::Event { id: Some(&id_text), name: publish.event.as_deref(), data: &publish.message, retry: None };
+            return Published { id, topics, frame: sse::encode(&event), mercure: None };
+        };
+        let id_text = mercure.id.clone().unwrap_or_else(|| id.urn());
+        let event = sse::Event {
+            id: Some(&id_text),
+            name: publish.event.as_deref(),
+            data: &publish.message,
+            retry: mercure.retry,
+        };
+        let mark = MercureMark { private: mercure.private, custom_id: mercure.id.as_deref().map(Into::into) };
+        Published { id, topics, frame: sse::encode(&event), mercure: Some(Box::new(mark)) }
+    }
+
+    /// The id subscribers see: the publisher's own for a Mercure update that
+    /// has one, else the hub's (as a URN for Mercure).
+    pub fn public_id(&self) -> String {
+        match &self.mercure {
+            None => self.id.to_string(),
+            Some(mark) => mark.custom_id.as_deref().map_or_else(|| self.id.urn(), str::to_owned),
+        }
+    }
+
+    /// Whether only authorized subscribers may read it.
+    pub fn is_private(&self) -> bool {
+        self.mercure.as_ref().is_some_and(|mark| mark.private)
     }
 }
 

@@ -111,6 +111,25 @@ impl History {
         self.floor.is_some() && id > self.last && newest.is_some_and(|newest| id <= newest)
     }
 
+    /// Frames for a Mercure subscriber that resumes after `last_event_id`:
+    /// a hub URN ([`EventId::urn`]) in the history's range, or a publisher's
+    /// own id (the earliest event that bears it, if several do), then every
+    /// retained event after it that `wanted` keeps. An id the history does
+    /// not know, or `earliest`, replays every retained event that `wanted`
+    /// keeps. Also says whether the id was found.
+    pub fn replay_mercure(&self, last_event_id: &str, wanted: impl Fn(&Published) -> bool) -> (Vec<Frame>, bool) {
+        let in_range = |id: &EventId| self.floor.is_some_and(|floor| floor <= *id) && *id <= self.last;
+        let after = EventId::from_urn(last_event_id).filter(in_range).or_else(|| {
+            let bears = |e: &&Arc<Published>| {
+                e.mercure.as_ref().is_some_and(|mark| mark.custom_id.as_deref() == Some(last_event_id))
+            };
+            self.events.iter().find(bears).map(|e| e.id)
+        });
+        let start = after.map_or(0, |after| self.events.partition_point(|e| e.id <= after));
+        let frames = self.events.range(start..).filter(|e| wanted(e)).map(|e| e.frame.clone()).collect();
+        (frames, after.is_some())
+    }
+
     /// Frames for a subscriber that resumes after `last_event_id`: every
     /// retained event after it that `wanted` keeps, preceded by a `gap`
     /// event when the history cannot say what came after that id.
@@ -123,7 +142,8 @@ impl History {
             None => {
                 let replay_from = self.events.front().map(|e| e.id.to_string());
                 let body = serde_json::json!({ "lastEventId": last_event_id, "replayFrom": replay_from });
-                let gap = sse::encode(&sse::Event { name: Some(GAP_EVENT), data: &body.to_string(), id: None });
+                let gap =
+                    sse::encode(&sse::Event { name: Some(GAP_EVENT), data: &body.to_string(), ..Default::default() });
                 frames.push(gap);
                 0
             }
