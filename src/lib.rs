@@ -63,6 +63,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
+pub mod mercure;
 pub mod outbox;
 pub mod server;
 pub mod sse;
