@@ -16,3 +16,4 @@
 
 pub mod form;
 pub mod matcher;
+pub mod update;
