@@ -25,9 +25,9 @@ use super::form::has_forbidden_char;
 /// Long enough for any realistic IRI or URL pattern (browsers and most
 /// servers cap URLs near 2 KiB to 8 KiB, and a matcher travels in a query
 /// string), short enough that compiling one, and holding
-/// `MAX_MATCHERS` of them per request, stays cheap. The
+/// [`super::subscribe::MAX_MATCHERS`] of them per request, stays cheap. The
 /// publish side caps topics at the same length
-/// (`MAX_TOPIC_BYTES`), so every publishable topic can be
+/// ([`super::update::MAX_TOPIC_BYTES`]), so every publishable topic can be
 /// subscribed to exactly.
 pub const MAX_MATCHER_BYTES: usize = 2048;
 

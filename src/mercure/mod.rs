@@ -16,4 +16,5 @@
 
 pub mod form;
 pub mod matcher;
+pub mod subscribe;
 pub mod update;
