@@ -17,4 +17,5 @@
 pub mod form;
 pub mod matcher;
 pub mod subscribe;
+pub mod token;
 pub mod update;
