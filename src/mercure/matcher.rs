@@ -356,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn absolute_url_patterns_match_as_the_url_pattern_standard_says() {
+    fn absolute_url_patterns_must_match_as_the_url_pattern_standard_says() {
         let books = pattern("https://example.com/books/:id");
         assert!(books.matches("https://example.com/books/1"));
         assert!(books.matches("https://example.com/books/abc"));
@@ -422,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_url_patterns_are_refused() {
+    fn invalid_url_patterns_must_be_refused() {
         let hub = hub();
         for text in [
             "https://example.com/books/:id(",
@@ -457,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pathological_pattern_matches_in_linear_time() {
+    fn url_patterns_must_be_matched_in_linear_time_even_when_pathological() {
         // (a+)+$ backtracks exponentially on "aaaa…b" in a backtracking engine
         let matcher = pattern("https://example.com/:x((?:a+)+)");
         let topic = format!("https://example.com/{}b", "a".repeat(MAX_MATCHER_BYTES));

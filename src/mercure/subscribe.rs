@@ -43,7 +43,10 @@ pub struct SubscriptionRequest {
 /// gives `urlpattern` ones; these names are case-sensitive. Any other name
 /// in the reserved `match` namespace (equal to, or starting with, `match`
 /// in any ASCII case) is refused rather than ignored, so that a typo or an
-/// unsupported matcher type fails loudly. Other parameters are ignored.
+/// unsupported matcher type fails loudly. Other parameters are ignored,
+/// but must be UTF-8 like the rest: the whole query is decoded strictly,
+/// which is stricter than the spec (it requires UTF-8 of matcher values)
+/// and refuses only queries no browser's `URLSearchParams` would produce.
 pub fn parse_subscription(query: &[u8], hub_url: &Url) -> Result<SubscriptionRequest, &'static str> {
     let pairs = form::parse(query, MAX_PARAMETERS).map_err(|error| match error {
         FormError::TooManyPairs => "too many query parameters",

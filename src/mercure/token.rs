@@ -992,7 +992,7 @@ mod tests {
     }
 
     #[test]
-    fn details_of_other_types_are_ignored() {
+    fn the_detail_type_must_be_compared_byte_by_byte_and_other_types_ignored() {
         let grants = grants(json!([
             {"type": "https://example.com/other", "actions": ["publish"], "topics": [{"match": "*"}]},
             {"type": "https://mercure.rocks/authorization-detail/", "actions": ["publish"], "topics": [{"match": "*"}]},
@@ -1017,7 +1017,7 @@ mod tests {
     }
 
     #[test]
-    fn a_non_string_action_invalidates_the_token() {
+    fn a_non_string_action_must_invalidate_the_token() {
         for actions in [json!(["publish", 1]), json!([null]), json!([["publish"]]), json!([{"action": "publish"}])] {
             let details = json!([{"type": AUTHORIZATION_DETAIL_TYPE, "actions": actions, "topics": [{"match": "*"}]}]);
             assert_eq!(details_rejection(details), "an action is not a string", "{actions}");
@@ -1025,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_actions_grant_nothing_and_do_not_invalidate_the_token() {
+    fn unknown_actions_must_be_ignored_granting_nothing_and_keeping_the_token_valid() {
         let grants = grants(json!([
             detail(&["read", "Publish", "SUBSCRIBE"], json!([{"match": "*"}])),
             detail(&["subscribe", "future-action"], json!([{"match": "a"}])),
@@ -1061,7 +1061,19 @@ mod tests {
     }
 
     #[test]
-    fn an_unsupported_match_type_invalidates_the_token() {
+    fn a_topic_matcher_without_match_type_must_be_exact() {
+        let grants = grants(json!([detail(&["subscribe"], json!([{"match": "https://example.com/books/:id"}]))]));
+        assert!(grants.can_subscribe_any(&["https://example.com/books/:id"]));
+        assert!(!grants.can_subscribe_any(&["https://example.com/books/1"]));
+        let explicit = self::grants(json!([detail(
+            &["subscribe"],
+            json!([{"match": "https://example.com/books/:id", "match_type": "urlpattern"}])
+        )]));
+        assert!(explicit.can_subscribe_any(&["https://example.com/books/1"]));
+    }
+
+    #[test]
+    fn an_unsupported_match_type_must_invalidate_the_token() {
         for match_type in [json!("regex"), json!("Exact"), json!("URLPATTERN"), json!(""), json!(null), json!(1)] {
             let details = json!([detail(&["publish"], json!([{"match": "a", "match_type": match_type}]))]);
             assert_eq!(details_rejection(details), "unsupported match_type", "{match_type}");
@@ -1069,21 +1081,21 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_url_pattern_invalidates_the_token() {
+    fn an_invalid_url_pattern_in_a_detail_must_invalidate_the_token() {
         let details =
             json!([detail(&["subscribe"], json!([{"match": "https://example.com/:id(", "match_type": "urlpattern"}]))]);
         assert_eq!(details_rejection(details), "topic matcher is not a valid URL pattern");
     }
 
     #[test]
-    fn one_invalid_mercure_detail_invalidates_the_whole_token() {
+    fn one_invalid_mercure_detail_must_invalidate_the_whole_token() {
         let details =
             json!([detail(&["publish", "subscribe"], json!([{"match": "*"}])), detail(&["publish"], json!([])),]);
         assert!(hs256().verify(Role::Publisher, &mint_hs256(&claims(details)), RESOURCE, NOW).is_err());
     }
 
     #[test]
-    fn a_payload_must_be_an_object() {
+    fn a_payload_must_be_an_object_or_the_token_is_invalid() {
         for payload in [json!("x"), json!([1]), json!(null), json!(1)] {
             let mut entry = detail(&["subscribe"], json!([{"match": "*"}]));
             entry["payload"] = payload.clone();
@@ -1092,7 +1104,7 @@ mod tests {
     }
 
     #[test]
-    fn more_details_than_the_limit_invalidate_the_token() {
+    fn more_details_than_the_limit_must_invalidate_the_token() {
         let one = detail(&["subscribe"], json!([{"match": "a"}]));
         let at_limit = vec![one.clone(); MAX_AUTHORIZATION_DETAILS];
         assert!(grants(json!(at_limit)).can_subscribe_any(&["a"]));
@@ -1101,7 +1113,7 @@ mod tests {
     }
 
     #[test]
-    fn more_topics_in_a_detail_than_the_limit_invalidate_the_token() {
+    fn more_topics_in_a_detail_than_the_limit_must_invalidate_the_token() {
         let topics: Vec<Value> = (0..MAX_TOPICS_PER_DETAIL).map(|i| json!({"match": format!("t{i}")})).collect();
         assert!(grants(json!([detail(&["subscribe"], json!(topics))])).can_subscribe_any(&["t0"]));
         let mut over = topics;
@@ -1113,7 +1125,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_longer_than_the_limit_invalidates_the_token() {
+    fn a_pattern_longer_than_the_limit_must_invalidate_the_token() {
         let long = "p".repeat(crate::mercure::matcher::MAX_MATCHER_BYTES + 1);
         assert_eq!(
             details_rejection(json!([detail(&["publish"], json!([{"match": long}]))])),
@@ -1181,7 +1193,7 @@ mod tests {
     }
 
     #[test]
-    fn the_payload_is_that_of_the_first_subscribe_detail_matching_the_subscription() {
+    fn the_payload_must_be_that_of_the_first_subscribe_detail_matching_the_subscription() {
         let mut specific = detail(&["subscribe"], json!([{"match": "https://example.com/foo"}]));
         specific["payload"] = json!({"custom1": "foo"});
         let mut pattern =
@@ -1247,7 +1259,7 @@ mod tests {
     }
 
     #[test]
-    fn an_authorization_header_that_is_not_bearer_and_a_token_is_malformed() {
+    fn an_authorization_header_that_is_not_bearer_space_token_must_be_refused_as_malformed() {
         for header in [
             "",
             "Bearer",

@@ -522,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn private_is_set_by_the_field_name_whatever_its_value() {
+    fn private_must_be_set_by_the_field_name_and_its_value_must_not_be_interpreted() {
         for body in [
             "topic=a&private=on",
             "topic=a&private=",
@@ -627,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn more_fields_than_the_limit_is_413() {
+    fn more_fields_than_the_limit_must_be_refused_with_413() {
         let at_limit = format!("topic=a{}", "&x=1".repeat(MAX_FIELDS - 1));
         assert!(parse(&at_limit).is_ok());
         let over = format!("{at_limit}&x=1");
@@ -636,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn more_topics_than_the_limit_is_413() {
+    fn more_topics_than_the_limit_must_be_refused_with_413() {
         let at_limit: Vec<String> = (0..MAX_TOPICS).map(|i| format!("topic=t{i}")).collect();
         assert_eq!(parse(&at_limit.join("&")).unwrap().topics.len(), MAX_TOPICS);
         let over = format!("{}&topic=one-more", at_limit.join("&"));
@@ -645,7 +645,7 @@ mod tests {
     }
 
     #[test]
-    fn a_topic_longer_than_the_limit_is_413() {
+    fn a_topic_longer_than_the_limit_must_be_refused_with_413() {
         let at_limit = "t".repeat(MAX_TOPIC_BYTES);
         assert!(parse(&format!("topic={at_limit}")).is_ok());
         assert_eq!(error(&format!("topic={at_limit}t")), UpdateError::TopicTooLong);
@@ -653,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_longer_than_the_limit_is_413() {
+    fn an_id_longer_than_the_limit_must_be_refused_with_413() {
         let at_limit = "i".repeat(MAX_ID_BYTES);
         assert!(parse(&format!("topic=a&id={at_limit}")).is_ok());
         assert_eq!(error(&format!("topic=a&id={at_limit}i")), UpdateError::IdTooLong);
@@ -661,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn a_type_longer_than_the_limit_is_413() {
+    fn a_type_longer_than_the_limit_must_be_refused_with_413() {
         let at_limit = "e".repeat(MAX_TYPE_BYTES);
         assert!(parse(&format!("topic=a&type={at_limit}")).is_ok());
         assert_eq!(error(&format!("topic=a&type={at_limit}e")), UpdateError::TypeTooLong);
@@ -669,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_longer_than_the_limit_is_413() {
+    fn a_retry_longer_than_the_limit_must_be_refused_with_413() {
         let at_limit = "1".repeat(MAX_RETRY_DIGITS);
         assert!(parse(&format!("topic=a&retry={at_limit}")).is_ok());
         assert_eq!(error(&format!("topic=a&retry={at_limit}1")), UpdateError::RetryTooLong);
