@@ -289,8 +289,9 @@ impl Verifier {
 fn check_header(header: &Header) -> Result<(), InvalidToken> {
     let typ = header.typ.as_deref().ok_or(invalid("missing typ"))?;
     // RFC 7515 4.1.9: compared case-insensitively, `application/` optional.
-    let media_type = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => typ.get(12..),
+    const APPLICATION: &str = "application/";
+    let media_type = match typ.get(..APPLICATION.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(APPLICATION) => typ.get(APPLICATION.len()..),
         _ => Some(typ),
     };
     if !media_type.is_some_and(|media_type| media_type.eq_ignore_ascii_case("at+jwt")) {
