@@ -11,6 +11,7 @@
 //! | [`http`]        | HTTP/1.1 and nothing else: request parsing, response framing, and [`http::conn`], one connection's state machine, which hands complete requests to an application. |
 //! | [`app`]         | the application: routes, credentials, CORS, the demo page, `/metrics`; the seeds' formats in [`app::seeds`]. |
 //! | [`broadcast`]   | events to subscribers: ids and order ([`broadcast::hub`]), history and fan-out ([`broadcast::broker`]), the Redis cluster bus, the in-process [`broadcast::publisher::Publisher`]. |
+//! | [`mercure`]     | the Mercure protocol's pure core: form decoding, topic matchers, JWT access tokens, publish and subscribe requests. |
 //! | [`sse`]         | WHATWG event-stream framing: every byte of a stream is written here. |
 //! | [`config`]      | flags, environment variables, `--help`. |
 //! | [`ticker`]      | `--tick`: the second seed's clock, published through a [`broadcast::publisher::Publisher`]. |
@@ -60,6 +61,7 @@ pub mod app;
 pub mod broadcast;
 pub mod config;
 pub mod http;
+pub mod mercure;
 pub mod server;
 pub mod sse;
 pub mod ticker;
