@@ -39,7 +39,7 @@ fn heads(c: &mut Criterion) {
 fn publish_request(c: &mut Criterion) {
     let app = App::default();
     let limits = app.settings.limits;
-    let receipt = Receipt { id: EventId { ms: 1, seq: 1 }, subscribers: 1 };
+    let receipt = Receipt { id: EventId { ms: 1, seq: 1 }, subscribers: 1, mercure_id: None };
     let now = Instant::now();
     let mut group = c.benchmark_group("conn");
     group.throughput(Throughput::Bytes(CURL_POST.len() as u64));

@@ -249,6 +249,72 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "mercure-issuer",
+        value: "URL",
+        help: "Mercure: the trusted token issuer (`iss`); with a key, turns Mercure publishing on",
+        apply: |c, v| {
+            if v.is_empty() {
+                return Err("an issuer is not empty".to_owned());
+            }
+            c.settings.mercure.issuer = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "mercure-publisher-key",
+        value: "KEY",
+        help: "Mercure: the publishers' token key: an HMAC secret, or @PATH of a PEM public key (RS256, ES256, EdDSA)",
+        apply: |c, v| key(v).map(|k| c.settings.mercure.publisher_key = Some(k)),
+    },
+    Flag {
+        name: "mercure-subscriber-key",
+        value: "KEY",
+        help: "Mercure: the subscribers' token key, as the publishers' [default: the publishers' key]",
+        apply: |c, v| key(v).map(|k| c.settings.mercure.subscriber_key = Some(k)),
+    },
+    Flag {
+        name: "mercure-alg",
+        value: "ALG",
+        help: "Mercure: the one accepted token algorithm: HS256, HS384, HS512, RS256, ES256, EdDSA [default: HS256]",
+        apply: |c, v| {
+            let alg =
+                crate::mercure::token::Alg::from_name(v).ok_or("not one of HS256 HS384 HS512 RS256 ES256 EdDSA")?;
+            c.settings.mercure.alg = alg;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "mercure-resource",
+        value: "URL",
+        help: "Mercure: the hub's URL, which tokens must name in `aud` [default: http://HOST/.well-known/mercure from each request]",
+        apply: |c, v| {
+            let url = url::Url::parse(v).map_err(|e| format!("not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err("an http or https URL".to_owned());
+            }
+            c.settings.mercure.resource = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "mercure-require-subscriber-token",
+        value: "",
+        help: "Mercure: refuse subscribers without a token (401); by default they get public updates only",
+        apply: |c, v| switch(v).map(|on| c.settings.mercure.require_subscriber_token = on),
+    },
+    Flag {
+        name: "mercure-cookie",
+        value: "NAME",
+        help: "Mercure: the cookie that may carry a token [default: __Secure-mercure_access_token]",
+        apply: |c, v| {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
+                return Err("a cookie name (RFC 6265 token)".to_owned());
+            }
+            c.settings.mercure.cookie_name = v.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
         name: "tick",
         value: "",
         help: "publish the server's time (UTC) every second on topic `time`",
@@ -302,6 +368,8 @@ where
             crate::broadcast::bus::MAX_MESSAGE_BYTES
         ));
     }
+    // A key that does not fit its algorithm is an error now, not a 401 later.
+    config.settings.mercure.verifier()?;
     Ok(Command::Run(Box::new(config)))
 }
 
@@ -321,6 +389,16 @@ pub fn help() -> String {
     }
     text.push_str(&format!("{:<28} print this help\n{:<28} print the version\n", "  -h, --help", "  -V, --version"));
     text
+}
+
+/// A key: the value itself (an HMAC secret), or `@PATH` for a file's
+/// contents (a PEM key), read now so that a bad path fails at start.
+fn key(value: &str) -> Result<Vec<u8>, String> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}")),
+        None if value.is_empty() => Err("a key is not empty".to_owned()),
+        None => Ok(value.as_bytes().to_vec()),
+    }
 }
 
 fn resolve(value: &str) -> Result<SocketAddr, String> {

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         "{}",
         format_args!(
             "bare-sse {} listening on http://{addr} ({} event loop(s), max {} connections, {} B head, \
-             {} B body, {} B buffered per subscriber, history {} events)\n",
+             {} B body, {} B buffered per subscriber, history {} events; Mercure publishing {})\n",
             env!("CARGO_PKG_VERSION"),
             server.threads(),
             config.max_connections,
@@ -85,6 +85,10 @@ fn main() -> ExitCode {
             limits.max_body_bytes,
             config.max_buffered_bytes,
             config.history.events,
+            match (&config.settings.mercure.issuer, &config.settings.mercure.publisher_key) {
+                (Some(_), Some(_)) => "on",
+                _ => "off (no --mercure-issuer and --mercure-publisher-key)",
+            },
         )
     );
     if !addr.ip().is_loopback() && config.settings.publish_token.is_none() {

@@ -315,7 +315,7 @@ impl<'p, 'a> Harness<'p, 'a> {
                         retry: None,
                     };
                     check_frame_roundtrip(&event);
-                    let receipt = Receipt { id: EventId::parse(&id).expect("an id"), subscribers: 0 };
+                    let receipt = Receipt { id: EventId::parse(&id).expect("an id"), subscribers: 0, mercure_id: None };
                     self.conn.respond(self.app.published(&receipt), &settings.limits, self.now);
                 }
                 Action::Subscribe(subscribe) => {
@@ -325,6 +325,17 @@ impl<'p, 'a> Harness<'p, 'a> {
                     self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
                     let joined = self.broker.subscribe(0, &subscribe.topics, subscribe.last_event_id.as_deref());
                     self.conn.open_stream(self.app.stream_head());
+                    self.conn.outbox().push(self.app.stream_opening());
+                    for frame in joined.backlog {
+                        self.conn.outbox().push(frame);
+                    }
+                }
+                Action::SubscribeMercure(subscribe) => {
+                    self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
+                    let interest = subscribe.interest.clone();
+                    let joined = self.broker.subscribe_mercure(0, interest, subscribe.last_event_id.as_deref(), None);
+                    let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
+                    self.conn.open_stream(head);
                     self.conn.outbox().push(self.app.stream_opening());
                     for frame in joined.backlog {
                         self.conn.outbox().push(frame);

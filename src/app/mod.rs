@@ -10,11 +10,13 @@
 //! | `/send-event` | POST, OPTIONS      | publish `{"message": "..."}` to subscribers      |
 //! | `/metrics`    | GET, HEAD          | Prometheus text exposition ([`metrics`])         |
 //! | `/healthz`    | GET, HEAD          | `ok`                                             |
+//! | `/.well-known/mercure` | GET, HEAD, POST, OPTIONS | the Mercure hub ([`mercure`])          |
 //!
 //! The seeds' formats (publish body, subscription query, JSON answers) are
 //! in [`seeds`]. Everything here is pure: a request in, a [`Response`] or an
 //! [`Action`] out.
 
+pub mod mercure;
 pub mod metrics;
 pub mod seeds;
 
@@ -44,6 +46,8 @@ pub struct Settings {
     pub subscribe_token: Option<String>,
     /// Log a line per request (peer, method, target, status).
     pub access_log: bool,
+    /// The Mercure hub's configuration.
+    pub mercure: mercure::MercureSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +59,7 @@ impl Default for Settings {
             publish_token: None,
             subscribe_token: None,
             access_log: false,
+            mercure: mercure::MercureSettings::default(),
         }
     }
 }
@@ -70,6 +75,11 @@ pub enum Action {
     /// [`App::stream_opening`], followed by what the broker says to send
     /// first.
     Subscribe(Subscribe),
+    /// Open a Mercure stream: subscribe it, then open it with
+    /// [`App::mercure_stream_head`] (which says where it resumed) and
+    /// [`App::stream_opening`], followed by what the broker says to send
+    /// first; the stream must end when its token expires.
+    SubscribeMercure(Box<mercure::MercureSubscribe>),
     /// Render the metrics and answer with [`App::metrics`].
     Metrics,
     /// Say whether the server is healthy, with [`App::health`].
@@ -99,6 +109,8 @@ pub enum Endpoint {
     Metrics,
     /// `/healthz`: liveness.
     Health,
+    /// `/.well-known/mercure`: the Mercure hub.
+    Mercure,
 }
 
 impl Endpoint {
@@ -110,6 +122,7 @@ impl Endpoint {
             "/send-event" => Some(Endpoint::Publish),
             "/metrics" => Some(Endpoint::Metrics),
             "/healthz" => Some(Endpoint::Health),
+            mercure::PATH => Some(Endpoint::Mercure),
             _ => None,
         }
     }
@@ -120,6 +133,7 @@ impl Endpoint {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => matches!(method, Method::Get | Method::Head),
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
+            Endpoint::Mercure => matches!(method, Method::Get | Method::Head | Method::Post | Method::Options),
         }
     }
 
@@ -129,23 +143,50 @@ impl Endpoint {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
+            Endpoint::Mercure => mercure::ALLOW,
         }
     }
 }
 
 /// The application, as the connection machine sees it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct App {
     pub settings: Settings,
+    mercure: mercure::Hub,
+    /// The wall clock, in Unix seconds (token expiry); a parameter so that
+    /// tests can set the time.
+    pub clock: fn() -> u64,
+}
+
+impl Default for App {
+    fn default() -> App {
+        App::new(Settings::default())
+    }
+}
+
+/// The system's wall clock, in Unix seconds.
+pub fn system_clock() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl App {
+    /// The application for `settings`. A Mercure key that cannot be read
+    /// leaves Mercure publishing off (with an error in the log); the server
+    /// checks the keys before it starts ([`mercure::MercureSettings::verifier`]).
     pub fn new(settings: Settings) -> App {
-        App { settings }
+        let mercure = mercure::Hub::new(settings.mercure.clone()).unwrap_or_else(|why| {
+            log::error!("{why}: Mercure publishing is off");
+            mercure::Hub::default()
+        });
+        App { settings, mercure, clock: system_clock }
     }
 
-    /// The answer to a publish: its id and how many streams it goes to.
+    /// The answer to a publish: its id and how many streams it goes to;
+    /// for a Mercure update, its id alone, as text.
     pub fn published(&self, receipt: &Receipt) -> Response {
+        if let Some(id) = &receipt.mercure_id {
+            return Response::new(Status::OK, "text/plain; charset=utf-8", id.clone().into_bytes());
+        }
         let body = seeds::published_body(&receipt.id.to_string(), receipt.subscribers);
         Response::new(Status::OK, "application/json", body.into_bytes())
     }
@@ -175,7 +216,31 @@ impl App {
     /// browsers from caching it; `X-Accel-Buffering: no` tells nginx not to
     /// buffer it.
     pub fn stream_head(&self) -> Response {
+        App::event_stream_head()
+    }
+
+    /// The head of a Mercure stream: with `Mercure-Last-Event-ID` when the
+    /// subscriber asked to resume (the spec's MUST), saying where it did.
+    pub fn mercure_stream_head(&self, resumed_after: Option<&str>) -> Response {
+        let head = App::event_stream_head();
+        match resumed_after {
+            Some(id) => head.header("Mercure-Last-Event-ID", id),
+            None => head,
+        }
+    }
+
+    fn event_stream_head() -> Response {
         Response::stream(EVENT_STREAM).header("Cache-Control", "no-cache").header("X-Accel-Buffering", "no")
+    }
+
+    /// A 204: no body, and no `Content-Length` (RFC 9110 8.6).
+    fn no_content() -> Response {
+        Response { status: Status::NO_CONTENT, ..Response::stream(EVENT_STREAM) }.without_headers()
+    }
+
+    /// Whether Mercure publishing is on (an issuer and a key).
+    pub fn mercure_publishing(&self) -> bool {
+        self.mercure.can_publish()
     }
 
     /// What a stream starts with: a comment, so clients see it open at once,
@@ -184,14 +249,18 @@ impl App {
         crate::sse::opening(self.settings.retry_ms)
     }
 
-    /// The CORS answer for a request from `origin`.
-    fn cors(&self, origin: Option<&str>) -> Cors {
+    /// The CORS answer for a request from `origin`. With `credentials`
+    /// (the Mercure hub, whose browsers send a cookie), an allowed origin
+    /// is named and `Access-Control-Allow-Credentials: true` added; a
+    /// credentialed answer is never `*`, and never an origin that is not in
+    /// the list.
+    fn cors(&self, origin: Option<&str>, credentials: bool) -> Cors {
         let origins = &self.settings.cors_origins;
         if origins.iter().any(|o| o == "*") {
-            return Cors { allow_origin: Some("*".into()), vary: false };
+            return Cors { allow_origin: Some("*".into()), vary: false, credentials: false };
         }
         let allowed = origin.filter(|origin| origins.iter().any(|o| o == origin));
-        Cors { allow_origin: allowed.map(Into::into), vary: true }
+        Cors { credentials: credentials && allowed.is_some(), allow_origin: allowed.map(Into::into), vary: true }
     }
 
     /// Whether the request carries the token its endpoint needs, if any.
@@ -203,7 +272,7 @@ impl App {
         let required = match endpoint {
             Endpoint::Publish => self.settings.publish_token.as_deref(),
             Endpoint::Events => self.settings.subscribe_token.as_deref(),
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health => None,
+            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure => None,
         };
         let Some(required) = required else {
             return true;
@@ -225,9 +294,7 @@ impl App {
 
     /// Answers a CORS preflight (`OPTIONS`) with what a browser may send.
     fn preflight(&self, endpoint: Endpoint) -> Response {
-        // A 204 has no body and no Content-Length (RFC 9110 8.6).
-        Response { status: Status::NO_CONTENT, ..Response::stream(EVENT_STREAM) }
-            .without_headers()
+        App::no_content()
             .header("Access-Control-Allow-Methods", endpoint.allow_header())
             .header("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
             .header("Access-Control-Max-Age", "600")
@@ -239,7 +306,8 @@ impl Application for App {
     type Action = Action;
 
     fn screen(&self, head: &RequestHead) -> Result<(), Response> {
-        let cors = self.cors(head.origin.as_deref());
+        let mercure = head.path == mercure::PATH;
+        let cors = self.cors(head.origin.as_deref(), mercure);
         let refusal = match Endpoint::from_path(&head.path) {
             None => Response::error(Status::NOT_FOUND, "not found"),
             Some(endpoint) if !endpoint.allows(head.method) => {
@@ -262,15 +330,20 @@ impl Application for App {
     }
 
     fn handle(&self, request: Request) -> Handled<Action> {
-        let Request { head, body } = request;
-        let cors = self.cors(head.origin.as_deref());
         // Screened already: the route exists and allows the method.
-        let Some(endpoint) = Endpoint::from_path(&head.path) else {
+        let Some(endpoint) = Endpoint::from_path(&request.head.path) else {
             return Handled::Respond(Response::error(Status::NOT_FOUND, "not found"));
         };
+        let cors = self.cors(request.head.origin.as_deref(), endpoint == Endpoint::Mercure);
         let defer = |action| Handled::Defer { action, headers: cors.headers() };
+        let Request { head, body } = match endpoint {
+            // The second front door: its own module.
+            Endpoint::Mercure => return self.mercure.handle(self, request, cors),
+            _ => request,
+        };
         let response = match endpoint {
             _ if head.method == Method::Options => self.preflight(endpoint),
+            Endpoint::Mercure => Response::error(Status::NOT_FOUND, "not found"),
             Endpoint::Health => return defer(Action::Health),
             Endpoint::Metrics => return defer(Action::Metrics),
             Endpoint::Page => Response::new(Status::OK, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()),
@@ -303,18 +376,21 @@ impl Application for App {
     }
 }
 
-/// The CORS part of an answer: which origin may read it, and whether the
-/// answer depends on the request's `Origin` (then `Vary: Origin`).
+/// The CORS part of an answer: which origin may read it, whether with
+/// credentials (cookies), and whether the answer depends on the request's
+/// `Origin` (then `Vary: Origin`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Cors {
     allow_origin: Option<Box<str>>,
     vary: bool,
+    credentials: bool,
 }
 
 impl Cors {
     fn headers(&self) -> Vec<(&'static str, String)> {
         let allow = self.allow_origin.as_deref().map(|origin| ("Access-Control-Allow-Origin", origin.to_owned()));
-        allow.into_iter().chain(self.vary.then(|| ("Vary", "Origin".to_owned()))).collect()
+        let credentials = self.credentials.then(|| ("Access-Control-Allow-Credentials", "true".to_owned()));
+        allow.into_iter().chain(credentials).chain(self.vary.then(|| ("Vary", "Origin".to_owned()))).collect()
     }
 }
 
@@ -356,11 +432,15 @@ mod tests {
         while let Some(action) = conn.poll(app, limits, now) {
             match &action {
                 Action::Publish(_) => {
-                    let receipt = Receipt { id: EventId { ms: 1, seq: 1 }, subscribers };
+                    let receipt = Receipt { id: EventId { ms: 1, seq: 1 }, subscribers, mercure_id: None };
                     conn.respond(app.published(&receipt), limits, t0());
                 }
                 Action::Subscribe(_) => {
                     conn.open_stream(app.stream_head());
+                    conn.outbox().push(app.stream_opening());
+                }
+                Action::SubscribeMercure(_) => {
+                    conn.open_stream(app.mercure_stream_head(None));
                     conn.outbox().push(app.stream_opening());
                 }
                 Action::Health => conn.respond(app.health(None), limits, t0()),

@@ -264,4 +264,15 @@ pub struct Receipt {
     pub id: EventId,
     /// How many subscribers it will be sent to.
     pub subscribers: usize,
+    /// For a Mercure update, the id its subscribers see (its own, or the
+    /// hub's URN), which is what its publisher is answered.
+    pub mercure_id: Option<String>,
+}
+
+impl Receipt {
+    /// The receipt for `publish`, numbered `id`.
+    pub fn new(id: EventId, subscribers: usize, publish: &Publish) -> Receipt {
+        let mercure_id = publish.mercure.as_ref().map(|m| m.id.clone().unwrap_or_else(|| id.urn()));
+        Receipt { id, subscribers, mercure_id }
+    }
 }

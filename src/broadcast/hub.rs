@@ -213,11 +213,12 @@ impl Hub {
         let mut state = self.lock();
         let id = EventId { ms: state.epoch, seq: state.next_seq };
         state.next_seq += 1;
-        let subscribers = state.registry.count(&publish.topics);
+        // Mercure answers with the update's id, not a count.
+        let subscribers = if publish.mercure.is_some() { 0 } else { state.registry.count(&publish.topics) };
         let event = Arc::new(Published::new(id, publish));
         self.send_to_all(&state, Message::Event, event, origin);
         self.events.fetch_add(1, Ordering::Relaxed);
-        Ok(Receipt { id, subscribers })
+        Ok(Receipt::new(id, subscribers, publish))
     }
 
     /// Whether some loop has more than [`MAX_INBOX_BYTES`] of events waiting.

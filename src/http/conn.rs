@@ -46,7 +46,9 @@
 //! * closing or lingering: the peer gets [`LINGER`] to read our last answer
 //!   and close.
 //!
-//! A stream has no deadline: heartbeats find dead peers.
+//! * a stream opened with an end ([`Conn::open_stream_until`]): closed then.
+//!
+//! Otherwise a stream has no deadline: heartbeats find dead peers.
 //!
 //! **Why linger?** If we close a socket while the peer's unread bytes sit in
 //! our receive buffer, the kernel sends RST, and the peer may lose our error
@@ -197,6 +199,8 @@ enum Timer {
     Request,
     /// Closing or lingering.
     Linger,
+    /// The end of a stream that may last only so long.
+    StreamEnd,
 }
 
 #[derive(Debug)]
@@ -440,6 +444,12 @@ impl Conn {
     /// of an endless body (an event stream): from now on the connection
     /// only sends what the server queues in its outbox.
     pub fn open_stream(&mut self, head: Response) {
+        self.open_stream_until(head, None);
+    }
+
+    /// [`Conn::open_stream`] for a stream that must end by `ends_at` (a
+    /// token's expiry, say): the connection closes then.
+    pub fn open_stream_until(&mut self, head: Response, ends_at: Option<Instant>) {
         let State::Waiting(deferred) = &mut self.state else { return };
         let headers = std::mem::take(&mut deferred.headers);
         let mut head = head.with_headers(headers);
@@ -449,6 +459,9 @@ impl Conn {
         self.outbox.push(out.into());
         self.count(head.status, head.refusal);
         self.set_state(State::Streaming);
+        if let Some(at) = ends_at {
+            (self.timer, self.deadline) = (Timer::StreamEnd, at);
+        }
     }
 
     /// What the server should do with the socket now. Call after polling and
@@ -477,6 +490,8 @@ impl Conn {
         let (wanted, after) = match &self.state {
             State::Reading(None) if self.input.is_empty() => (Timer::Idle, limits.idle_timeout),
             State::Reading(_) => (Timer::Request, limits.header_timeout),
+            // A stream's end, if it has one, was set when it opened.
+            State::Streaming if self.timer == Timer::StreamEnd => return,
             State::Waiting(_) | State::Streaming => (Timer::Off, Duration::ZERO),
             State::Closing | State::Lingering => (Timer::Linger, LINGER),
         };

@@ -113,6 +113,8 @@ pub struct RequestHead {
     pub authorization: Option<String>,
     /// The `Origin` header (CORS), if any.
     pub origin: Option<String>,
+    /// The `Host` header, if any (exactly one in HTTP/1.1).
+    pub host: Option<String>,
     /// The `Cookie` header (RFC 6265), if any; several are joined with `; `
     /// as RFC 9113 8.2.3 and browsers do.
     pub cookie: Option<String>,
@@ -170,6 +172,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut hosts = 0;
+    let mut host = None;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -205,6 +208,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
             chunked = true;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("connection") {
             // Tokens are compared as bytes: a non-UTF-8 byte elsewhere in the
             // field must not hide a `close` (found by the head fuzz target).
@@ -262,6 +266,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         last_event_id,
         authorization,
         origin,
+        host,
         cookie,
     })
 }

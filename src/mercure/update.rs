@@ -28,7 +28,7 @@ pub const MAX_TOPIC_BYTES: usize = super::matcher::MAX_MATCHER_BYTES;
 /// Longest `id`, in bytes; longer is 413. An id comes back in
 /// `Last-Event-ID` headers and `last_event_id` query strings, so it is kept
 /// well under common header limits; UUID URNs and IRIs fit easily.
-pub const MAX_ID_BYTES: usize = 1024;
+pub const MAX_ID_BYTES: usize = crate::sse::MAX_FIELD_BYTES;
 
 /// Longest `type`, in bytes; longer is 413. An event type is a name.
 pub const MAX_TYPE_BYTES: usize = 256;

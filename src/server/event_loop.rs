@@ -17,12 +17,14 @@ use slab::Slab;
 
 use super::accept::Acceptor;
 use super::{Handle, Shared};
+use crate::app::mercure::MercureSubscribe;
 use crate::app::{Action, App, Subscribe};
-use crate::broadcast::broker::{Broker, Delivery, Subscriber};
+use crate::broadcast::broker::{Broker, Delivery, Joined, Subscriber};
 use crate::broadcast::bus::Bus;
-use crate::broadcast::event::{EventId, Receipt};
+use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
 use crate::config::Config;
+use crate::http::Response;
 use crate::http::conn::{Conn, SocketCommand};
 use crate::http::outbox::Flushed;
 use crate::sse::Frame;
@@ -457,12 +459,19 @@ impl Loop {
                     // bus's answer comes back through the inbox.
                     Some(bus) => {
                         let (hub, index, serial) = (self.hub.clone(), self.index, client.serial);
-                        let topics = publish.topics.clone();
+                        let kept = Publish { message: String::new(), ..publish.clone() };
                         bus.submit(
                             publish,
                             Box::new(move |result| {
                                 let answer = result
-                                    .map(|id| Receipt { id, subscribers: hub.count_subscribers(&topics) })
+                                    .map(|id| {
+                                        let count = if kept.mercure.is_some() {
+                                            0
+                                        } else {
+                                            hub.count_subscribers(&kept.topics)
+                                        };
+                                        Receipt::new(id, count, &kept)
+                                    })
                                     .map_err(|e| e.to_string());
                                 hub.answer(index, key, serial, answer);
                             }),
@@ -476,6 +485,10 @@ impl Loop {
                 }
                 Action::Subscribe(subscribe) => {
                     self.subscribe(key, subscribe);
+                    continue;
+                }
+                Action::SubscribeMercure(subscribe) => {
+                    self.subscribe_mercure(key, *subscribe);
                     continue;
                 }
                 Action::Metrics => {
@@ -494,17 +507,40 @@ impl Loop {
     /// broker makes the seam between the two exact at any time, even in the
     /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
+        let newest = self.prepare_stream();
         let last_event_id = subscribe.last_event_id.as_deref();
-        // The stream starts after every event sent so far: take the inbox
-        // in first (a loop without streams is not woken for each publish).
-        // And a client resuming here may have come from a loop further
-        // along: every event another loop has sent out is in this loop's
-        // inbox already (the hub fills every inbox before anyone is
-        // answered), so after this its id is known here. A cluster node may
-        // be behind the node the client came from by more than its inbox:
-        // an id up to a minute past the node's clock is taken as one not
-        // read yet (see Broker::subscribe_up_to).
-        let newest = match &self.bus {
+        let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
+        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
+        self.open_stream(key, joined, self.app.stream_head(), None);
+    }
+
+    /// [`Loop::subscribe`] for a Mercure stream, which must end when its
+    /// token expires.
+    fn subscribe_mercure(&mut self, key: usize, subscribe: MercureSubscribe) {
+        let newest = self.prepare_stream();
+        let MercureSubscribe { interest, last_event_id, expires_at } = subscribe;
+        let joined = self.broker.subscribe_mercure(key, interest, last_event_id.as_deref(), newest);
+        // Counted as a stream, with no seeds topic.
+        self.hub.stream_opened(std::iter::empty());
+        let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
+        let ends_at = expires_at.map(|at| {
+            let left = at.saturating_sub((self.app.clock)());
+            Instant::now() + Duration::from_secs(left)
+        });
+        self.open_stream(key, joined, head, ends_at);
+    }
+
+    /// Before a subscribe: the stream starts after every event sent so far,
+    /// so take the inbox in first (a loop without streams is not woken for
+    /// each publish). And a client resuming here may have come from a loop
+    /// further along: every event another loop has sent out is in this
+    /// loop's inbox already (the hub fills every inbox before anyone is
+    /// answered), so after this its id is known here. A cluster node may be
+    /// behind the node the client came from by more than its inbox: the id
+    /// returned, a minute past the node's clock, bounds the ids taken as
+    /// ones not read yet (see `Broker::subscribe_up_to`).
+    fn prepare_stream(&mut self) -> Option<EventId> {
+        match &self.bus {
             None => {
                 // (Only events come in a lone server's inbox; bounded by
                 // the hub's backlog bound.) Announced first, so that no
@@ -519,20 +555,24 @@ impl Loop {
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 Some(EventId { ms: now_ms.saturating_add(AHEAD_OF_CLOCK_MS), seq: u64::MAX })
             }
-        };
-        let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
+        }
+    }
+
+    /// Makes connection `key` the stream the broker just joined: its head,
+    /// the opening, then the backlog (replay). Ends at `ends_at`, if set.
+    fn open_stream(&mut self, key: usize, joined: Joined, head: Response, ends_at: Option<Instant>) {
         let Some(client) = self.clients.get_mut(key) else {
             return self.broker.unsubscribe(joined.membership);
         };
-        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
         client.membership = Some(joined.membership as u32);
-        client.conn.open_stream(self.app.stream_head());
+        client.conn.open_stream_until(head, ends_at);
         client.conn.outbox().push(self.app.stream_opening());
         let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
         client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
         }
+        self.schedule(key);
     }
 
     /// Takes what the hub sent this loop: events into the broker (to go out

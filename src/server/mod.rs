@@ -111,6 +111,9 @@ impl Handle {
 impl Server {
     /// Binds the listening sockets (one per loop) and prepares the loops.
     pub fn bind(config: &Config) -> io::Result<Server> {
+        // Mercure keys that cannot be read stop the start (the command line
+        // checks them too).
+        config.settings.mercure.verifier().map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
         let threads = config.threads();
         let reuse_port = threads > 1;
         let mut polls = Vec::with_capacity(threads);
