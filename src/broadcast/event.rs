@@ -153,7 +153,7 @@ impl EventId {
     /// ```
     /// use bare_sse::broadcast::event::EventId;
     /// let id = EventId { ms: 1_764_300_000_000, seq: 42 };
-    /// assert_eq!(id.urn(), "urn:uuid:019ac84e-5500-7000-8000-00000000002a");
+    /// assert_eq!(id.urn(), "urn:uuid:019ac879-8b00-7000-8000-00000000002a");
     /// assert_eq!(EventId::from_urn(&id.urn()), Some(id));
     /// ```
     pub fn urn(&self) -> String {
@@ -274,5 +274,48 @@ impl Receipt {
     pub fn new(id: EventId, subscribers: usize, publish: &Publish) -> Receipt {
         let mercure_id = publish.mercure.as_ref().map(|m| m.id.clone().unwrap_or_else(|| id.urn()));
         Receipt { id, subscribers, mercure_id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urns_are_version_7_uuids_that_convert_back_and_keep_the_order() {
+        let ids = [
+            EventId { ms: 0, seq: 0 },
+            EventId { ms: 1_764_300_000_000, seq: 1 },
+            EventId { ms: 1_764_300_000_000, seq: (1 << 62) + 5 },
+            EventId { ms: 1_764_300_000_001, seq: u64::MAX },
+            EventId { ms: (1 << 48) - 1, seq: 7 },
+        ];
+        for id in ids {
+            let urn = id.urn();
+            assert_eq!(urn.len(), "urn:uuid:".len() + 36, "{urn}");
+            assert_eq!(urn.as_bytes()["urn:uuid:".len() + 14], b'7', "version 7: {urn}");
+            assert!(b"89ab".contains(&urn.as_bytes()["urn:uuid:".len() + 19]), "RFC 9562 variant: {urn}");
+            assert_eq!(EventId::from_urn(&urn), Some(id), "{urn}");
+        }
+        let urns: Vec<String> = ids.iter().map(EventId::urn).collect();
+        assert!(urns.windows(2).all(|w| w[0] < w[1]), "the text sorts as the ids do: {urns:?}");
+    }
+
+    #[test]
+    fn only_urns_of_this_form_convert() {
+        for text in [
+            "",
+            "urn:uuid:",
+            "1764300000000-1",
+            "urn:uuid:019ac879-8b00-4000-8000-00000000002a", // version 4
+            "urn:uuid:019ac879-8b00-7000-c000-00000000002a", // another variant
+            "urn:uuid:019AC879-8B00-7000-8000-00000000002A", // upper case is not ours
+            "urn:uuid:019ac879-8b00-7000-8000-00000000002",
+            "urn:uuid:019ac879-8b00-7000-8000-00000000002a-",
+            "urn:uuid:019ac879-8b00-7fff-bfff-ffffffffffff", // seq past 64 bits
+            "urn:uuid:+19ac879-8b00-7000-8000-00000000002a",
+        ] {
+            assert_eq!(EventId::from_urn(text), None, "{text:?}");
+        }
     }
 }

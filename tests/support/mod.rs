@@ -3,6 +3,7 @@
 //! broken server fails a test instead of hanging it.
 #![allow(dead_code)]
 
+pub mod mercure;
 pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};

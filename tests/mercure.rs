@@ -1,0 +1,501 @@
+//! The Mercure hub (`/.well-known/mercure`) over real sockets, written from
+//! the spec (draft-dunglas-mercure, `spec/mercure.md`): each MUST of the
+//! subscription, publication, authorization and reconnection sections that
+//! a client can observe, on one loop, on two, and on a Redis cluster.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::{Client, EventStream, Response, TestServer};
+
+const SECRET: &str = "a secret of at least thirty-two bytes, for HS256";
+const ISSUER: &str = "https://app.example";
+const AUDIENCE: &str = "http://test/.well-known/mercure";
+const DETAIL: &str = "https://mercure.rocks/authorization-detail";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token's claims: the required ones, valid for an hour, with these
+/// authorization details.
+fn claims(details: Value) -> Value {
+    json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "urn:test:someone", "client_id": ISSUER,
+        "iat": now(), "exp": now() + 3600, "jti": "urn:test:jti",
+        "authorization_details": details,
+    })
+}
+
+fn grant(actions: &[&str], topics: &[(&str, &str)]) -> Value {
+    let topics: Vec<Value> = topics.iter().map(|(m, t)| json!({"match": m, "match_type": t})).collect();
+    json!({"type": DETAIL, "actions": actions, "topics": topics})
+}
+
+/// Signs `claims` (HS256 with `SECRET`, `typ: at+jwt`).
+fn sign(claims: &Value) -> String {
+    sign_with(claims, SECRET, Some("at+jwt"))
+}
+
+fn sign_with(claims: &Value, secret: &str, typ: Option<&str>) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = typ.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+}
+
+fn publisher_token() -> String {
+    sign(&claims(json!([grant(&["publish"], &[("*", "exact")])])))
+}
+
+fn hub() -> TestServer {
+    hub_with(|_| {})
+}
+
+fn hub_with(adjust: impl FnOnce(&mut bare_sse::config::Config)) -> TestServer {
+    TestServer::with(|config| {
+        config.settings.mercure.issuer = Some(ISSUER.to_owned());
+        config.settings.mercure.publisher_key = Some(SECRET.as_bytes().to_vec());
+        config.heartbeat_secs = 1;
+        adjust(config);
+    })
+}
+
+/// `application/x-www-form-urlencoded`, as `URLSearchParams` writes it.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, value);
+    }
+    serializer.finish()
+}
+
+/// `POST /.well-known/mercure` with `body` and extra header lines.
+fn publish_raw(server: &TestServer, body: &str, headers: &str) -> Response {
+    let request = format!(
+        "POST /.well-known/mercure HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         {headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    server.connect().request(request)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+/// Publishes with a token that may publish anything; returns the id.
+#[track_caller]
+fn publish(server: &TestServer, pairs: &[(&str, &str)]) -> String {
+    let response = publish_raw(server, &form(pairs), &bearer(&publisher_token()));
+    assert_eq!(response.status, 200, "{response:?} {}", response.text());
+    assert_eq!(response.header("content-type"), Some("text/plain; charset=utf-8"));
+    response.text()
+}
+
+/// `GET /.well-known/mercure?query` with extra header lines.
+fn get_raw(server: &TestServer, query: &str, headers: &str) -> Client {
+    let mut client = server.connect();
+    client.send(format!("GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"));
+    client
+}
+
+/// Opens a stream and waits for it to be open.
+#[track_caller]
+fn subscribe(server: &TestServer, query: &str, headers: &str) -> EventStream {
+    let mut client = server.connect();
+    let response = client.request(format!("GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"));
+    assert_eq!(response.status, 200, "{response:?} {}", response.text());
+    support::mercure::stream_after(client, response)
+}
+
+#[track_caller]
+fn refused(response: &Response, status: u16, challenge: Option<&str>) {
+    assert_eq!(response.status, status, "{response:?} {}", response.text());
+    assert_eq!(response.header("www-authenticate"), challenge, "{response:?}");
+}
+
+// ---- subscription ----
+
+#[test]
+fn a_subscriber_gets_each_matching_update_once_in_hub_order() {
+    let server = hub();
+    let query = form(&[
+        ("match", "https://example.com/foo"),
+        ("match_exact", "bar"),
+        ("match_urlpattern", "https://example.com/books/:id"),
+        // Matches the same updates as the pattern above: still once each.
+        ("match_urlpattern", "https://example.com/books/*"),
+    ]);
+    let mut stream = subscribe(&server, &query, "");
+    let ids = [
+        publish(&server, &[("topic", "https://example.com/foo"), ("data", "1")]),
+        publish(&server, &[("topic", "https://example.com/other"), ("data", "not for us")]),
+        publish(&server, &[("topic", "bar"), ("data", "2")]),
+        publish(&server, &[("topic", "https://example.com/books/7"), ("data", "3")]),
+        // An alternate topic is enough.
+        publish(&server, &[("topic", "nope"), ("topic", "bar"), ("data", "4")]),
+        publish(&server, &[("topic", "https://example.com/foo"), ("topic", "bar"), ("data", "5")]),
+    ];
+    for (expected, id) in ["1", "2", "3", "4", "5"].iter().zip([&ids[0], &ids[2], &ids[3], &ids[4], &ids[5]]) {
+        let event = stream.next_event();
+        assert_eq!(event.data, *expected);
+        assert_eq!(event.id.as_deref(), Some(id.as_str()), "the SSE id is the id the publisher got");
+    }
+}
+
+#[test]
+fn subscription_requests_the_spec_refuses_get_400() {
+    let server = hub();
+    let too_many: Vec<(&str, &str)> = (0..65).map(|_| ("match", "x")).collect();
+    let long_pattern = format!("https://example.com/{}", "a".repeat(3000));
+    for query in [
+        String::new(),                                          // no matcher
+        form(&[("matchx", "a")]),                               // reserved prefix
+        form(&[("MATCH", "a")]),                                // names are case-sensitive
+        form(&[("match_regex", "a")]),                          // unknown matcher type
+        form(&[("match", "a\u{0007}b")]),                       // C0 control
+        form(&[("match", "a\u{0085}b")]),                       // C1 control
+        form(&[("match", "a\u{200b}b")]),                       // format character (Cf)
+        form(&[("match_urlpattern", "https://example.com/(")]), // not a URL pattern
+        form(&too_many),
+        form(&[("match", &long_pattern)]),
+    ] {
+        let response = get_raw(&server, &query, "").read_response();
+        assert_eq!(response.status, 400, "{query:?}: {response:?}");
+    }
+}
+
+#[test]
+fn the_query_is_form_urlencoded_plus_is_a_space() {
+    let server = hub();
+    let mut stream = subscribe(&server, "match=a+b%2Fc", "");
+    publish(&server, &[("topic", "a b/c"), ("data", "spaced")]);
+    assert_eq!(stream.next_data(), "spaced");
+}
+
+#[test]
+fn the_seeds_api_and_mercure_do_not_cross() {
+    let server = hub();
+    let mut mercure = subscribe(&server, "match=news", "");
+    let mut seeds = server.connect().subscribe("/events?topic=news");
+    assert_eq!(support::mercure::publish_to(&mut server.connect(), "news", "seeds event").status, 200);
+    publish(&server, &[("topic", "news"), ("data", "mercure update")]);
+    assert_eq!(mercure.next_data(), "mercure update");
+    assert_eq!(seeds.next_data(), "seeds event");
+    // And each saw nothing of the other: the next events are these.
+    assert_eq!(support::mercure::publish_to(&mut server.connect(), "news", "second seeds").status, 200);
+    publish(&server, &[("topic", "news"), ("data", "second mercure")]);
+    assert_eq!(mercure.next_data(), "second mercure");
+    assert_eq!(seeds.next_data(), "second seeds");
+}
+
+// ---- publication ----
+
+#[test]
+fn a_publish_answers_the_update_id_and_frames_every_field() {
+    let server = hub();
+    let mut stream = subscribe(&server, "match=t", "");
+    let id = publish(
+        &server,
+        &[
+            ("topic", "t"),
+            ("data", "line 1\nline 2\r\nline 3"),
+            ("type", "tick"),
+            ("retry", "1500"),
+            ("x-new", "ignored"),
+        ],
+    );
+    assert!(id.starts_with("urn:uuid:"), "a hub-made id is an IRI: {id}");
+    let own = publish(&server, &[("topic", "t"), ("data", "mine"), ("id", "https://example.com/ev/1")]);
+    assert_eq!(own, "https://example.com/ev/1", "the publisher's own id is the answer");
+    // The raw bytes: after the cursor block a fresh stream starts with,
+    // the first update, every field in its place.
+    let mut raw = String::new();
+    while !raw.contains("data: mine\n\n") {
+        raw.push_str(&String::from_utf8(stream.client.read_some()).unwrap());
+    }
+    let expected = format!("id: {id}\nevent: tick\nretry: 1500\ndata: line 1\ndata: line 2\ndata: line 3\n\n");
+    assert!(raw.contains(&expected), "{raw:?}");
+    assert!(raw.ends_with(&format!("{expected}id: {own}\ndata: mine\n\n")), "{raw:?}");
+}
+
+#[test]
+fn publish_requests_the_spec_refuses_get_400_or_413() {
+    let server = hub();
+    let token = bearer(&publisher_token());
+    let too_many: Vec<(&str, &str)> = (0..33).map(|_| ("topic", "t")).collect();
+    let long_topic = "t".repeat(3000);
+    let cases: Vec<(String, u16)> = vec![
+        (form(&[("data", "no topic")]), 400),
+        (form(&[("topic", "*")]), 400),
+        (form(&[("topic", "/.well-known/mercure")]), 400),
+        (form(&[("topic", "/.well-known/mercure/subscriptions/x")]), 400),
+        (form(&[("topic", "/.well-known/%6Dercure/x")]), 400),
+        (form(&[("topic", "/.well-known/mercure/../mercure/x")]), 400),
+        (form(&[("topic", "/a/../.well-known/mercure/x")]), 400),
+        (form(&[("topic", "https://other.example/.well-known/mercure/subscriptions/y")]), 400),
+        (form(&[("topic", "fine"), ("topic", "/.well-known/mercure/x")]), 400),
+        (form(&[("topic", "t\u{0001}")]), 400),
+        (form(&[("topic", "t\u{202e}")]), 400),
+        (form(&[("topic", "t"), ("type", "mercure")]), 400),
+        (form(&[("topic", "t"), ("type", "a\u{0085}")]), 400),
+        (form(&[("topic", "t"), ("id", "#fragment")]), 400),
+        (form(&[("topic", "t"), ("id", "earliest")]), 400),
+        (form(&[("topic", "t"), ("id", "a\u{007f}")]), 400),
+        (form(&[("topic", "t"), ("retry", "10s")]), 400),
+        (form(&[("topic", "t"), ("retry", "-1")]), 400),
+        (form(&too_many), 413),
+        (form(&[("topic", &long_topic)]), 413),
+        (form(&[("topic", "t"), ("id", &"i".repeat(300))]), 413),
+        (format!("topic=t&data={}", "d".repeat(70 * 1024)), 413),
+    ];
+    for (body, status) in cases {
+        let response = publish_raw(&server, &body, &token);
+        assert_eq!(response.status, status, "{}: {response:?} {}", &body[..body.len().min(80)], response.text());
+    }
+    // Not refused: a path that only starts like the hub's, and a topic
+    // that is not a URL at all.
+    publish(&server, &[("topic", "/.well-known/mercurex")]);
+    publish(&server, &[("topic", "urn:isbn:123")]);
+}
+
+// ---- authorization ----
+
+#[test]
+fn publishing_needs_a_valid_token_that_grants_every_topic() {
+    let server = hub();
+    let body = form(&[("topic", "https://example.com/a"), ("topic", "https://example.com/b"), ("data", "x")]);
+    // No token: 401 with a bare challenge.
+    refused(&publish_raw(&server, &body, ""), 401, Some("Bearer"));
+    // Malformed presentation: 400 invalid_request.
+    for header in ["Authorization: Basic abc\r\n", "Authorization: Bearer\r\n"] {
+        refused(&publish_raw(&server, &body, header), 400, Some("Bearer error=\"invalid_request\""));
+    }
+    // Every validation failure: the same 401 invalid_token.
+    let good = claims(json!([grant(&["publish"], &[("*", "exact")])]));
+    let with = |patch: Value| {
+        let mut claims = good.clone();
+        for (key, value) in patch.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        sign(&claims)
+    };
+    let invalid = [
+        sign_with(&good, "another secret of at least thirty-two bytes!", Some("at+jwt")),
+        sign_with(&good, SECRET, None),
+        sign_with(&good, SECRET, Some("JWT")),
+        with(json!({"exp": now() - 10})),
+        with(json!({"exp": null})),
+        with(json!({"nbf": now() + 3600})),
+        with(json!({"aud": "http://elsewhere/.well-known/mercure"})),
+        with(json!({"aud": null})),
+        with(json!({"iss": "https://evil.example"})),
+        with(json!({"iss": null})),
+        with(
+            json!({"authorization_details": [{"type": DETAIL, "actions": ["publish"], "topics": [{"match": "x", "match_type": "regex"}]}]}),
+        ),
+        "not.a.token".to_owned(),
+    ];
+    for token in invalid {
+        refused(&publish_raw(&server, &body, &bearer(&token)), 401, Some("Bearer error=\"invalid_token\""));
+    }
+    // The audience may be an array holding the hub's.
+    let array_aud = with(json!({"aud": ["http://other", AUDIENCE]}));
+    assert_eq!(publish_raw(&server, &body, &bearer(&array_aud)).status, 200);
+    // Valid, but not for every topic: 403, and nothing is dispatched.
+    let mut stream = subscribe(&server, "match=https://example.com/a", "");
+    let partial = sign(&claims(json!([grant(&["publish"], &[("https://example.com/a", "exact")])])));
+    refused(&publish_raw(&server, &body, &bearer(&partial)), 403, Some("Bearer error=\"insufficient_scope\""));
+    let subscribe_only = sign(&claims(json!([grant(&["subscribe"], &[("*", "exact")])])));
+    refused(&publish_raw(&server, &body, &bearer(&subscribe_only)), 403, Some("Bearer error=\"insufficient_scope\""));
+    // A URL-pattern grant covering both is enough.
+    let pattern = sign(&claims(json!([grant(&["publish"], &[("https://example.com/:x", "urlpattern")])])));
+    let id = publish_raw(&server, &body, &bearer(&pattern)).text();
+    assert_eq!(stream.next_event().id.as_deref(), Some(id.as_str()), "the refused ones never reached the stream");
+}
+
+#[test]
+fn without_an_issuer_and_key_publishing_is_refused() {
+    let server = TestServer::start();
+    refused(&publish_raw(&server, &form(&[("topic", "t")]), ""), 401, Some("Bearer"));
+    let response = publish_raw(&server, &form(&[("topic", "t")]), &bearer(&publisher_token()));
+    refused(&response, 401, Some("Bearer error=\"invalid_token\""));
+}
+
+#[test]
+fn the_authorization_header_wins_over_the_cookie() {
+    let server = hub();
+    let body = form(&[("topic", "t")]);
+    let cookie = format!("Cookie: other=1; __Secure-mercure_access_token={}\r\n", publisher_token());
+    assert_eq!(publish_raw(&server, &body, &cookie).status, 200, "the cookie alone is used");
+    let both = format!("{cookie}{}", bearer("bad.token.here"));
+    refused(&publish_raw(&server, &body, &both), 401, Some("Bearer error=\"invalid_token\""));
+}
+
+#[test]
+fn private_updates_reach_only_subscribers_allowed_to_read_them() {
+    let server = hub();
+    let reader = sign(&claims(json!([grant(
+        &["subscribe"],
+        &[("https://example.com/users/42/{*}?", "urlpattern"), ("https://example.com/books/1", "exact")]
+    )])));
+    let query = form(&[("match_urlpattern", "https://example.com/books/:id")]);
+    let mut anonymous = subscribe(&server, &query, "");
+    let mut allowed = subscribe(&server, &query, &bearer(&reader));
+    let cookie = format!("Cookie: __Secure-mercure_access_token={reader}\r\n");
+    let mut by_cookie = subscribe(&server, &query, &cookie);
+    publish(&server, &[("topic", "https://example.com/books/1"), ("private", ""), ("data", "p1")]);
+    publish(&server, &[("topic", "https://example.com/books/2"), ("private", "on"), ("data", "p2 for nobody here")]);
+    // Through an alternate topic the token may read.
+    publish(
+        &server,
+        &[
+            ("topic", "https://example.com/books/3"),
+            ("topic", "https://example.com/users/42/books/3"),
+            ("private", "on"),
+            ("data", "p3"),
+        ],
+    );
+    publish(&server, &[("topic", "https://example.com/books/4"), ("data", "public")]);
+    assert_eq!(anonymous.next_data(), "public");
+    for stream in [&mut allowed, &mut by_cookie] {
+        assert_eq!([stream.next_data(), stream.next_data(), stream.next_data()], ["p1", "p3", "public"]);
+    }
+    // Replay is checked against the token just the same.
+    let mut replayed = subscribe(&server, &format!("{query}&last_event_id=earliest"), &bearer(&reader));
+    assert_eq!([replayed.next_data(), replayed.next_data(), replayed.next_data()], ["p1", "p3", "public"]);
+    let mut anonymous_replay = subscribe(&server, &format!("{query}&last_event_id=earliest"), "");
+    assert_eq!(anonymous_replay.next_data(), "public");
+}
+
+#[test]
+fn a_subscriber_token_is_checked_and_its_stream_ends_when_it_expires() {
+    let server = hub();
+    let bad = sign_with(&claims(json!([])), "another secret of at least thirty-two bytes!", Some("at+jwt"));
+    refused(&get_raw(&server, "match=t", &bearer(&bad)).read_response(), 401, Some("Bearer error=\"invalid_token\""));
+    refused(
+        &get_raw(&server, "match=t", "Authorization: Token x\r\n").read_response(),
+        400,
+        Some("Bearer error=\"invalid_request\""),
+    );
+    let mut short = claims(json!([grant(&["subscribe"], &[("*", "exact")])]));
+    short["exp"] = json!(now() + 2);
+    let mut stream = subscribe(&server, "match=t", &bearer(&sign(&short)));
+    // The server closes the stream by the token's expiry (within the
+    // client's read timeout, which fails the test otherwise).
+    let rest = stream.client.read_to_end();
+    assert!(now() >= short["exp"].as_u64().unwrap(), "closed before the token expired");
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(!rest.contains("data:"), "only the cursor and heartbeats came: {rest:?}");
+}
+
+#[test]
+fn a_required_subscriber_token_refuses_anonymous_subscribers() {
+    let server = hub_with(|config| config.settings.mercure.require_subscriber_token = true);
+    refused(&get_raw(&server, "match=t", "").read_response(), 401, Some("Bearer"));
+    let token = sign(&claims(json!([grant(&["subscribe"], &[("t", "exact")])])));
+    subscribe(&server, "match=t", &bearer(&token));
+}
+
+// ---- reconnection ----
+
+#[test]
+fn reconnecting_replays_after_the_id_given_and_says_where_it_resumed() {
+    let server = hub();
+    let first = publish(&server, &[("topic", "t"), ("data", "1"), ("id", "one")]);
+    let second = publish(&server, &[("topic", "t"), ("data", "2")]);
+    publish(&server, &[("topic", "t"), ("data", "3"), ("id", "one")]);
+    assert_eq!(first, "one");
+    let data = |stream: &mut EventStream, n: usize| (0..n).map(|_| stream.next_data()).collect::<Vec<_>>();
+    // By the hub's id, in the query.
+    let mut stream =
+        subscribe(&server, &format!("match=t&last_event_id={}", form(&[("x", &second)])[2..].to_owned()), "");
+    assert_eq!(stream.response.header("mercure-last-event-id"), Some(second.as_str()));
+    assert_eq!(data(&mut stream, 1), ["3"]);
+    // By the publisher's id: a reused id means its earliest.
+    let mut stream = subscribe(&server, "match=t", "Last-Event-ID: one\r\n");
+    assert_eq!(stream.response.header("mercure-last-event-id"), Some("one"));
+    assert_eq!(data(&mut stream, 2), ["2", "3"]);
+    // The header wins over the parameter.
+    let mut stream = subscribe(&server, "match=t&last_event_id=earliest", "Last-Event-ID: one\r\n");
+    assert_eq!(data(&mut stream, 2), ["2", "3"]);
+    // earliest, and an id the hub does not know: everything retained.
+    for id in ["earliest", "unknown"] {
+        let mut stream = subscribe(&server, &format!("match=t&last_event_id={id}"), "");
+        assert_eq!(stream.response.header("mercure-last-event-id"), Some("earliest"));
+        assert_eq!(data(&mut stream, 3), ["1", "2", "3"]);
+    }
+    // Without a cursor, no header and no replay.
+    let mut stream = subscribe(&server, "match=t", "");
+    assert_eq!(stream.response.header("mercure-last-event-id"), None);
+    publish(&server, &[("topic", "t"), ("data", "live")]);
+    assert_eq!(data(&mut stream, 1), ["live"]);
+}
+
+// ---- CORS ----
+
+#[test]
+fn credentialed_cors_names_only_allowlisted_origins() {
+    let server = hub_with(|config| config.settings.cors_origins = vec!["https://app.example".to_owned()]);
+    let from = |origin: &str| format!("Origin: {origin}\r\n");
+    let response = get_raw(&server, "match=t", &from("https://app.example")).read_response();
+    assert_eq!(response.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(response.header("access-control-allow-credentials"), Some("true"));
+    let response = get_raw(&server, "match=t", &from("https://evil.example")).read_response();
+    assert_eq!(response.header("access-control-allow-origin"), None, "never reflected blindly");
+    assert_eq!(response.header("access-control-allow-credentials"), None);
+    let preflight = "OPTIONS /.well-known/mercure HTTP/1.1\r\nHost: test\r\nOrigin: https://app.example\r\n\r\n";
+    let response = server.connect().request(preflight);
+    assert_eq!(response.status, 204);
+    assert_eq!(response.header("access-control-allow-credentials"), Some("true"));
+    assert!(response.header("access-control-allow-headers").unwrap().contains("Authorization"));
+    // With any origin allowed, never `*` with credentials.
+    let open = hub();
+    let response = get_raw(&open, "match=t", &from("https://app.example")).read_response();
+    assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(response.header("access-control-allow-credentials"), None);
+}
+
+// ---- everywhere: two loops, a cluster ----
+
+#[test]
+fn with_two_loops_every_subscriber_gets_the_same_updates_in_the_same_order() {
+    let server = hub_with(|config| config.threads = 2);
+    let mut streams: Vec<EventStream> = (0..8).map(|_| subscribe(&server, "match_urlpattern=/items/:id", "")).collect();
+    let ids: Vec<String> =
+        (0..20).map(|i| publish(&server, &[("topic", &format!("/items/{i}")), ("data", &i.to_string())])).collect();
+    for stream in &mut streams {
+        let got: Vec<String> = (0..20).map(|_| stream.next_event().id.unwrap()).collect();
+        assert_eq!(got, ids);
+    }
+}
+
+#[test]
+fn on_a_cluster_private_updates_and_replay_by_id_work_on_every_node() {
+    let redis = RedisServer::start();
+    let node = |redis: &RedisServer| {
+        let url = redis.url();
+        hub_with(move |config| config.redis = Some(url))
+    };
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let reader = sign(&claims(json!([grant(&["subscribe"], &[("https://example.com/secret", "exact")])])));
+    let mut allowed = subscribe(&c, "match=https://example.com/secret", &bearer(&reader));
+    let mut anonymous = subscribe(&c, "match=https://example.com/secret", "");
+    let mut on_b = subscribe(&b, "match=https://example.com/secret", &bearer(&reader));
+    publish(&a, &[("topic", "https://example.com/secret"), ("private", "on"), ("data", "for readers"), ("id", "s-1")]);
+    publish(&a, &[("topic", "https://example.com/secret"), ("data", "for all")]);
+    assert_eq!([allowed.next_data(), allowed.next_data()], ["for readers", "for all"]);
+    assert_eq!(on_b.next_data(), "for readers");
+    assert_eq!(anonymous.next_data(), "for all");
+    // Replay by the publisher's id, on a node that did not take the publish.
+    let mut resumed = subscribe(&b, "match=https://example.com/secret", "Last-Event-ID: s-1\r\n");
+    assert_eq!(resumed.response.header("mercure-last-event-id"), Some("s-1"));
+    assert_eq!(resumed.next_data(), "for all");
+}
