@@ -3,8 +3,8 @@
 //! Chromium through the page, and saves `docs/demo.png`.
 //!
 //! Needs Node.js, `/usr/bin/chromium` and `tests/browser/node_modules`:
-//! `tests/browser/setup` installs the last two. Without them this test fails;
-//! it never passes without having run the browser.
+//! `tests/setup` (or `tests/browser/setup`) installs them. Without them this
+//! test fails; it never passes without having run the browser.
 
 mod support;
 
@@ -24,7 +24,7 @@ fn demo_page_in_headless_chromium() {
     let dir = root.join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
-        "{}/node_modules is missing: run `tests/browser/setup` (or `npm ci --prefix tests/browser` \
+        "{}/node_modules is missing: run `tests/setup` (or `npm ci --prefix tests/browser` \
          and install Debian's chromium)",
         dir.display()
     );
