@@ -3,15 +3,17 @@
 //! Chromium through the page, and saves `docs/demo.png`.
 //!
 //! Needs Node.js, `/usr/bin/chromium` and `tests/browser/node_modules`:
-//! `tests/browser/setup` installs the last two. Without them this test fails;
-//! it never passes without having run the browser.
+//! `tests/setup` (or `tests/browser/setup`) installs them. Without them this
+//! test fails; it never passes without having run the browser.
+
+mod support;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The most the whole Node run may take (it takes about 10 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -22,7 +24,7 @@ fn demo_page_in_headless_chromium() {
     let dir = root.join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
-        "{}/node_modules is missing: run `tests/browser/setup` (or `npm ci --prefix tests/browser` \
+        "{}/node_modules is missing: run `tests/setup` (or `npm ci --prefix tests/browser` \
          and install Debian's chromium)",
         dir.display()
     );
@@ -50,23 +52,16 @@ fn demo_page_in_headless_chromium() {
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
 
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if started.elapsed() > TIMEOUT {
-            // The Node test bounds each of its own waits and cleans up after
-            // itself; this is the last resort. (Chromium, in a group of its
-            // own, exits when its DevTools pipe from node closes.)
-            let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let status = support::poll(TIMEOUT, || child.try_wait().expect("wait for node").ok_or(())).ok();
+    if status.is_none() {
+        // The Node test bounds each of its own waits and cleans up after
+        // itself; this is the last resort. (Chromium, in a group of its
+        // own, exits when its DevTools pipe from node closes.)
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let output =
         format!("--- node stdout ---\n{}\n--- node stderr ---\n{}", stdout.join().unwrap(), stderr.join().unwrap());
     println!("{output}");

@@ -4,19 +4,22 @@
 
 mod support;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bare_sse::broadcast::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
 use bare_sse::broadcast::event::EventId;
 use bare_sse::broadcast::event::Publish;
 use support::redis::RedisServer;
+use support::{WAIT, wait_for, wait_until};
 
-/// How long any wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long the bus's reader blocks in one `XREAD` (`BLOCK_MS` in
+/// src/bus.rs): once that has passed after a delivery, the reader has been
+/// back to Redis for more, so a duplicate would have been read by then.
+const READER_BLOCK: Duration = Duration::from_millis(500);
 
 /// What a sink was handed, in order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Seen {
     backfills: Vec<(EventId, Vec<BusEvent>)>,
     delivered: Vec<BusEvent>,
@@ -26,20 +29,17 @@ struct Seen {
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<Seen>,
-    changed: Condvar,
 }
 
 impl BusSink for Recorder {
     fn backfill(&self, floor: EventId, events: Vec<BusEvent>) {
         self.seen.lock().unwrap().backfills.push((floor, events));
-        self.changed.notify_all();
     }
 
     fn deliver(&self, events: Vec<BusEvent>) {
         let mut seen = self.seen.lock().unwrap();
         seen.delivered_before_backfill |= seen.backfills.is_empty();
         seen.delivered.extend(events);
-        self.changed.notify_all();
     }
 }
 
@@ -47,13 +47,10 @@ impl Recorder {
     /// Waits until `ready` holds of what was seen, or fails after [`WAIT`].
     #[track_caller]
     fn wait_for(&self, what: &str, mut ready: impl FnMut(&Seen) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = self.seen.lock().unwrap();
-        while !ready(&seen) {
-            let left = deadline.checked_duration_since(Instant::now());
-            let Some(left) = left else { panic!("timed out waiting for {what}; seen {seen:?}") };
-            seen = self.changed.wait_timeout(seen, left).unwrap().0;
-        }
+        wait_for(what, WAIT, || {
+            let seen = self.seen.lock().unwrap();
+            if ready(&seen) { Ok(()) } else { Err(seen.clone()) }
+        })
     }
 
     /// Waits for the backfill and returns it.
@@ -74,11 +71,14 @@ impl Recorder {
         seen.delivered.clone()
     }
 
-    /// Waits for `count` deliveries, then a little longer to catch duplicates.
+    /// Waits for `count` deliveries, then one more read of the reader's
+    /// (the relevant bound, not a guess) to catch duplicates.
     #[track_caller]
     fn exactly(&self, count: usize) -> Vec<BusEvent> {
         self.delivered(count);
-        std::thread::sleep(Duration::from_millis(300));
+        // Not a wait for anything to happen: the time in which a duplicate,
+        // if there were one, would have come.
+        std::thread::sleep(READER_BLOCK);
         let delivered = self.delivered(count);
         assert_eq!(delivered.len(), count, "more deliveries than expected: {delivered:?}");
         delivered
@@ -97,11 +97,7 @@ fn start(config: BusConfig) -> (Bus, Arc<Recorder>) {
 
 #[track_caller]
 fn wait_up(bus: &Bus, up: bool) {
-    let deadline = Instant::now() + WAIT;
-    while bus.is_up() != up {
-        assert!(Instant::now() < deadline, "is_up() still {}", !up);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(&format!("is_up() is {up}"), WAIT, || bus.is_up() == up);
 }
 
 /// Submits and waits for the reply.
@@ -115,14 +111,7 @@ fn submit(bus: &Bus, publish: Publish) -> Result<EventId, BusError> {
 /// Submits until Redis accepts (the first try may meet a dropped connection).
 #[track_caller]
 fn submit_ok(bus: &Bus, publish: Publish) -> EventId {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match submit(bus, publish.clone()) {
-            Ok(id) => return id,
-            Err(e) => assert!(Instant::now() < deadline, "submit still fails: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("a submit succeeds", WAIT, || submit(bus, publish.clone()))
 }
 
 /// A raw `XADD key * FIELDS...`; returns the id.
@@ -289,6 +278,11 @@ fn entries_added_while_disconnected_arrive_exactly_once_in_order() {
             added.push((xadd(&redis, "t5:events", &[b"data", message.as_bytes(), b"topics", b"default"]), message));
         }
         // Drop the bus's connections, then add more before it can reconnect.
+        // After the last round's kill the reader reconnects at once (the
+        // writer only at its next PING): until it has, there is nothing to kill.
+        wait_until("the bus's reader is connected", WAIT, || {
+            redis.command(&["CLIENT", "LIST", "TYPE", "normal"]).contains("cmd=xread")
+        });
         let killed = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
         assert_ne!(killed, ":0", "the bus had connections to kill");
         for i in 0..5 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bare_sse::broadcast::event::EventId;
 use support::redis::RedisServer;
-use support::{Client, EventStream, TestServer, get, post};
+use support::{Client, EventStream, TestServer, WAIT, get, post, wait_for};
 
 fn node(redis: &RedisServer) -> TestServer {
     let url = redis.url();
@@ -38,13 +38,10 @@ fn health(node: &TestServer) -> String {
     node.connect().request(get("/healthz")).text()
 }
 
+/// [`support::wait_until`] with the common bound.
 #[track_caller]
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    support::wait_until(what, WAIT, done)
 }
 
 fn events(stream: &mut EventStream, n: usize) -> Vec<(String, String)> {
@@ -118,17 +115,17 @@ fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     // A node started after all that learns the history from the stream.
     let c = node(&redis);
     let resume = format!("/events?lastEventId={}", first[9]);
-    let mut on_c = loop {
+    // Until the node has read the stream it answers with a gap; a client
+    // would retry.
+    let mut on_c = wait_for("the new node knows the history", WAIT, || {
         let mut stream = subscribe(&c, &resume);
         let event = stream.next_event();
         if event.event.as_deref() == Some("gap") {
-            // The node has not read the stream yet; a client would retry.
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
+            return Err(event);
         }
         assert_eq!(event.id.as_deref(), Some(missed[0].as_str()));
-        break stream;
-    };
+        Ok(stream)
+    });
     let rest = events(&mut on_c, 4);
     assert_eq!(rest.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), missed[1..]);
     let live = publish(&a, "live");

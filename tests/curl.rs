@@ -1,5 +1,5 @@
 //! curl, the client most people try a server with, as subscriber and
-//! publisher. Needs `curl` on PATH (`.ci/run` installs it).
+//! publisher. Needs `curl` on PATH (`tests/setup` installs it).
 
 mod support;
 

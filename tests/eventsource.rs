@@ -1,8 +1,8 @@
 //! An independent, spec-compliant client: the npm `eventsource` package under
 //! Node, reconnecting by itself with Last-Event-ID after the connection is
 //! cut. The scenario lives in `tests/eventsource/reconnect.test.mjs`; this
-//! test runs it against the binary. Setup: `npm ci --prefix tests/eventsource`
-//! (`.ci/run` does it).
+//! test runs it against the binary. Setup: `tests/setup` (README's test command
+//! runs it).
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +12,7 @@ fn npm_eventsource_reconnects_and_misses_nothing() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eventsource");
     assert!(
         dir.join("node_modules/eventsource").is_dir(),
-        "the eventsource package is not installed: run `npm ci --prefix tests/eventsource`"
+        "the eventsource package is not installed: run `tests/setup` (or `npm ci --prefix tests/eventsource`)"
     );
     let out = Command::new("timeout")
         .args(["120", "node", "--test"])

@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Binary, Client, TestServer, get, post};
+use support::{Binary, Client, TestServer, WAIT, get, post, wait_for_streams, wait_until};
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -40,6 +40,9 @@ fn slow_consumers_are_dropped_and_memory_stays_bounded() {
         })
         .collect();
     let mut reader = Client::connect(addr).subscribe("/events");
+    // Every stalled one is subscribed before the first publish, so each is
+    // sent all 12 MB (far more than the kernel's buffers hold).
+    wait_for_streams(addr, 41);
     let rss_before = rss_kb(server.child.id());
     let events = 3000;
     let payload = "x".repeat(4096);
@@ -101,13 +104,18 @@ fn slowloris_gets_408_and_does_not_delay_others() {
 fn idle_keep_alive_connections_are_closed() {
     let server = TestServer::with(|c| c.settings.limits.idle_timeout = Duration::from_secs(1));
     let mut client = server.connect();
-    assert_eq!(client.request(get("/")).status, 200);
+    // Before the request: the server's idle clock cannot start earlier.
     let started = Instant::now();
+    assert_eq!(client.request(get("/")).status, 200);
     assert!(client.read_to_end().is_empty(), "closed without a word");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    // A stream is not idle: it stays open past the idle timeout.
+    // A stream is not idle: it stays open past the idle timeout. Proof that
+    // the timeout has passed for it, whatever the machine's speed: a
+    // keep-alive connection that went idle after the stream opened is closed.
     let mut stream = server.subscribe();
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut marker = server.connect();
+    assert_eq!(marker.request(get("/")).status, 200);
+    assert!(marker.read_to_end().is_empty(), "the idle connection is closed");
     assert_eq!(server.publish("still here"), 1);
     assert_eq!(stream.next_data(), "still here");
 }
@@ -122,16 +130,7 @@ fn connections_over_the_cap_get_503() {
     assert_eq!(response.json()["error"], "too many connections");
     drop(streams);
     // Once below the cap, connections are served again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut client = server.connect();
-        let response = client.request(get("/"));
-        if response.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still refused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a connection is served again", WAIT, || server.connect().request(get("/")).status == 200);
 }
 
 #[test]
@@ -144,33 +143,25 @@ fn running_out_of_file_descriptors_does_not_spin_or_crash() {
     let addr = server.addr;
     let pid = server.child.id();
     let held: Vec<TcpStream> = (0..80).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_log("the server runs out of descriptors", |log| log.contains("out of file descriptors"));
     let before = cpu_ticks(pid);
+    // Not a wait for anything: the window the server's CPU time is measured
+    // over. A server that waits uses next to nothing in it however loaded the
+    // machine is; one that spins uses all the CPU it is given.
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(pid) - before;
     // 100 ticks a second is a whole core; a spinning loop would use ~100.
     assert!(used < 20, "the server used {used} ticks in 1 s while out of descriptors");
     drop(held);
     // It recovers once descriptors are free.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(stream) = TcpStream::connect(addr) {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut client = Client::connect(addr);
-            let response = client.publish("after EMFILE");
-            if response.status == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "did not recover");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the server serves a publish again", WAIT, || {
+        let mut client = Client::connect(addr);
+        client.publish("after EMFILE").status == 200
+    });
     assert!(server.child.try_wait().unwrap().is_none(), "still running");
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let mut rest = String::new();
-    let _ = server.stderr.read_to_string(&mut rest);
-    assert!(rest.contains("out of file descriptors"), "logged once per pause: {rest}");
+    server.kill();
+    let log = server.whole_log();
+    assert!(log.contains("out of file descriptors"), "logged once per pause: {log}");
 }
 
 #[test]
@@ -225,16 +216,15 @@ fn sigterm_shuts_down_gracefully_with_open_streams() {
         assert_eq!(stream.next_data(), "last words");
         assert!(stream.client.read_to_end().is_empty());
     }
-    let mut log = String::new();
-    let _ = server.stderr.read_to_string(&mut log);
+    let log = server.whole_log();
     assert!(log.contains("shutting down"), "{log}");
 }
 
 #[test]
 fn a_warning_when_publishing_is_open_to_the_network() {
-    let mut server = Binary::spawn(Command::new(env!("CARGO_BIN_EXE_bare-sse")).args(["--listen", "0.0.0.0:0"]));
-    let mut warning = String::new();
-    server.stderr.read_line(&mut warning).unwrap();
+    let server = Binary::spawn(Command::new(env!("CARGO_BIN_EXE_bare-sse")).args(["--listen", "0.0.0.0:0"]));
+    let log = server.wait_for_log("a line after the start line", |log| log.contains('\n'));
+    let warning = log.lines().next().unwrap();
     assert!(warning.contains("WITHOUT --publish-token"), "{warning:?}");
 }
 
@@ -248,6 +238,8 @@ fn shutdown_is_bounded_by_the_shutdown_timeout() {
     socket2::SockRef::from(stalled.stream()).set_recv_buffer_size(4096).unwrap();
     let mut stalled = stalled;
     stalled.send(get("/events"));
+    // Subscribed before the first publish, so that it is sent all of them.
+    wait_for_streams(server.addr, 1);
     let mut publisher = Client::connect(server.addr);
     // More than the kernel's socket buffers can absorb.
     let big = "y".repeat(500_000);
@@ -255,14 +247,7 @@ fn shutdown_is_bounded_by_the_shutdown_timeout() {
         assert_eq!(publisher.publish(&big).status, 200);
     }
     let started = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(8), "shutdown not bounded");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.terminate_within(Duration::from_secs(8));
     assert!(status.success());
     assert!(started.elapsed() >= Duration::from_millis(900), "it did wait for the flush: {:?}", started.elapsed());
 }
@@ -307,7 +292,8 @@ fn a_long_replay_is_not_mistaken_for_a_slow_consumer() {
         assert_eq!(publisher.publish(&format!("{i} {big}")).status, 200);
     }
     let mut stream = Client::connect(server.addr).subscribe(&format!("/events?lastEventId={first}"));
-    std::thread::sleep(Duration::from_millis(100));
+    // The whole replay is queued when the stream opens; a live event now
+    // comes after all of it.
     assert_eq!(publisher.publish("live").status, 200);
     for i in 0..200 {
         assert_eq!(stream.next_data(), format!("{i} {big}"));

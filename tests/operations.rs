@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::Command;
 
 use support::{Binary, Client, TestServer, get};
@@ -76,10 +75,8 @@ fn refusals_are_logged_once_with_their_reason() {
     for i in 0..50 {
         assert_eq!(quiet.request(get(&format!("/?{i}"))).status, 200);
     }
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let mut log = String::new();
-    server.stderr.read_to_string(&mut log).unwrap();
+    server.kill();
+    let log = server.whole_log();
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("413")).collect();
     assert_eq!(refusals.len(), 1, "{log}");
     assert!(refusals[0].contains("request body too large"), "{log}");
@@ -112,12 +109,11 @@ fn access_log_has_a_line_per_request() {
     assert_eq!(client.publish("logged").status, 200);
     let _stream = Client::connect(server.addr).subscribe("/events?topic=a");
     drop(client);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let mut log = String::new();
-    server.stderr.read_to_string(&mut log).unwrap();
-    for expected in ["GET /nope?x=1 404", "POST /send-event 200", "GET /events?topic=a 200"] {
+    let expected = ["GET /nope?x=1 404", "POST /send-event 200", "GET /events?topic=a 200"];
+    server.wait_for_log("a line for each request", |log| expected.iter().all(|e| log.lines().any(|l| l.ends_with(e))));
+    server.kill();
+    let log = server.whole_log();
+    for expected in expected {
         assert_eq!(log.lines().filter(|l| l.ends_with(expected)).count(), 1, "{expected} in {log}");
     }
 }

@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests: a server on a free port, raw TCP
 //! clients that read HTTP responses and event streams, with timeouts so a
-//! broken server fails a test instead of hanging it.
+//! broken server fails a test instead of hanging it, and the one way a test
+//! waits for something: [`wait_until`] / [`wait_for`], a bounded poll on a
+//! condition. No test sleeps to let something happen.
 #![allow(dead_code)]
 
 pub mod mercure;
 pub mod redis;
 
+use std::fmt::Debug;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,6 +20,87 @@ use bare_sse::server::{Handle, Server};
 
 /// How long any single read may wait before the test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a wait for something that must happen may take before the test
+/// fails. Generous, since it costs time only when the test fails anyway: a
+/// loaded machine must not fail a test that is merely slow.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The longest pause between two polls of a condition.
+const MAX_POLL_PAUSE: Duration = Duration::from_millis(50);
+
+/// Polls `attempt` until it gives `Ok`, pausing 1 ms, then twice as long each
+/// time up to 50 ms. Once `timeout` has passed it tries one last time and
+/// gives back what that try gave: `Err` with the last state seen. For a
+/// caller that must clean up before it fails; others use [`wait_for`].
+pub fn poll<T, S>(timeout: Duration, mut attempt: impl FnMut() -> Result<T, S>) -> Result<T, S> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let result = attempt();
+        let now = Instant::now();
+        if result.is_ok() || now >= deadline {
+            return result;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_POLL_PAUSE);
+    }
+}
+
+/// Waits until `attempt` gives `Ok(value)` and returns the value; fails the
+/// test, naming `what` and the last state `attempt` reported (its `Err`), if
+/// that takes longer than `timeout`.
+#[track_caller]
+pub fn wait_for<T, S: Debug>(what: &str, timeout: Duration, attempt: impl FnMut() -> Result<T, S>) -> T {
+    match poll(timeout, attempt) {
+        Ok(value) => value,
+        Err(last) => panic!("timed out after {timeout:?} waiting until {what}; last seen: {last:?}"),
+    }
+}
+
+/// Waits until `condition` holds; fails the test, naming `what`, if that
+/// takes longer than `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    wait_for(what, timeout, || if condition() { Ok(()) } else { Err("the condition did not hold") })
+}
+
+/// The text of the server's `GET /metrics`.
+#[track_caller]
+pub fn metrics(addr: SocketAddr) -> String {
+    let response = Client::connect(addr).request(get("/metrics"));
+    assert_eq!(response.status, 200, "{response:?}");
+    response.text()
+}
+
+/// One sample from the server's `/metrics`, named as it is written there,
+/// labels and all: `bare_sse_streams`, `bare_sse_loop_streams{loop="0"}`.
+#[track_caller]
+pub fn metric(addr: SocketAddr, series: &str) -> u64 {
+    let text = metrics(addr);
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{series} in /metrics is not a count ({e}):\n{text}"))
+}
+
+/// Connections the server at `addr` has open, from its own count
+/// (`bare_sse_connections`), not counting the one that asks.
+#[track_caller]
+pub fn open_connections(addr: SocketAddr) -> u64 {
+    metric(addr, "bare_sse_connections") - 1
+}
+
+/// Waits until the server at `addr` has `expected` event streams open
+/// (`bare_sse_streams`: it counts a stream as it opens and as it closes).
+#[track_caller]
+pub fn wait_for_streams(addr: SocketAddr, expected: u64) {
+    wait_for(&format!("the server has {expected} streams open"), WAIT, || {
+        let now = metric(addr, "bare_sse_streams");
+        if now == expected { Ok(()) } else { Err(format!("{now} streams")) }
+    })
+}
 
 /// A server running on its own thread, stopped when dropped.
 pub struct TestServer {
@@ -71,15 +156,22 @@ impl TestServer {
     /// of closed connections asynchronously), or fails after a bound.
     #[track_caller]
     pub fn wait_for_subscribers(&self, expected: u64) {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
+        wait_for(&format!("the server reports {expected} subscribers"), WAIT, || {
             let now = self.publish("ping");
-            if now == expected {
-                return;
-            }
-            assert!(Instant::now() < deadline, "server still reports {now} subscribers, expected {expected}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            if now == expected { Ok(()) } else { Err(format!("{now} subscribers")) }
+        })
+    }
+
+    /// See [`metric`].
+    #[track_caller]
+    pub fn metric(&self, series: &str) -> u64 {
+        metric(self.addr, series)
+    }
+
+    /// See [`open_connections`].
+    #[track_caller]
+    pub fn open_connections(&self) -> u64 {
+        open_connections(self.addr)
     }
 }
 
@@ -326,19 +418,22 @@ pub fn publish_in_background(addr: SocketAddr, prefix: String, count: usize) -> 
     })
 }
 
-/// Open file descriptors of this process (Linux).
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
-
 /// The `bare-sse` binary running as a child process, killed when dropped.
 pub struct Binary {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     /// The start line (address and limits in force).
     pub start_line: String,
-    /// The rest of stderr, for the log.
-    pub stderr: BufReader<std::process::ChildStderr>,
+    /// The rest of stderr, as a thread reads it.
+    log: Arc<Mutex<Log>>,
+}
+
+/// What the binary wrote to stderr after its start line, line by line.
+#[derive(Debug, Default)]
+struct Log {
+    text: String,
+    /// Stderr is closed: the process has exited.
+    closed: bool,
 }
 
 impl Binary {
@@ -368,26 +463,75 @@ impl Binary {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no address in start line {start_line:?}"));
-        Binary { child, addr, start_line, stderr }
+        // Read on as the server writes, so that a test can wait for a line
+        // (and the server never blocks on a full pipe).
+        let log = Arc::new(Mutex::new(Log::default()));
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+                shared.lock().unwrap().text.push_str(&line);
+                line.clear();
+            }
+            shared.lock().unwrap().closed = true;
+        });
+        Binary { child, addr, start_line, log }
     }
-}
 
-impl Binary {
+    /// What the server has logged so far after its start line.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().text.clone()
+    }
+
+    /// Waits until `condition` holds of what the server has logged; returns
+    /// the log as it was then.
+    #[track_caller]
+    pub fn wait_for_log(&self, what: &str, condition: impl Fn(&str) -> bool) -> String {
+        wait_for(what, WAIT, || {
+            let log = self.log();
+            if condition(&log) { Ok(log) } else { Err(log) }
+        })
+    }
+
+    /// Everything the server logged after its start line, once it has
+    /// exited (call after [`Binary::kill`] or [`Binary::terminate`]).
+    #[track_caller]
+    pub fn whole_log(&self) -> String {
+        wait_until("the server's stderr is closed", WAIT, || self.log.lock().unwrap().closed);
+        self.log()
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// See [`metric`].
+    #[track_caller]
+    pub fn metric(&self, series: &str) -> u64 {
+        metric(self.addr, series)
+    }
+
     /// Sends SIGTERM and waits for the process to exit; fails the test if
-    /// it is still running 10 s later.
+    /// it is still running 10 s later (the graceful shutdown is bounded by
+    /// `--shutdown-timeout`, 5 s by default).
     #[track_caller]
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.terminate_within(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; fails the test if it
+    /// is still running after `bound`.
+    #[track_caller]
+    pub fn terminate_within(&mut self, bound: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let started = Instant::now();
         let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(sent.success(), "kill -TERM {pid}");
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for bare-sse") {
-                return status;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        wait_for("bare-sse exits after SIGTERM", bound, || {
+            child.try_wait().expect("wait for bare-sse").ok_or("running")
+        })
     }
 }
 

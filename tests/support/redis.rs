@@ -5,10 +5,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long `redis-server` may take to answer its first PING.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{WAIT, wait_for};
 
 pub struct RedisServer {
     pub port: u16,
@@ -16,13 +15,19 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on a free port and waits until it answers PING.
+    /// Starts `redis-server` on a free port and waits until it answers.
     #[track_caller]
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("find a free port").port();
-        let mut server = RedisServer { port, child: None };
-        server.start_again();
-        server
+        // The port is free when probed, but another process may take it
+        // before redis-server binds it (then redis-server exits): try another.
+        for _ in 0..5 {
+            let probe = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("find a free port");
+            let mut server = RedisServer { port: probe.port(), child: None };
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server could not listen on any of 5 free ports")
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -49,6 +54,14 @@ impl RedisServer {
     /// Starts a fresh, empty server on the same port.
     #[track_caller]
     pub fn start_again(&mut self) {
+        assert!(self.try_start(), "redis-server could not listen on port {} again (taken meanwhile?)", self.port);
+    }
+
+    /// (Re)starts redis-server on `self.port` and waits until it answers,
+    /// itself and not another process on that port (its `process_id`); false
+    /// if it exited instead (it could not bind the port).
+    #[track_caller]
+    fn try_start(&mut self) -> bool {
         self.stop();
         let port = self.port.to_string();
         let spawned = Command::new("redis-server")
@@ -57,20 +70,33 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        match spawned {
-            Ok(child) => self.child = Some(child),
+        let mut child = match spawned {
+            Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("redis-server is not installed (apt-get install redis-server): the bus tests need it")
+                panic!("redis-server is not installed (run tests/setup): the bus tests need it")
             }
             Err(e) => panic!("cannot start redis-server: {e}"),
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self.try_command(&["PING"]).is_some_and(|r| r == "+PONG") {
-                return;
+        };
+        let own = format!("process_id:{}\r\n", child.id());
+        let what = format!("redis-server on port {} answers", self.port);
+        let started = wait_for(&what, WAIT, || {
+            if let Some(status) = child.try_wait().expect("wait for redis-server") {
+                return Ok(Err(status));
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
-            std::thread::sleep(Duration::from_millis(20));
+            match self.try_command(&["INFO", "server"]) {
+                Some(info) if info.contains(&own) => Ok(Ok(())),
+                other => Err(other),
+            }
+        });
+        match started {
+            Ok(()) => {
+                self.child = Some(child);
+                true
+            }
+            Err(status) => {
+                eprintln!("redis-server on port {} exited at start ({status})", self.port);
+                false
+            }
         }
     }
 
