@@ -1,10 +1,13 @@
-//! The demo page in a real browser: runs the Node test in `tests/browser/`,
-//! which starts this build's `bare-sse` binary, drives Debian's headless
-//! Chromium through the page, and saves `docs/demo.png`.
+//! Real browsers and real clients: runs the Node tests in `tests/browser/`,
+//! which start this build's `bare-sse` binary and drive Debian's headless
+//! Chromium: through the demo page (saving `docs/demo.png`), and through
+//! EventSource on the Mercure hub while Symfony's Mercure component (PHP)
+//! publishes.
 //!
-//! Needs Node.js, `/usr/bin/chromium` and `tests/browser/node_modules`:
-//! `tests/setup` (or `tests/browser/setup`) installs them. Without them this
-//! test fails; it never passes without having run the browser.
+//! Needs Node.js, `/usr/bin/chromium`, `tests/browser/node_modules` and PHP with
+//! Symfony's Mercure component (`php-symfony-mercure`, `php-symfony-http-client`):
+//! `tests/setup` installs them. Without them these
+//! tests fail; they never pass without having run the browser.
 
 mod support;
 
@@ -15,11 +18,23 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-/// The most the whole Node run may take (it takes about 10 s).
+/// The most one Node run may take (each takes about 10 s).
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn demo_page_in_headless_chromium() {
+    run_node_test("demo.test.mjs");
+}
+
+/// Symfony's Mercure component publishes (PHP), EventSource in Chromium
+/// receives, with the access token in a cookie for the private update.
+#[test]
+fn mercure_with_symfony_and_eventsource_in_chromium() {
+    run_node_test("mercure.test.mjs");
+}
+
+/// Runs `tests/browser/<file>` with `node --test`, bounded by [`TIMEOUT`].
+fn run_node_test(file: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/browser");
     assert!(
@@ -31,7 +46,7 @@ fn demo_page_in_headless_chromium() {
 
     let mut child = Command::new("node")
         .args(["--test", "--test-reporter=spec"])
-        .arg(dir.join("demo.test.mjs"))
+        .arg(dir.join(file))
         .current_dir(root)
         .env("BARE_SSE_BIN", env!("CARGO_BIN_EXE_bare-sse"))
         .stdin(Stdio::null())
