@@ -513,4 +513,31 @@ mod tests {
             assert!(text.contains(flag.name) && text.contains(&flag.env_var()));
         }
     }
+
+    #[test]
+    fn mercure_flags_and_their_errors() {
+        let secret = "a secret of at least thirty-two bytes, for HS256";
+        let c = config(&["--mercure-issuer", "https://app.example", "--mercure-publisher-key", secret], &[]);
+        assert_eq!(c.settings.mercure.publisher_key.as_deref(), Some(secret.as_bytes()));
+        assert!(c.settings.mercure.verifier().unwrap().is_some(), "publishing is on");
+        let c =
+            config(&[], &[("BARE_SSE_MERCURE_REQUIRE_SUBSCRIBER_TOKEN", "true"), ("BARE_SSE_MERCURE_ALG", "ES256")]);
+        assert!(c.settings.mercure.require_subscriber_token);
+        let key = concat!("@", env!("CARGO_MANIFEST_DIR"), "/src/mercure/testdata/ec-public.pem");
+        let c = config(&["--mercure-alg", "ES256", "--mercure-issuer", "x", "--mercure-publisher-key", key], &[]);
+        assert!(c.settings.mercure.verifier().unwrap().is_some(), "a PEM key from a file");
+        for (args, why) in [
+            (vec!["--mercure-alg", "none"], "not one of"),
+            (vec!["--mercure-publisher-key", "@/nonexistent/key.pem"], "cannot read"),
+            (vec!["--mercure-publisher-key", ""], "not empty"),
+            (vec!["--mercure-resource", "ftp://x/"], "http or https"),
+            (vec!["--mercure-cookie", "a;b"], "cookie name"),
+            // An HS256 secret shorter than the hash, and a secret given as a PEM key.
+            (vec!["--mercure-issuer", "x", "--mercure-publisher-key", "short"], "mercure key"),
+            (vec!["--mercure-issuer", "x", "--mercure-alg", "RS256", "--mercure-publisher-key", secret], "mercure key"),
+        ] {
+            let error = run(&args, &[]).unwrap_err();
+            assert!(error.contains(why), "{args:?}: {error}");
+        }
+    }
 }
