@@ -111,10 +111,20 @@ fn subscribe(server: &TestServer, query: &str, headers: &str) -> EventStream {
     support::mercure::stream_after(client, response)
 }
 
+/// Where the hub's protected resource metadata is, for requests to `test`.
+const METADATA: &str = "http://test/.well-known/oauth-protected-resource/.well-known/mercure";
+
+/// Checks a refusal: its status, and its `WWW-Authenticate: Bearer`
+/// challenge with `error` (none: a bare challenge), which always says where
+/// the metadata is (RFC 9728 5.1).
 #[track_caller]
-fn refused(response: &Response, status: u16, challenge: Option<&str>) {
+fn refused(response: &Response, status: u16, error: Option<&str>) {
     assert_eq!(response.status, status, "{response:?} {}", response.text());
-    assert_eq!(response.header("www-authenticate"), challenge, "{response:?}");
+    let challenge = match error {
+        Some(error) => format!("Bearer error=\"{error}\", resource_metadata=\"{METADATA}\""),
+        None => format!("Bearer resource_metadata=\"{METADATA}\""),
+    };
+    assert_eq!(response.header("www-authenticate"), Some(challenge.as_str()), "{response:?}");
 }
 
 // ---- subscription ----
@@ -269,10 +279,10 @@ fn publishing_needs_a_valid_token_that_grants_every_topic() {
     let server = hub();
     let body = form(&[("topic", "https://example.com/a"), ("topic", "https://example.com/b"), ("data", "x")]);
     // No token: 401 with a bare challenge.
-    refused(&publish_raw(&server, &body, ""), 401, Some("Bearer"));
+    refused(&publish_raw(&server, &body, ""), 401, None);
     // Malformed presentation: 400 invalid_request.
     for header in ["Authorization: Basic abc\r\n", "Authorization: Bearer\r\n"] {
-        refused(&publish_raw(&server, &body, header), 400, Some("Bearer error=\"invalid_request\""));
+        refused(&publish_raw(&server, &body, header), 400, Some("invalid_request"));
     }
     // Every validation failure: the same 401 invalid_token.
     let good = claims(json!([grant(&["publish"], &[("*", "exact")])]));
@@ -304,7 +314,7 @@ fn publishing_needs_a_valid_token_that_grants_every_topic() {
         "not.a.token".to_owned(),
     ];
     for token in invalid {
-        refused(&publish_raw(&server, &body, &bearer(&token)), 401, Some("Bearer error=\"invalid_token\""));
+        refused(&publish_raw(&server, &body, &bearer(&token)), 401, Some("invalid_token"));
     }
     // The audience may be an array holding the hub's.
     let array_aud = with(json!({"aud": ["http://other", AUDIENCE]}));
@@ -312,9 +322,9 @@ fn publishing_needs_a_valid_token_that_grants_every_topic() {
     // Valid, but not for every topic: 403, and nothing is dispatched.
     let mut stream = subscribe(&server, "match=https://example.com/a", "");
     let partial = sign(&claims(json!([grant(&["publish"], &[("https://example.com/a", "exact")])])));
-    refused(&publish_raw(&server, &body, &bearer(&partial)), 403, Some("Bearer error=\"insufficient_scope\""));
+    refused(&publish_raw(&server, &body, &bearer(&partial)), 403, Some("insufficient_scope"));
     let subscribe_only = sign(&claims(json!([grant(&["subscribe"], &[("*", "exact")])])));
-    refused(&publish_raw(&server, &body, &bearer(&subscribe_only)), 403, Some("Bearer error=\"insufficient_scope\""));
+    refused(&publish_raw(&server, &body, &bearer(&subscribe_only)), 403, Some("insufficient_scope"));
     // A URL-pattern grant covering both is enough.
     let pattern = sign(&claims(json!([grant(&["publish"], &[("https://example.com/:x", "urlpattern")])])));
     let id = publish_raw(&server, &body, &bearer(&pattern)).text();
@@ -324,9 +334,9 @@ fn publishing_needs_a_valid_token_that_grants_every_topic() {
 #[test]
 fn without_an_issuer_and_key_publishing_is_refused() {
     let server = TestServer::start();
-    refused(&publish_raw(&server, &form(&[("topic", "t")]), ""), 401, Some("Bearer"));
+    refused(&publish_raw(&server, &form(&[("topic", "t")]), ""), 401, None);
     let response = publish_raw(&server, &form(&[("topic", "t")]), &bearer(&publisher_token()));
-    refused(&response, 401, Some("Bearer error=\"invalid_token\""));
+    refused(&response, 401, Some("invalid_token"));
 }
 
 #[test]
@@ -336,7 +346,7 @@ fn the_authorization_header_wins_over_the_cookie() {
     let cookie = format!("Cookie: other=1; __Secure-mercure_access_token={}\r\n", publisher_token());
     assert_eq!(publish_raw(&server, &body, &cookie).status, 200, "the cookie alone is used");
     let both = format!("{cookie}{}", bearer("bad.token.here"));
-    refused(&publish_raw(&server, &body, &both), 401, Some("Bearer error=\"invalid_token\""));
+    refused(&publish_raw(&server, &body, &both), 401, Some("invalid_token"));
 }
 
 #[test]
@@ -379,12 +389,8 @@ fn private_updates_reach_only_subscribers_allowed_to_read_them() {
 fn a_subscriber_token_is_checked_and_its_stream_ends_when_it_expires() {
     let server = hub();
     let bad = sign_with(&claims(json!([])), "another secret of at least thirty-two bytes!", Some("at+jwt"));
-    refused(&get_raw(&server, "match=t", &bearer(&bad)).read_response(), 401, Some("Bearer error=\"invalid_token\""));
-    refused(
-        &get_raw(&server, "match=t", "Authorization: Token x\r\n").read_response(),
-        400,
-        Some("Bearer error=\"invalid_request\""),
-    );
+    refused(&get_raw(&server, "match=t", &bearer(&bad)).read_response(), 401, Some("invalid_token"));
+    refused(&get_raw(&server, "match=t", "Authorization: Token x\r\n").read_response(), 400, Some("invalid_request"));
     let mut short = claims(json!([grant(&["subscribe"], &[("*", "exact")])]));
     short["exp"] = json!(now() + 2);
     let mut stream = subscribe(&server, "match=t", &bearer(&sign(&short)));
@@ -399,9 +405,31 @@ fn a_subscriber_token_is_checked_and_its_stream_ends_when_it_expires() {
 #[test]
 fn a_required_subscriber_token_refuses_anonymous_subscribers() {
     let server = hub_with(|config| config.settings.mercure.require_subscriber_token = true);
-    refused(&get_raw(&server, "match=t", "").read_response(), 401, Some("Bearer"));
+    refused(&get_raw(&server, "match=t", "").read_response(), 401, None);
     let token = sign(&claims(json!([grant(&["subscribe"], &[("t", "exact")])])));
     subscribe(&server, "match=t", &bearer(&token));
+}
+
+#[test]
+fn the_protected_resource_metadata_says_what_tokens_must_name() {
+    let server = hub();
+    let response = server.connect().request(support::get("/.well-known/oauth-protected-resource/.well-known/mercure"));
+    assert_eq!(response.status, 200);
+    let metadata = response.json();
+    assert_eq!(metadata["resource"], AUDIENCE, "the audience tokens must carry");
+    assert_eq!(metadata["authorization_details_types_supported"], json!([DETAIL]));
+    assert_eq!(metadata["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(metadata["mercure_cookie"], "__Secure-mercure_access_token");
+    assert_eq!(metadata["mercure_matcher_types_supported"], json!(["exact", "urlpattern"]));
+    let configured =
+        hub_with(|config| config.settings.mercure.resource = Some("https://hub.example/.well-known/mercure".into()));
+    let response = publish_raw(&configured, &form(&[("topic", "t")]), "");
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some(
+            "Bearer resource_metadata=\"https://hub.example/.well-known/oauth-protected-resource/.well-known/mercure\""
+        )
+    );
 }
 
 // ---- reconnection ----

@@ -38,6 +38,10 @@ pub const PATH: &str = "/.well-known/mercure";
 /// What `Allow` says for the hub's path.
 pub const ALLOW: &str = "GET, HEAD, POST, OPTIONS";
 
+/// Where RFC 9728 puts the protected resource metadata of a resource whose
+/// path is [`PATH`]: the well-known prefix, then the resource's path.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/.well-known/mercure";
+
 /// How the Mercure hub is configured (flags `--mercure-*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MercureSettings {
@@ -158,16 +162,54 @@ impl Hub {
         }
     }
 
+    /// Where the protected resource metadata of the hub is (RFC 9728 3.1:
+    /// the well-known prefix goes between the resource's origin and path).
+    fn metadata_url(&self, head: &RequestHead) -> String {
+        let resource = self.resource(head);
+        match Url::parse(&resource) {
+            Ok(url) => {
+                let origin = url.origin().ascii_serialization();
+                let path = url.path().trim_end_matches('/');
+                format!("{origin}/.well-known/oauth-protected-resource{path}")
+            }
+            Err(_) => resource,
+        }
+    }
+
+    /// A refusal with a `WWW-Authenticate: Bearer` challenge (RFC 6750 3),
+    /// with `error` when there is one to give, and where the metadata is
+    /// (RFC 9728 5.1), so a client can find what the token must say.
+    fn challenge(&self, head: &RequestHead, status: Status, why: &'static str, error: Option<&str>) -> Response {
+        let metadata = self.metadata_url(head);
+        let challenge = match error {
+            Some(error) => format!("Bearer error=\"{error}\", resource_metadata=\"{metadata}\""),
+            None => format!("Bearer resource_metadata=\"{metadata}\""),
+        };
+        Response::error(status, why).header("WWW-Authenticate", challenge)
+    }
+
+    /// The protected resource metadata (RFC 9728) of the hub.
+    pub(super) fn metadata(&self, head: &RequestHead) -> Response {
+        let body = serde_json::json!({
+            "resource": self.resource(head),
+            "authorization_details_types_supported": [token::AUTHORIZATION_DETAIL_TYPE],
+            "bearer_methods_supported": ["header"],
+            "mercure_cookie": self.settings.cookie_name,
+            "mercure_matcher_types_supported": ["exact", "urlpattern"],
+        });
+        Response::new(Status::OK, "application/json", body.to_string().into_bytes())
+    }
+
     /// The token the request presents (the header wins over the cookie).
     fn presented<'h>(&self, head: &'h RequestHead) -> Result<Option<&'h str>, Response> {
         let cookie = head.cookie.as_deref();
         token::token_from_request(head.authorization.as_deref(), cookie, &self.settings.cookie_name)
-            .map_err(|_| challenge(Status::BAD_REQUEST, "malformed credentials", Some("invalid_request")))
+            .map_err(|_| self.challenge(head, Status::BAD_REQUEST, "malformed credentials", Some("invalid_request")))
     }
 
     /// Validates the presented token for `role`.
     fn grants(&self, role: Role, token: &str, head: &RequestHead, now: u64) -> Result<Grants, Response> {
-        let invalid = || challenge(Status::UNAUTHORIZED, "invalid token", Some("invalid_token"));
+        let invalid = || self.challenge(head, Status::UNAUTHORIZED, "invalid token", Some("invalid_token"));
         let verifier = self.verifier.as_ref().ok_or_else(invalid)?;
         verifier.verify(role, token, &self.resource(head), now).map_err(|e| {
             log::debug!("refused a token: {}", e.reason());
@@ -197,7 +239,7 @@ impl Hub {
         let grants = match token {
             Some(token) => Some(self.grants(Role::Subscriber, token, head, now)?),
             None if self.settings.require_subscriber_token => {
-                return Err(challenge(Status::UNAUTHORIZED, "a token is required", None));
+                return Err(self.challenge(head, Status::UNAUTHORIZED, "a token is required", None));
             }
             None => None,
         };
@@ -224,7 +266,7 @@ impl Hub {
 
     fn publish(&self, head: &RequestHead, body: &[u8], now: u64) -> Result<Action, Response> {
         let Some(token) = self.presented(head)? else {
-            return Err(challenge(Status::UNAUTHORIZED, "a token is required to publish", None));
+            return Err(self.challenge(head, Status::UNAUTHORIZED, "a token is required to publish", None));
         };
         let grants = self.grants(Role::Publisher, token, head, now)?;
         let update = update::parse_update(body, &self.hub_url()).map_err(|e| {
@@ -232,7 +274,8 @@ impl Hub {
             Response::refusal(status, "invalid update", e.reason())
         })?;
         if !grants.can_publish_all(&update.topics) {
-            return Err(challenge(
+            return Err(self.challenge(
+                head,
                 Status::FORBIDDEN,
                 "not allowed to publish on these topics",
                 Some("insufficient_scope"),
@@ -245,16 +288,6 @@ impl Hub {
         publish.validate().map_err(|why| Response::refusal(Status::BAD_REQUEST, "invalid update", &why))?;
         Ok(Action::Publish(publish))
     }
-}
-
-/// A refusal with a `WWW-Authenticate: Bearer` challenge (RFC 6750 3),
-/// with `error` when there is one to give.
-fn challenge(status: Status, why: &'static str, error: Option<&str>) -> Response {
-    let challenge = match error {
-        Some(error) => format!("Bearer error=\"{error}\""),
-        None => "Bearer".to_owned(),
-    };
-    Response::error(status, why).header("WWW-Authenticate", challenge)
 }
 
 /// The answer to a preflight on the hub's path.

@@ -111,6 +111,8 @@ pub enum Endpoint {
     Health,
     /// `/.well-known/mercure`: the Mercure hub.
     Mercure,
+    /// The hub's protected resource metadata (RFC 9728).
+    MercureMetadata,
 }
 
 impl Endpoint {
@@ -123,6 +125,7 @@ impl Endpoint {
             "/metrics" => Some(Endpoint::Metrics),
             "/healthz" => Some(Endpoint::Health),
             mercure::PATH => Some(Endpoint::Mercure),
+            mercure::METADATA_PATH => Some(Endpoint::MercureMetadata),
             _ => None,
         }
     }
@@ -131,6 +134,7 @@ impl Endpoint {
     pub fn allows(self, method: Method) -> bool {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => matches!(method, Method::Get | Method::Head),
+            Endpoint::MercureMetadata => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
             Endpoint::Mercure => matches!(method, Method::Get | Method::Head | Method::Post | Method::Options),
@@ -141,6 +145,7 @@ impl Endpoint {
     pub fn allow_header(self) -> &'static str {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
+            Endpoint::MercureMetadata => "GET, HEAD, OPTIONS",
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
             Endpoint::Mercure => mercure::ALLOW,
@@ -272,7 +277,9 @@ impl App {
         let required = match endpoint {
             Endpoint::Publish => self.settings.publish_token.as_deref(),
             Endpoint::Events => self.settings.subscribe_token.as_deref(),
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure => None,
+            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure | Endpoint::MercureMetadata => {
+                None
+            }
         };
         let Some(required) = required else {
             return true;
@@ -344,6 +351,7 @@ impl Application for App {
         let response = match endpoint {
             _ if head.method == Method::Options => self.preflight(endpoint),
             Endpoint::Mercure => Response::error(Status::NOT_FOUND, "not found"),
+            Endpoint::MercureMetadata => self.mercure.metadata(&head),
             Endpoint::Health => return defer(Action::Health),
             Endpoint::Metrics => return defer(Action::Metrics),
             Endpoint::Page => Response::new(Status::OK, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()),
