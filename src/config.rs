@@ -303,6 +303,18 @@ pub const FLAGS: &[Flag] = &[
         apply: |c, v| switch(v).map(|on| c.settings.mercure.require_subscriber_token = on),
     },
     Flag {
+        name: "mercure-compat",
+        value: "VERSION",
+        help: "Mercure: also take what 0.x clients send (`topic=` selectors, URI templates, the `mercure` token claim, the mercureAuthorization cookie); VERSION is 0",
+        apply: |c, v| match v {
+            "0" => {
+                c.settings.mercure.compat_0x = true;
+                Ok(())
+            }
+            _ => Err("the only older protocol is 0".to_owned()),
+        },
+    },
+    Flag {
         name: "mercure-cookie",
         value: "NAME",
         help: "Mercure: the cookie that may carry a token [default: __Secure-mercure_access_token]",

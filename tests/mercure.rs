@@ -393,6 +393,10 @@ fn a_subscriber_token_is_checked_and_its_stream_ends_when_it_expires() {
     refused(&get_raw(&server, "match=t", "Authorization: Token x\r\n").read_response(), 400, Some("invalid_request"));
     let mut short = claims(json!([grant(&["subscribe"], &[("*", "exact")])]));
     short["exp"] = json!(now() + 2);
+    // An `exp` too far ahead for the server's clock type is no reason to fail.
+    let mut far = claims(json!([grant(&["subscribe"], &[("*", "exact")])]));
+    far["exp"] = json!(u64::MAX / 2);
+    subscribe(&server, "match=t", &bearer(&sign(&far)));
     let mut stream = subscribe(&server, "match=t", &bearer(&sign(&short)));
     // The server closes the stream by the token's expiry (within the
     // client's read timeout, which fails the test otherwise).
@@ -526,4 +530,45 @@ fn on_a_cluster_private_updates_and_replay_by_id_work_on_every_node() {
     let mut resumed = subscribe(&b, "match=https://example.com/secret", "Last-Event-ID: s-1\r\n");
     assert_eq!(resumed.response.header("mercure-last-event-id"), Some("s-1"));
     assert_eq!(resumed.next_data(), "for all");
+}
+
+// ---- 0.x clients ----
+
+/// A pre-standardization token: no `typ`, issuer or audience, the grants in
+/// a `mercure` claim.
+fn legacy_token(publish: &[&str], subscribe: &[&str]) -> String {
+    sign_with(&json!({"mercure": {"publish": publish, "subscribe": subscribe}}), SECRET, None)
+}
+
+#[test]
+fn without_compat_0x_requests_get_the_answers_of_1_0() {
+    let server = hub();
+    let response = get_raw(&server, &form(&[("topic", "https://example.com/books/{id}")]), "").read_response();
+    assert_eq!(response.status, 400, "a topic-only subscription has no matcher: {response:?}");
+    let token = legacy_token(&["*"], &[]);
+    refused(&publish_raw(&server, &form(&[("topic", "t")]), &bearer(&token)), 401, Some("invalid_token"));
+}
+
+#[test]
+fn with_compat_0x_old_subscribers_tokens_and_cookies_work() {
+    let server = hub_with(|config| config.settings.mercure.compat_0x = true);
+    let template = form(&[("topic", "https://example.com/books/{id}")]);
+    let mut old = subscribe(&server, &template, "");
+    let reader = legacy_token(&[], &["https://example.com/books/{id}"]);
+    let mut by_cookie = subscribe(&server, &template, &format!("Cookie: mercureAuthorization={reader}\r\n"));
+    let mut new = subscribe(&server, "match=https://example.com/books/1", "");
+    let token = bearer(&legacy_token(&["https://example.com/books/{id}"], &[]));
+    let public = publish_raw(&server, &form(&[("topic", "https://example.com/books/1"), ("data", "public")]), &token);
+    assert_eq!(public.status, 200, "{}", public.text());
+    let private = form(&[("topic", "https://example.com/books/2"), ("data", "private"), ("private", "on")]);
+    assert_eq!(publish_raw(&server, &private, &token).status, 200);
+    // The old token may publish on its selectors only.
+    let elsewhere = form(&[("topic", "https://example.com/films/1")]);
+    refused(&publish_raw(&server, &elsewhere, &token), 403, Some("insufficient_scope"));
+    assert_eq!(old.next_data(), "public");
+    assert_eq!(new.next_data(), "public");
+    assert_eq!([by_cookie.next_data(), by_cookie.next_data()], ["public", "private"]);
+    // 1.0 tokens still work beside them.
+    publish(&server, &[("topic", "https://example.com/books/3"), ("data", "from 1.0")]);
+    assert_eq!(old.next_data(), "from 1.0");
 }

@@ -30,7 +30,7 @@ use crate::http::conn::{Handled, Request};
 use crate::http::{Method, RequestHead, Response, Status};
 use crate::mercure::matcher::{Matcher, MatcherType};
 use crate::mercure::token::{self, Alg, Grants, Role, Verifier, VerifierConfig};
-use crate::mercure::{subscribe, update};
+use crate::mercure::{legacy, subscribe, update};
 
 /// The hub's path (the spec's default hub URL).
 pub const PATH: &str = "/.well-known/mercure";
@@ -61,6 +61,9 @@ pub struct MercureSettings {
     pub require_subscriber_token: bool,
     /// The name of the cookie that may carry a token.
     pub cookie_name: String,
+    /// Also take what pre-standardization (0.x) clients send
+    /// (`--mercure-compat 0`: see [`crate::mercure::legacy`]).
+    pub compat_0x: bool,
 }
 
 impl Default for MercureSettings {
@@ -73,6 +76,7 @@ impl Default for MercureSettings {
             resource: None,
             require_subscriber_token: false,
             cookie_name: token::DEFAULT_COOKIE_NAME.to_owned(),
+            compat_0x: false,
         }
     }
 }
@@ -200,18 +204,29 @@ impl Hub {
         Response::new(Status::OK, "application/json", body.to_string().into_bytes())
     }
 
-    /// The token the request presents (the header wins over the cookie).
+    /// The token the request presents (the header wins over the cookie;
+    /// with 0.x compatibility, the 0.x cookie comes last).
     fn presented<'h>(&self, head: &'h RequestHead) -> Result<Option<&'h str>, Response> {
-        let cookie = head.cookie.as_deref();
-        token::token_from_request(head.authorization.as_deref(), cookie, &self.settings.cookie_name)
-            .map_err(|_| self.challenge(head, Status::BAD_REQUEST, "malformed credentials", Some("invalid_request")))
+        let (authorization, cookie) = (head.authorization.as_deref(), head.cookie.as_deref());
+        let malformed = |_| self.challenge(head, Status::BAD_REQUEST, "malformed credentials", Some("invalid_request"));
+        let presented =
+            token::token_from_request(authorization, cookie, &self.settings.cookie_name).map_err(malformed)?;
+        if presented.is_none() && self.settings.compat_0x {
+            return token::token_from_request(None, cookie, legacy::COOKIE).map_err(malformed);
+        }
+        Ok(presented)
     }
 
     /// Validates the presented token for `role`.
     fn grants(&self, role: Role, token: &str, head: &RequestHead, now: u64) -> Result<Grants, Response> {
         let invalid = || self.challenge(head, Status::UNAUTHORIZED, "invalid token", Some("invalid_token"));
         let verifier = self.verifier.as_ref().ok_or_else(invalid)?;
-        verifier.verify(role, token, &self.resource(head), now).map_err(|e| {
+        let verified = verifier.verify(role, token, &self.resource(head), now);
+        let verified = match verified {
+            Err(_) if self.settings.compat_0x => verifier.verify_legacy(role, token, now),
+            verified => verified,
+        };
+        verified.map_err(|e| {
             log::debug!("refused a token: {}", e.reason());
             invalid()
         })
@@ -234,8 +249,13 @@ impl Hub {
 
     fn subscribe(&self, head: &RequestHead, now: u64) -> Result<Action, Response> {
         let token = self.presented(head)?;
-        let request = subscribe::parse_subscription(head.query.as_bytes(), &self.hub_url())
-            .map_err(|why| Response::refusal(Status::BAD_REQUEST, "invalid subscription", why))?;
+        let query = head.query.as_bytes();
+        let request = if self.settings.compat_0x && legacy::is_legacy_query(query) {
+            legacy::parse_subscription(query, &self.hub_url())
+        } else {
+            subscribe::parse_subscription(query, &self.hub_url())
+        };
+        let request = request.map_err(|why| Response::refusal(Status::BAD_REQUEST, "invalid subscription", why))?;
         let grants = match token {
             Some(token) => Some(self.grants(Role::Subscriber, token, head, now)?),
             None if self.settings.require_subscriber_token => {

@@ -41,6 +41,9 @@ pub enum MatcherType {
     Exact,
     /// `urlpattern`: WHATWG URL Pattern, relative parts resolved against the hub URL.
     UrlPattern,
+    /// An RFC 6570 URI template, as the pre-standardization (0.x) protocol's
+    /// topic selectors were; only with `--mercure-compat 0`, never by name.
+    UriTemplate,
 }
 
 impl MatcherType {
@@ -49,6 +52,7 @@ impl MatcherType {
         match self {
             MatcherType::Exact => "exact",
             MatcherType::UrlPattern => "urlpattern",
+            MatcherType::UriTemplate => "uritemplate",
         }
     }
 
@@ -78,6 +82,8 @@ pub enum MatcherError {
     ForbiddenCharacter,
     /// Not a well-formed URL Pattern (for the `urlpattern` type).
     InvalidPattern,
+    /// Not a well-formed URI template (for the `uritemplate` type).
+    InvalidTemplate,
 }
 
 impl MatcherError {
@@ -87,6 +93,7 @@ impl MatcherError {
             MatcherError::TooLong => "topic matcher is too long",
             MatcherError::ForbiddenCharacter => "topic matcher contains a forbidden character",
             MatcherError::InvalidPattern => "topic matcher is not a valid URL pattern",
+            MatcherError::InvalidTemplate => "topic selector is not a valid URI template",
         }
     }
 }
@@ -117,6 +124,8 @@ enum Compiled {
     Wildcard,
     Exact,
     Pattern(Arc<HubPattern>),
+    /// A URI template, as a linear-time regular expression.
+    Template(Arc<regex::Regex>),
 }
 
 /// A URL pattern and the hub URL its relative parts, and relative topics,
@@ -159,6 +168,7 @@ impl Matcher {
                     pattern: compile_pattern(text, hub_url)?,
                     hub_url: hub_url.clone(),
                 })),
+                MatcherType::UriTemplate => Compiled::Template(Arc::new(compile_template(text)?)),
             }
         };
         Ok(Matcher { kind, text: text.into(), compiled })
@@ -193,8 +203,60 @@ impl Matcher {
             Compiled::Pattern(hub_pattern) => topic
                 .url_components(&hub_pattern.hub_url)
                 .is_some_and(|components| pattern_matches(&hub_pattern.pattern, components)),
+            Compiled::Template(regex) => regex.is_match(topic.text),
         }
     }
+}
+
+/// Compiles an RFC 6570 URI template into an anchored regular expression
+/// that matches the URIs it can expand to: literal text as itself, and each
+/// expression as what its operator can produce. A simple `{var}` (and
+/// `{.var}`, `{;var}`, the label and parameter forms) stays within one path
+/// segment; `{+var}` and `{#var}` may span segments, as reserved expansion
+/// may; `{/var}` is any number of segments; `{?var}` and `{&var}` a query.
+/// This is the pre-standardization selectors' meaning (the reference 0.x
+/// hub matched the same way), without variable values.
+fn compile_template(text: &str) -> Result<regex::Regex, MatcherError> {
+    let mut expression = String::from("^");
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let (literal, after) = rest.split_at(open);
+        if literal.contains('}') {
+            return Err(MatcherError::InvalidTemplate);
+        }
+        expression.push_str(&regex::escape(literal));
+        let close = after.find('}').ok_or(MatcherError::InvalidTemplate)?;
+        let inner = after.get(1..close).ok_or(MatcherError::InvalidTemplate)?;
+        let (operator, variables) = match inner.chars().next() {
+            Some(op @ ('+' | '#' | '.' | '/' | ';' | '?' | '&')) => (Some(op), &inner[1..]),
+            _ => (None, inner),
+        };
+        let valid_name = |name: &str| {
+            let name = name.trim_end_matches('*');
+            let name = name.split(':').next().unwrap_or("");
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'%')
+        };
+        if variables.is_empty() || !variables.split(',').all(valid_name) {
+            return Err(MatcherError::InvalidTemplate);
+        }
+        expression.push_str(match operator {
+            None => "[^/?#]*",
+            Some('+') => "[^?#]*",
+            Some('#') => "(?:#.*)?",
+            Some('.') => "(?:\\.[^/?#]*)*",
+            Some('/') => "(?:/[^/?#]*)*",
+            Some(';') => "(?:;[^/?#]*)*",
+            Some('?') => "(?:\\?[^#]*)?",
+            _ => "(?:&[^#]*)?",
+        });
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(MatcherError::InvalidTemplate);
+    }
+    expression.push_str(&regex::escape(rest));
+    expression.push('$');
+    regex::Regex::new(&expression).map_err(|_| MatcherError::InvalidTemplate)
 }
 
 fn compile_pattern(text: &str, hub_url: &Url) -> Result<UrlPattern<regex::Regex>, MatcherError> {

@@ -9,12 +9,14 @@
 //! | [`matcher`]   | topic matchers: `exact`, `urlpattern` and the `*` wildcard. |
 //! | [`subscribe`] | the subscription query (or body): matchers and `last_event_id`. |
 //! | [`update`]    | the publish body: topics, data, privacy, id, type, retry. |
+//! | [`legacy`]    | the pre-standardization (0.x) protocol, for `--mercure-compat 0`. |
 //! | [`token`]     | access tokens: presentation, JWT validation, authorization details, grants. |
 //!
 //! The server wires these into its endpoints; nothing here answers HTTP, but
 //! every error says which status (400, 401, 413) the spec asks for.
 
 pub mod form;
+pub mod legacy;
 pub mod matcher;
 pub mod subscribe;
 pub mod token;

@@ -286,6 +286,63 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Validates a pre-standardization (0.x) token, for `--mercure-compat 0`:
+    /// the signature as for [`Verifier::verify`] (the configured algorithm
+    /// and the role's key, no key material in the header), `exp` and `nbf`
+    /// when present; its grants are the `mercure` claim's `publish` and
+    /// `subscribe` lists of topic selectors (exact topics, `*`, or URI
+    /// templates) and its `payload`. Such tokens name no issuer or audience
+    /// and need no `typ` or `exp`: accepting them is weaker, which is why it
+    /// takes a flag.
+    pub fn verify_legacy(&self, role: Role, token: &str, now_unix_secs: u64) -> Result<Grants, InvalidToken> {
+        let key = match role {
+            Role::Publisher => &self.publisher_key,
+            Role::Subscriber => &self.subscriber_key,
+        };
+        let decoded = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+            .map_err(|_| invalid("malformed token, bad signature or algorithm"))?;
+        let header = &decoded.header;
+        if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
+            return Err(invalid("the header carries key material"));
+        }
+        let claims = decoded.claims;
+        let expires_at = match claims.get("exp") {
+            Some(exp) => numeric_date(exp, Rounding::Down)?,
+            None => u64::MAX,
+        };
+        if now_unix_secs >= expires_at.saturating_add(LEEWAY_SECS) {
+            return Err(invalid("expired"));
+        }
+        if let Some(nbf) = claims.get("nbf")
+            && now_unix_secs.saturating_add(LEEWAY_SECS) < numeric_date(nbf, Rounding::Up)?
+        {
+            return Err(invalid("not yet valid (nbf)"));
+        }
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        let Some(Value::Object(mercure)) = claims.get("mercure") else {
+            return Err(invalid("no mercure claim"));
+        };
+        let selectors = |name: &str| -> Result<Vec<Matcher>, InvalidToken> {
+            match mercure.get(name) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(list)) if list.len() <= MAX_TOPICS_PER_DETAIL => list
+                    .iter()
+                    .map(|selector| {
+                        let text = selector.as_str().ok_or(invalid("a selector is not a string"))?;
+                        super::legacy::selector(text, &self.hub_url).map_err(|_| invalid("an invalid selector"))
+                    })
+                    .collect(),
+                Some(_) => Err(invalid("publish and subscribe are lists of at most 64 selectors")),
+            }
+        };
+        let publish = selectors("publish")?;
+        let payload = mercure.get("payload").cloned();
+        let subscribe = vec![SubscribeGrant { topics: selectors("subscribe")?, payload }];
+        Ok(Grants { expires_at, subject, publish, subscribe })
+    }
+}
+
 fn check_header(header: &Header) -> Result<(), InvalidToken> {
     let typ = header.typ.as_deref().ok_or(invalid("missing typ"))?;
     // RFC 7515 4.1.9: compared case-insensitively, `application/` optional.

@@ -523,9 +523,11 @@ impl Loop {
         // Counted as a stream, with no seeds topic.
         self.hub.stream_opened(std::iter::empty());
         let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
-        let ends_at = expires_at.map(|at| {
+        // A token's `exp` is the client's number: one too far ahead to be an
+        // Instant (or a 0.x token without one) sets no end.
+        let ends_at = expires_at.and_then(|at| {
             let left = at.saturating_sub((self.app.clock)());
-            Instant::now() + Duration::from_secs(left)
+            Instant::now().checked_add(Duration::from_secs(left))
         });
         self.open_stream(key, joined, head, ends_at);
     }
