@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::Read;
+use std::time::Duration;
 
 use support::{Client, TestServer, get, post};
 
@@ -119,6 +120,22 @@ fn head_requests() {
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     // No body came: the next answer follows right away.
     assert_eq!(client.request(get("/nope")).status, 404);
+}
+
+#[test]
+fn blank_lines_alone_get_408_at_the_header_timeout() {
+    // Blank lines before a request line may be skipped (RFC 9112 2.2), but
+    // they start the request's clock: each used to re-arm the idle timer, so
+    // one now and then held a connection for ever, never answered.
+    let server = TestServer::with(|c| {
+        c.settings.limits.header_timeout = Duration::from_secs(1);
+        c.settings.limits.idle_timeout = Duration::from_secs(3600);
+    });
+    let mut client = server.connect();
+    let response = client.request("\r\n");
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.read_to_end().is_empty(), "closed after the answer");
 }
 
 /// Sends `request` on a fresh connection; returns the response and whether the
