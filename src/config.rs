@@ -178,7 +178,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "shutdown-timeout",
         value: "SECS",
-        help: "time a graceful shutdown (SIGINT, SIGTERM) may take to flush [default: 5]",
+        help: "time a graceful shutdown (SIGINT, SIGTERM, SIGQUIT) may take to flush [default: 5]",
         apply: |c, v| in_range(v, 0, 3600).map(|n| c.shutdown_timeout_secs = n as u64),
     },
     Flag {
