@@ -1,7 +1,8 @@
 //! The binary and the signals a process manager may send: none of them may
 //! kill it without its graceful flush. SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM
 //! are logged and ignored, SIGPIPE is ignored, and SIGINT, SIGTERM and
-//! SIGQUIT shut it down gracefully (exit 0).
+//! SIGQUIT shut it down gracefully (exit 0). A server that outlives its
+//! terminal also outlives its stderr.
 
 mod support;
 
@@ -66,4 +67,44 @@ fn sigint_and_sigquit_shut_down_gracefully() {
         let log = server.whole_log();
         assert!(log.contains("shutting down gracefully"), "SIG{signal}: {log}");
     }
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_server() {
+    // What a terminal hanging up leaves behind a server that ignores SIGHUP:
+    // every log line then fails to be written, and must not take the server
+    // down with it.
+    use std::io::BufRead;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+            .args(["--listen", "127.0.0.1:0", "--access-log"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bare-sse"),
+    );
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let mut start_line = String::new();
+    stderr.read_line(&mut start_line).expect("read start line");
+    drop(stderr);
+    let addr: std::net::SocketAddr = start_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in start line {start_line:?}"));
+    let mut client = Client::connect(addr);
+    for _ in 0..3 {
+        // Each answer is an access-log line, and the 404 a refusal line too.
+        assert_eq!(client.request(get("/nope")).status, 404);
+        assert_eq!(client.request(get("/healthz")).status, 200);
+    }
+    assert_eq!(server.0.try_wait().expect("wait for bare-sse"), None, "still running");
 }
