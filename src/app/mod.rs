@@ -677,6 +677,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_cr_in_a_head_is_refused_at_once() {
+        // RFC 9112 2.2: a bare CR is invalid. A head whose lines end in CR
+        // alone used to wait for an LF until the request timer ran out.
+        for input in [
+            "GET / HTTP/1.1\rHost: x\r\r",
+            "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+            "\rGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "\r\n\n\r\rGET / HTTP/1.1\r\n",
+        ] {
+            let (output, actions, command) = check(input);
+            assert_eq!(statuses(&output), [400], "{input:?}: {output}");
+            assert!(output.contains("bare CR in request head"), "{input:?}: {output}");
+            assert!(actions.is_empty());
+            assert_eq!(command, SocketCommand::ShutdownWrite);
+        }
+        // Blank lines of CRLF or LF before a request are still skipped, and
+        // a CR in a body is the body's business.
+        let (output, _, _) = check("\r\n\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(statuses(&output), [200], "{output}");
+        let (output, actions, _) = check(&format!("\n{}\r\n", publish(r#"{"message":"a\rb"}"#)));
+        assert_eq!((statuses(&output), actions.len()), (vec![200], 1), "{output}");
+    }
+
+    #[test]
     fn head_limit_is_431_and_bounded() {
         let long = format!("GET / HTTP/1.1\r\n{HOST}X-Long: {}\r\n\r\n", "a".repeat(2000));
         let (output, _, _) = check(&long);

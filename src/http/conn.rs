@@ -514,11 +514,19 @@ impl Conn {
         // blank line now and then must not hold the connection for ever.
         let scanned = self.scanned as usize;
         if scanned == 0 {
-            let blank = self.input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let blank = super::blank_lines(&self.input);
             self.input.drain(..blank);
             self.started |= blank > 0;
+            if self.input == b"\r" {
+                // Half a blank line, or a bare CR: the next byte says which.
+                return Ok(None);
+            }
         }
-        let Some(end) = super::find_head_end(&self.input, scanned) else {
+        let end = super::find_head_end(&self.input, scanned);
+        if super::find_bare_cr(&self.input[..end.unwrap_or(self.input.len())], scanned).is_some() {
+            return Err(Error::Malformed("bare CR in request head"));
+        }
+        let Some(end) = end else {
             if self.input.len() > limits.max_head_bytes {
                 return Err(Error::HeadTooLarge);
             }

@@ -139,9 +139,37 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// How many bytes of blank lines (`CRLF` or a bare `LF`) start `buf`: RFC
+/// 9112 2.2 asks a server to skip them before a request line. A CR not
+/// followed by LF is not a blank line.
+pub fn blank_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match buf.get(at..) {
+            Some([b'\n', ..]) => at += 1,
+            Some([b'\r', b'\n', ..]) => at += 2,
+            _ => return at,
+        }
+    }
+}
+
+/// Finds a bare CR (one followed by anything but LF) in a request head,
+/// searching from `from` (and the byte before, whose follower may have just
+/// arrived). RFC 9112 2.2 makes it invalid; looking for it as the head
+/// arrives refuses a head whose lines end in CR alone at once, instead of
+/// waiting for an LF that never comes.
+pub fn find_bare_cr(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(1);
+    let pairs = buf.get(start..)?.windows(2);
+    pairs.enumerate().find(|(_, pair)| pair[0] == b'\r' && pair[1] != b'\n').map(|(at, _)| start + at)
+}
+
 /// Parses a complete request head (`buf` must end where [`find_head_end`]
 /// said). Returns the head, or why it is refused.
 pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
+    if find_bare_cr(buf, 0).is_some() {
+        return Err(Error::Malformed("bare CR in request head"));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
@@ -643,6 +671,22 @@ mod tests {
             let result = parse_head(&text.as_bytes()[..end]);
             assert_eq!(result.map_err(|e| e.status().0), Err(*status), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_bare_cr_is_refused_with_its_reason() {
+        let bare_cr = Err(Error::Malformed("bare CR in request head"));
+        for text in [
+            "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+            "GET / HTTP/1.1\rHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX\r: y\r\n\r\n",
+        ] {
+            assert_eq!(head(text), bare_cr, "{text:?}");
+        }
+        assert_eq!(find_bare_cr(b"GET / HTTP/1.1\r\nHost: x\r", 0), None, "a CR at the end waits for its LF");
+        let text = b"GET / HTTP/1.1\r\nHost: x\rX";
+        let found = (1..=text.len()).find_map(|n| find_bare_cr(&text[..n], n - 1));
+        assert_eq!(found, Some(23), "fed byte by byte, scanning only the new byte and the one before");
     }
 
     #[test]
