@@ -204,6 +204,9 @@ fn every_refusal_has_its_status() {
         ("body too large", big_body.into(), 413, true),
         ("no length", b"POST /send-event HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 411, true),
         ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 505, true),
+        // 505 is for a well-formed version we do not implement only.
+        ("a space in the target", b"GET /healthz z HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400, true),
+        ("a lowercase version", b"GET / http/1.1\r\nHost: t\r\n\r\n".to_vec(), 400, true),
         (
             "bad expectation",
             b"POST /send-event HTTP/1.1\r\nHost: t\r\nExpect: x\r\nContent-Length: 2\r\n\r\n{}".to_vec(),

@@ -34,7 +34,8 @@ pub enum Error {
     UnsupportedTransferCoding,
     /// An `Expect` other than `100-continue`.
     UnsupportedExpectation,
-    /// An HTTP version other than 1.0 and 1.1.
+    /// A well-formed HTTP version (`HTTP/DIGIT.DIGIT`) other than 1.0 and
+    /// 1.1.
     UnsupportedVersion,
 }
 
@@ -176,7 +177,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(Error::UnsupportedVersion),
+        Err(httparse::Error::Version) => return Err(request_line_error(buf)),
         Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
         Err(httparse::Error::Token) => return Err(Error::Malformed("invalid method")),
@@ -297,6 +298,49 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         host,
         cookie,
     })
+}
+
+/// Says what is wrong with a request line httparse refused. Its errors say
+/// where it stopped, not why: a version it cannot read may be a well-formed
+/// one we do not implement (505), or no version at all (400).
+///
+/// ```text
+/// request-line = method SP request-target SP HTTP-version   (RFC 9112 3)
+/// HTTP-version = "HTTP" "/" DIGIT "." DIGIT                 (RFC 9112 2.3)
+/// ```
+fn request_line_error(buf: &[u8]) -> Error {
+    let rest = &buf[blank_lines(buf)..];
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.splitn(4, |&b| b == b' ').collect();
+    let why = match parts[..] {
+        [method, ..] if !is_token(method) => "invalid method",
+        [_, target, ..] if !is_target(target) => "invalid request target",
+        [_, _, version] => match version {
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+                if *major == b'1' && matches!(minor, b'0' | b'1') {
+                    "malformed request line"
+                } else {
+                    return Error::UnsupportedVersion;
+                }
+            }
+            _ => "invalid HTTP version",
+        },
+        _ => "malformed request line",
+    };
+    Error::Malformed(why)
+}
+
+/// `token = 1*tchar` (RFC 9110 5.6.2): a method or a field name.
+fn is_token(bytes: &[u8]) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !bytes.is_empty() && bytes.iter().all(|&b| tchar(b))
+}
+
+/// A request target is visible characters (and, leniently, non-ASCII bytes),
+/// never a control character or a space.
+fn is_target(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_graphic() || b >= 0x80)
 }
 
 /// Trims optional whitespace (RFC 9110 5.6.3: `OWS = *( SP / HTAB )`).
@@ -670,6 +714,32 @@ mod tests {
             let end = find_head_end(text.as_bytes(), 0).unwrap();
             let result = parse_head(&text.as_bytes()[..end]);
             assert_eq!(result.map_err(|e| e.status().0), Err(*status), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_well_formed_version_gets_505() {
+        // RFC 9110 15.6.6: 505 is for a major version we do not support;
+        // a version that is not `HTTP/DIGIT.DIGIT` makes a malformed request.
+        for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/2.1"] {
+            let text = format!("GET / {version}\r\nHost: x\r\n\r\n");
+            assert_eq!(head(&text), Err(Error::UnsupportedVersion), "{text:?}");
+        }
+        assert_eq!(head("PRI * HTTP/2.0\r\n\r\n"), Err(Error::UnsupportedVersion), "the HTTP/2 preface");
+        for line in [
+            "GET / http/1.1",
+            "GET / HTTP/1",
+            "GET / HTTP/1.12",
+            "GET / HTTP/x.1",
+            "GET / HTTPS/1.1",
+            "GET / HTTP/1.1/",
+            "GET /health z HTTP/1.1",
+            "GET / HTTP/1.1 ",
+            "GET /  HTTP/1.1",
+        ] {
+            let text = format!("{line}\r\nHost: x\r\n\r\n");
+            let refused = head(&text).map_err(|error| error.status());
+            assert_eq!(refused, Err(Status::BAD_REQUEST), "{text:?}");
         }
     }
 
