@@ -223,6 +223,21 @@ fn every_refusal_has_its_status() {
 }
 
 #[test]
+fn malformed_request_lines_say_what_was_wrong() {
+    let server = TestServer::start();
+    for (request, says) in [
+        (&b"GET /\r\n\r\n"[..], "no HTTP version (HTTP/0.9 is not supported)"),
+        (b"GET /a\x00b HTTP/1.1\r\nHost: t\r\n\r\n", "invalid request target"),
+        (b"G{T / HTTP/1.1\r\nHost: t\r\n\r\n", "invalid method"),
+        (b"GET / HTTP/1.1 x\r\nHost: t\r\n\r\n", "malformed request line"),
+    ] {
+        let (response, closed) = answer(&server, request);
+        assert_eq!((response.status, closed), (400, true), "{}", String::from_utf8_lossy(request));
+        assert_eq!(response.json()["error"], says, "{}", String::from_utf8_lossy(request));
+    }
+}
+
+#[test]
 fn bad_publish_bodies_say_what_was_wrong() {
     let server = TestServer::start();
     let mut client = server.connect();

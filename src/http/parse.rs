@@ -177,11 +177,9 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(request_line_error(buf)),
         Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
-        Err(httparse::Error::Token) => return Err(Error::Malformed("invalid method")),
-        Err(_) => return Err(Error::Malformed("malformed request line")),
+        Err(_) => return Err(request_line_error(buf)),
     }
     let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
         return Err(Error::Malformed("malformed request line"));
@@ -301,8 +299,9 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
 }
 
 /// Says what is wrong with a request line httparse refused. Its errors say
-/// where it stopped, not why: a version it cannot read may be a well-formed
-/// one we do not implement (505), or no version at all (400).
+/// where it stopped, not why: `Token` covers a bad method, a bad target and
+/// a missing version (HTTP/0.9) alike, and a version it cannot read may be a
+/// well-formed one we do not implement (505), or no version at all (400).
 ///
 /// ```text
 /// request-line = method SP request-target SP HTTP-version   (RFC 9112 3)
@@ -316,10 +315,11 @@ fn request_line_error(buf: &[u8]) -> Error {
     let why = match parts[..] {
         [method, ..] if !is_token(method) => "invalid method",
         [_, target, ..] if !is_target(target) => "invalid request target",
+        [_, _] => "no HTTP version (HTTP/0.9 is not supported)",
         [_, _, version] => match version {
             [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
                 if *major == b'1' && matches!(minor, b'0' | b'1') {
-                    "malformed request line"
+                    "malformed request head"
                 } else {
                     return Error::UnsupportedVersion;
                 }
@@ -740,6 +740,28 @@ mod tests {
             let text = format!("{line}\r\nHost: x\r\n\r\n");
             let refused = head(&text).map_err(|error| error.status());
             assert_eq!(refused, Err(Status::BAD_REQUEST), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn request_line_refusals_say_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET /\r\n\r\n", "no HTTP version (HTTP/0.9 is not supported)"),
+            (b"GET /events\n\n", "no HTTP version (HTTP/0.9 is not supported)"),
+            (b"GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"GET \x01 HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"G\xc3\xa9T / HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"GET\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.1 x\r\nHost: x\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.12\r\nHost: x\r\n\r\n", "invalid HTTP version"),
+            (b"NOT HTTP\r\n\r\n", "no HTTP version (HTTP/0.9 is not supported)"),
+        ];
+        for (text, why) in cases {
+            assert_eq!(find_head_end(text, 0), Some(text.len()));
+            assert_eq!(parse_head(text), Err(Error::Malformed(why)), "{:?}", String::from_utf8_lossy(text));
         }
     }
 
