@@ -964,8 +964,10 @@ pub enum ChunkedError {
 /// chunked-body = *chunk last-chunk trailer-section CRLF
 /// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
 /// chunk-size   = 1*16HEXDIG            ; bare-sse: at most 16 digits
-/// chunk-ext    = ( ";" / SP / HTAB ) *( HTAB / SP / VCHAR / obs-text )
-///                                      ; skipped; at most 256 bytes
+/// chunk-ext    = *( SP / HTAB ) ";" *( HTAB / SP / VCHAR / obs-text )
+///                                      ; RFC 9112 7.1.1: only BWS before the
+///                                      ; first ";"; the rest is skipped; at
+///                                      ; most 256 bytes
 /// trailer-section = *( field-line CRLF ) ; a VCHAR (not whitespace: that
 ///                                      ; would be obs-fold), then HTAB / SP /
 ///                                      ; VCHAR / obs-text; at most 4096 bytes
@@ -1010,11 +1012,20 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
         let size = u64::from_str_radix(digits, 16).unwrap_or(u64::MAX);
         if matches!(byte!(), b';' | b' ' | b'\t') {
             let ext = pos;
-            pos += 1;
-            while byte!() != b'\r' {
-                if pos - ext >= http::MAX_CHUNK_EXT_BYTES || !text_byte(input[pos]) {
+            let mut semicolon = false;
+            loop {
+                let b = byte!();
+                if b == b'\r' && semicolon {
+                    break;
+                }
+                let allowed = match b {
+                    b';' | b' ' | b'\t' => true,
+                    _ => semicolon && text_byte(b),
+                };
+                if pos - ext >= http::MAX_CHUNK_EXT_BYTES || !allowed {
                     return (SYNTAX, false);
                 }
+                semicolon |= b == b';';
                 pos += 1;
             }
         }

@@ -433,12 +433,14 @@ impl BodyDecoder {
 /// chunked-body = *chunk last-chunk trailer-section CRLF
 /// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
 /// last-chunk   = 1*("0") [ chunk-ext ] CRLF
+/// chunk-ext    = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 /// ```
 ///
 /// It is fed arbitrary slices and keeps its place between them. Line endings
 /// inside the chunk framing must be CRLF (a bare LF here is a known smuggling
-/// vector), the size has at most 16 hex digits, extensions and trailers are
-/// bounded and skipped, and the total payload is bounded.
+/// vector), the size has at most 16 hex digits and is followed by CRLF or,
+/// after optional whitespace, a `;`; extensions and trailers are bounded
+/// and skipped, and the total payload is bounded.
 ///
 /// ```
 /// use bare_sse::http::ChunkedDecoder;
@@ -461,6 +463,12 @@ enum ChunkState {
     Size {
         size: u64,
         digits: u8,
+    },
+    /// Whitespace after the chunk size, which only a `;` may follow;
+    /// `len` bytes of extension so far.
+    ExtensionBws {
+        size: u64,
+        len: usize,
     },
     /// Skipping a chunk extension; `len` bytes so far.
     Extension {
@@ -519,9 +527,16 @@ impl ChunkedDecoder {
                 Size { size, digits } => match (byte, hex_value(byte)) {
                     (_, Some(v)) if digits < 16 => Size { size: size << 4 | u64::from(v), digits: digits + 1 },
                     (_, Some(_)) => return Err(BAD_SIZE),
-                    (b';' | b' ' | b'\t', None) if digits > 0 => Extension { size, len: 1 },
+                    (b';', None) if digits > 0 => Extension { size, len: 1 },
+                    (b' ' | b'\t', None) if digits > 0 => ExtensionBws { size, len: 1 },
                     (b'\r', None) if digits > 0 => SizeLf { size },
                     _ => return Err(BAD_SIZE),
+                },
+                ExtensionBws { size, len } => match byte {
+                    _ if len >= MAX_CHUNK_EXT_BYTES => return Err(Error::Malformed("chunk extension too long")),
+                    b' ' | b'\t' => ExtensionBws { size, len: len + 1 },
+                    b';' => Extension { size, len: len + 1 },
+                    _ => return Err(Error::Malformed("chunk size followed by neither CRLF nor an extension")),
                 },
                 Extension { size, len } => match byte {
                     b'\r' => SizeLf { size },
@@ -863,6 +878,20 @@ mod tests {
         ];
         for input in bad {
             assert!(decode_chunked(input, 1024).is_err(), "{input:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn whitespace_after_a_chunk_size_must_lead_to_an_extension() {
+        // chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+        // (RFC 9112 7.1.1): after the size comes CRLF or a `;`, and only
+        // whitespace before it. Anything else was skipped as an extension.
+        for input in [&b"5 \t ;ext\r\nhello\r\n0\r\n\r\n"[..], b"5\t;\r\nhello\r\n0 ; x\r\n\r\n"] {
+            assert_eq!(decode_chunked(input, 1024), Ok((b"hello".to_vec(), input.len())), "{input:?}");
+        }
+        let junk = Err(Error::Malformed("chunk size followed by neither CRLF nor an extension"));
+        for input in [&b"5 junk\r\nhello\r\n0\r\n\r\n"[..], b"5\tx;y\r\n", b"5 \r\nhello\r\n", b"0 x\r\n\r\n"] {
+            assert_eq!(decode_chunked(input, 1024), junk, "{input:?}");
         }
     }
 
