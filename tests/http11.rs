@@ -202,6 +202,14 @@ fn every_refusal_has_its_status() {
             true,
         ),
         (
+            "a trailer line without a colon",
+            b"POST /send-event HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+              f\r\n{\"message\":\"x\"}\r\n0\r\nGET /x HTTP/1.1\r\n\r\n"
+                .to_vec(),
+            400,
+            true,
+        ),
+        (
             "gzip coding",
             b"POST /send-event HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
             501,

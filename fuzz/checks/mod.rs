@@ -968,9 +968,11 @@ pub enum ChunkedError {
 ///                                      ; RFC 9112 7.1.1: only BWS before the
 ///                                      ; first ";"; the rest is skipped; at
 ///                                      ; most 256 bytes
-/// trailer-section = *( field-line CRLF ) ; a VCHAR (not whitespace: that
-///                                      ; would be obs-fold), then HTAB / SP /
-///                                      ; VCHAR / obs-text; at most 4096 bytes
+/// trailer-section = *( field-line CRLF ) ; at most 4096 bytes
+/// field-line   = field-name ":" *( HTAB / SP / VCHAR / obs-text )
+/// field-name   = 1*tchar               ; RFC 9110 5.1: no whitespace (that
+///                                      ; would be obs-fold), and a line of
+///                                      ; another kind is refused
 /// ```
 ///
 /// The payload may not pass `max_bytes` (judged as each size line ends). The
@@ -1068,15 +1070,21 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
             };
         }
         let line = pos;
+        let mut colon = false;
         while byte!() != b'\r' {
-            let allowed = if pos == line { input[pos].is_ascii_graphic() } else { text_byte(input[pos]) };
+            let b = input[pos];
+            let allowed = if colon { text_byte(b) } else { is_tchar(b) || (b == b':' && pos > line) };
             if !allowed {
                 return (SYNTAX, near_limit(pos));
             }
             if pos - trailers >= http::MAX_TRAILER_BYTES {
                 return (Chunked::Invalid(ChunkedError::TrailerTooLarge), true);
             }
+            colon |= b == b':';
             pos += 1;
+        }
+        if !colon {
+            return (SYNTAX, near_limit(pos));
         }
         pos += 1;
         if byte!() != b'\n' {

@@ -333,8 +333,12 @@ fn request_line_error(buf: &[u8]) -> Error {
 
 /// `token = 1*tchar` (RFC 9110 5.6.2): a method or a field name.
 fn is_token(bytes: &[u8]) -> bool {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    !bytes.is_empty() && bytes.iter().all(|&b| tchar(b))
+    !bytes.is_empty() && bytes.iter().all(|&b| is_tchar(b))
+}
+
+/// `tchar`, a byte of a token (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A request target is visible characters (and, leniently, non-ASCII bytes),
@@ -434,13 +438,16 @@ impl BodyDecoder {
 /// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
 /// last-chunk   = 1*("0") [ chunk-ext ] CRLF
 /// chunk-ext    = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// trailer-section = *( field-line CRLF )
+/// field-line   = field-name ":" OWS field-value OWS
 /// ```
 ///
 /// It is fed arbitrary slices and keeps its place between them. Line endings
 /// inside the chunk framing must be CRLF (a bare LF here is a known smuggling
 /// vector), the size has at most 16 hex digits and is followed by CRLF or,
-/// after optional whitespace, a `;`; extensions and trailers are bounded
-/// and skipped, and the total payload is bounded.
+/// after optional whitespace, a `;`; every trailer line is a field (a name
+/// and a colon); extensions and trailers are bounded and skipped, and the
+/// total payload is bounded.
 ///
 /// ```
 /// use bare_sse::http::ChunkedDecoder;
@@ -491,7 +498,11 @@ enum ChunkState {
     TrailerStart {
         len: usize,
     },
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name.
+    TrailerName {
+        len: usize,
+    },
+    /// Inside a trailer field's value.
     Trailer {
         len: usize,
     },
@@ -571,12 +582,19 @@ impl ChunkedDecoder {
                 TrailerStart { len } => match byte {
                     b'\r' => FinalLf,
                     b'\n' => return Err(Error::Malformed("bare LF in chunked trailer")),
-                    // A field name starts with a visible character: no
-                    // control bytes, and no whitespace (that would be obs-fold).
-                    b'!'..=b'~' => Trailer { len: len + 1 },
-                    _ => return Err(Error::Malformed("invalid byte in chunked trailer")),
+                    // Every line is a field (RFC 9112 7.1.2): a name, then a
+                    // colon. Not whitespace (that would be obs-fold), and not a
+                    // line of another kind, which a proxy may read otherwise.
+                    _ if is_tchar(byte) => TrailerName { len: len + 1 },
+                    _ => return Err(Error::Malformed("invalid chunked trailer field name")),
                 },
-                Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
+                TrailerName { len } | Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
+                TrailerName { len } => match byte {
+                    b':' => Trailer { len: len + 1 },
+                    _ if is_tchar(byte) => TrailerName { len: len + 1 },
+                    b'\r' => return Err(Error::Malformed("chunked trailer field without a colon")),
+                    _ => return Err(Error::Malformed("invalid chunked trailer field name")),
+                },
                 Trailer { len } => match byte {
                     b'\r' => TrailerLf { len: len + 1 },
                     b'\t' | b' '..=b'~' | 0x80.. => Trailer { len: len + 1 },
@@ -892,6 +910,32 @@ mod tests {
         let junk = Err(Error::Malformed("chunk size followed by neither CRLF nor an extension"));
         for input in [&b"5 junk\r\nhello\r\n0\r\n\r\n"[..], b"5\tx;y\r\n", b"5 \r\nhello\r\n", b"0 x\r\n\r\n"] {
             assert_eq!(decode_chunked(input, 1024), junk, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn trailer_lines_are_fields() {
+        // trailer-section = *( field-line CRLF ), field-line = field-name ":"
+        // OWS field-value OWS (RFC 9112 7.1.2, 5). A line that is not a field
+        // was swallowed: after `0\r\n`, a request line vanished, where a
+        // proxy in front may have seen a second request.
+        let ok: &[&[u8]] = &[b"0\r\nX-Trailer: 1\r\nY:\r\n\r\n", b"0\r\nA!#$%&'*+-.^_`|~9:a:b\r\n\r\n"];
+        for input in ok {
+            assert_eq!(decode_chunked(input, 1024), Ok((Vec::new(), input.len())), "{input:?}");
+        }
+        let no_colon = Error::Malformed("chunked trailer field without a colon");
+        let bad_name = Error::Malformed("invalid chunked trailer field name");
+        let bad: &[(&[u8], Error)] = &[
+            (b"0\r\nGET /x HTTP/1.1\r\n\r\n", bad_name),
+            (b"0\r\nX\r\n\r\n", no_colon),
+            (b"0\r\nX-Trailer\r\n\r\n", no_colon),
+            (b"0\r\n:x\r\n\r\n", bad_name),
+            (b"0\r\nX Y: 1\r\n\r\n", bad_name),
+            (b"0\r\nX(: 1\r\n\r\n", bad_name),
+            (b"0\r\nX : 1\r\n\r\n", bad_name),
+        ];
+        for (input, error) in bad {
+            assert_eq!(decode_chunked(input, 1024), Err(*error), "{input:?}");
         }
     }
 
