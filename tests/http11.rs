@@ -185,6 +185,12 @@ fn every_refusal_has_its_status() {
         ),
         ("obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n  b\r\n\r\n".to_vec(), 400, true),
         ("NUL in header", b"GET / HTTP/1.1\r\nHost: t\x00\r\n\r\n".to_vec(), 400, true),
+        (
+            "two Authorization headers",
+            b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n".to_vec(),
+            400,
+            true,
+        ),
         // At once, not when the request timer runs out.
         ("lines ended by a bare CR", b"GET / HTTP/1.1\rHost: t\r\r".to_vec(), 400, true),
         (

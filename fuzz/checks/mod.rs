@@ -1699,16 +1699,21 @@ pub fn check_head(data: &[u8]) {
     }
     assert_eq!(parsed.expect_continue, parsed.http11 && !expects.is_empty());
 
+    // Authorization, Origin and Last-Event-ID are one value each, not lists
+    // (RFC 9110 5.3): a second field is refused, not chosen between.
+    for name in ["authorization", "origin", "last-event-id"] {
+        assert!(values(name).len() <= 1, "accepted {} {name} fields", values(name).len());
+    }
     let ids = values("last-event-id");
-    let expected_id = ids.last().map(|id| std::str::from_utf8(id).expect("accepted a Last-Event-ID not UTF-8"));
+    let expected_id = ids.first().map(|id| std::str::from_utf8(id).expect("accepted a Last-Event-ID not UTF-8"));
     assert_eq!(parsed.last_event_id.as_deref(), expected_id, "Last-Event-ID");
     if let Some(id) = &parsed.last_event_id {
         assert!(!id.contains(['\r', '\n', '\0']), "a Last-Event-ID that could break a stream: {id:?}");
     }
-    // Authorization and Origin: the value of the last such field, if text.
+    // Authorization and Origin: the value of the field, if text.
     for (name, parsed) in [("authorization", &parsed.authorization), ("origin", &parsed.origin)] {
-        let last = values(name).last().map(|value| std::str::from_utf8(value).ok());
-        let expected = last.flatten();
+        let only = values(name).first().map(|value| std::str::from_utf8(value).ok());
+        let expected = only.flatten();
         assert_eq!(parsed.as_deref(), expected, "{name}");
     }
 }

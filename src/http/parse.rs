@@ -108,11 +108,11 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent (only honoured for HTTP/1.1).
     pub expect_continue: bool,
-    /// The `Last-Event-ID` header, if any.
+    /// The `Last-Event-ID` header, if any (one at most).
     pub last_event_id: Option<String>,
-    /// The `Authorization` header, if any.
+    /// The `Authorization` header, if any (one at most).
     pub authorization: Option<String>,
-    /// The `Origin` header (CORS), if any.
+    /// The `Origin` header (CORS), if any (one at most).
     pub origin: Option<String>,
     /// The `Host` header, if any (exactly one in HTTP/1.1).
     pub host: Option<String>,
@@ -207,6 +207,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut authorization = None;
     let mut origin = None;
     let mut cookie: Option<String> = None;
+    let (mut one_authorization, mut one_origin, mut one_last_event_id) = (false, false, false);
     for header in request.headers.iter() {
         let name = header.name;
         let value = std::str::from_utf8(header.value).map(trim_ows);
@@ -250,11 +251,14 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
                 _ => return Err(Error::UnsupportedExpectation),
             }
         } else if name.eq_ignore_ascii_case("last-event-id") {
+            only_one(&mut one_last_event_id, "more than one Last-Event-ID header")?;
             let value = value.map_err(|_| Error::Malformed("invalid Last-Event-ID"))?;
             last_event_id = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
+            only_one(&mut one_authorization, "more than one Authorization header")?;
             authorization = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("origin") {
+            only_one(&mut one_origin, "more than one Origin header")?;
             origin = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("cookie")
             && let Ok(value) = value
@@ -345,6 +349,14 @@ fn is_tchar(b: u8) -> bool {
 /// never a control character or a space.
 fn is_target(bytes: &[u8]) -> bool {
     !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_graphic() || b >= 0x80)
+}
+
+/// Refuses a second field of a kind that is one value, not a list (RFC 9110
+/// 5.3): of two `Authorization` fields, which one counts is a guess, and a
+/// proxy in front may check one credential while we use the other. (Two
+/// `Cookie` lines are one list, RFC 6265 5.4, and are joined instead.)
+fn only_one(seen: &mut bool, duplicate: &'static str) -> Result<(), Error> {
+    if std::mem::replace(seen, true) { Err(Error::Malformed(duplicate)) } else { Ok(()) }
 }
 
 /// Trims optional whitespace (RFC 9110 5.6.3: `OWS = *( SP / HTAB )`).
@@ -822,6 +834,33 @@ mod tests {
         }
         text.push_str("\r\n");
         assert_eq!(head(&text), Err(Error::TooManyHeaders));
+    }
+
+    #[test]
+    fn fields_we_act_on_may_appear_once() {
+        // With two, which one counts is a guess, and a proxy in front may
+        // guess otherwise: check one credential while we use the other.
+        for (field, why) in [
+            ("Authorization: Bearer a", "more than one Authorization header"),
+            ("Origin: https://a.example", "more than one Origin header"),
+            ("Last-Event-ID: 1", "more than one Last-Event-ID header"),
+        ] {
+            let lower = field.to_ascii_lowercase();
+            for second in [field, lower.as_str(), "Authorization: Bearer b", "Origin: x", "Last-Event-ID: 2"] {
+                let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n{second}\r\n\r\n");
+                let same_field =
+                    second.split(':').next().unwrap().eq_ignore_ascii_case(field.split(':').next().unwrap());
+                let expected = if same_field { Err(Error::Malformed(why)) } else { Ok(()) };
+                assert_eq!(head(&text).map(|_| ()), expected, "{text:?}");
+            }
+        }
+        // A second one that is not text counts too.
+        let text = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: \xff\r\n\r\n";
+        assert_eq!(parse_head(text), Err(Error::Malformed("more than one Authorization header")));
+        // Cookie lines are one list (RFC 6265 5.4; HTTP/2 splits it, RFC
+        // 9113 8.2.3): joined, not refused.
+        let h = head("GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n").unwrap();
+        assert_eq!(h.cookie.as_deref(), Some("a=1; b=2"));
     }
 
     #[test]
