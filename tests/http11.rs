@@ -260,6 +260,21 @@ fn malformed_request_lines_say_what_was_wrong() {
 }
 
 #[test]
+fn a_repeated_topic_counts_once_toward_the_limit() {
+    let server = TestServer::start();
+    let mut query: Vec<String> = (0..16).map(|i| format!("topic=t{i}")).collect();
+    query.push("topic=t0".to_owned());
+    let mut stream = server.connect().subscribe(&format!("/events?{}", query.join("&")));
+    let body = r#"{"message":"to t15","topic":"t15"}"#;
+    assert_eq!(server.connect().request(post("/send-event", body)).json()["subscribers"], 1);
+    assert_eq!(stream.next_data(), "to t15");
+    // Seventeen different topics are still too many.
+    query.push("topic=t16".to_owned());
+    let response = server.connect().request(get(&format!("/events?{}", query.join("&"))));
+    assert_eq!(response.status, 400, "{}", response.text());
+}
+
+#[test]
 fn bad_publish_bodies_say_what_was_wrong() {
     let server = TestServer::start();
     let mut client = server.connect();

@@ -1744,8 +1744,8 @@ pub fn reference_percent_decode(text: &[u8]) -> Option<String> {
 }
 
 /// `query`: the input is the query of a `GET /events` (as text, invalid UTF-8
-/// replaced). `topic=` parameters (percent-decoded, valid, at most 16 given)
-/// name the topics, the default topic if none; the last `lastEventId=` is the
+/// replaced). `topic=` parameters (percent-decoded, valid, at most 16
+/// distinct ones: a repeat names no new topic) name the topics, the default topic if none; the last `lastEventId=` is the
 /// id to resume after; other parameters are ignored; parameter names are
 /// compared as sent.
 pub fn check_query(data: &[u8]) {
@@ -1763,13 +1763,14 @@ pub fn check_query(data: &[u8]) {
                 _ => {}
             }
         }
+        let mut topics = dedup(topics);
         if topics.len() > event::MAX_TOPICS {
             return None;
         }
         if topics.is_empty() {
             topics.push(event::DEFAULT_TOPIC.to_owned());
         }
-        Some((dedup(topics), last_event_id))
+        Some((topics, last_event_id))
     })();
     match (seeds::parse_subscribe_query(&query), expected) {
         (Ok(parsed), Some((topics, last_event_id))) => {
