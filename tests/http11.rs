@@ -110,6 +110,15 @@ fn expect_100_continue() {
 }
 
 #[test]
+fn options_asterisk_is_answered() {
+    let server = TestServer::start();
+    let mut client = server.connect();
+    let response = client.request("OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((response.status, response.header("allow")), (204, Some("GET, HEAD, POST, OPTIONS")), "{response:?}");
+    assert_eq!(client.request(get("/healthz")).status, 200, "the connection goes on");
+}
+
+#[test]
 fn head_requests() {
     let server = TestServer::start();
     let mut client = server.connect();

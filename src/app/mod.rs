@@ -11,6 +11,7 @@
 //! | `/metrics`    | GET, HEAD          | Prometheus text exposition ([`metrics`])         |
 //! | `/healthz`    | GET, HEAD          | `ok`                                             |
 //! | `/.well-known/mercure` | GET, HEAD, POST, OPTIONS | the Mercure hub ([`mercure`])          |
+//! | `*`           | OPTIONS            | the methods the server implements (`Allow`)      |
 //!
 //! The seeds' formats (publish body, subscription query, JSON answers) are
 //! in [`seeds`]. Everything here is pure: a request in, a [`Response`] or an
@@ -111,6 +112,8 @@ pub enum Endpoint {
     Health,
     /// `/.well-known/mercure`: the Mercure hub.
     Mercure,
+    /// `*` (`OPTIONS *`): the server as a whole (RFC 9110 9.3.7).
+    Server,
 }
 
 impl Endpoint {
@@ -123,6 +126,7 @@ impl Endpoint {
             "/metrics" => Some(Endpoint::Metrics),
             "/healthz" => Some(Endpoint::Health),
             mercure::PATH => Some(Endpoint::Mercure),
+            "*" => Some(Endpoint::Server),
             _ => None,
         }
     }
@@ -134,16 +138,20 @@ impl Endpoint {
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
             Endpoint::Mercure => matches!(method, Method::Get | Method::Head | Method::Post | Method::Options),
+            // The parser lets `*` through for OPTIONS only.
+            Endpoint::Server => method == Method::Options,
         }
     }
 
-    /// The `Allow` header value for a 405.
+    /// The `Allow` header value for a 405; for `*`, every method the
+    /// server implements.
     pub fn allow_header(self) -> &'static str {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
             Endpoint::Mercure => mercure::ALLOW,
+            Endpoint::Server => "GET, HEAD, POST, OPTIONS",
         }
     }
 }
@@ -272,7 +280,7 @@ impl App {
         let required = match endpoint {
             Endpoint::Publish => self.settings.publish_token.as_deref(),
             Endpoint::Events => self.settings.subscribe_token.as_deref(),
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure => None,
+            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure | Endpoint::Server => None,
         };
         let Some(required) = required else {
             return true;
@@ -342,6 +350,8 @@ impl Application for App {
             _ => request,
         };
         let response = match endpoint {
+            // Not a CORS preflight: browsers never send `OPTIONS *`.
+            Endpoint::Server => App::no_content().header("Allow", endpoint.allow_header()),
             _ if head.method == Method::Options => self.preflight(endpoint),
             Endpoint::Mercure => Response::error(Status::NOT_FOUND, "not found"),
             Endpoint::Health => return defer(Action::Health),
@@ -527,6 +537,17 @@ mod tests {
             let (output, _, _) = check(input);
             assert_eq!(statuses(&output), [*status], "{input:?}\n{output}");
         }
+    }
+
+    #[test]
+    fn options_asterisk_says_what_the_server_allows() {
+        // RFC 9110 9.3.7: `OPTIONS *` asks about the server as a whole.
+        let (output, actions, command) = check("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(output.starts_with("HTTP/1.1 204 No Content\r\n"), "{output}");
+        assert!(output.contains("Allow: GET, HEAD, POST, OPTIONS\r\n"), "{output}");
+        assert!(!output.contains("Content-Length") && !output.contains("Access-Control-Allow-Methods"), "{output}");
+        assert!(actions.is_empty());
+        assert_eq!(command, SocketCommand::Keep);
     }
 
     #[test]
