@@ -67,9 +67,9 @@ fn healthz() {
 
 #[test]
 fn refusals_are_logged_once_with_their_reason() {
-    let mut server = Binary::start(&["--max-body-bytes", "10"]);
+    let mut server = Binary::start(&["--max-body-bytes", "64"]);
     let mut client = Client::connect(server.addr);
-    assert_eq!(client.publish("far too long for the limit").status, 413);
+    assert_eq!(client.publish(&"far too long for the limit ".repeat(3)).status, 413);
     drop(client);
     let mut quiet = Client::connect(server.addr);
     for i in 0..50 {
@@ -94,11 +94,12 @@ fn every_flag_has_an_environment_variable() {
     let server = Binary::spawn(
         Command::new(env!("CARGO_BIN_EXE_bare-sse"))
             .env("BARE_SSE_LISTEN", "127.0.0.1:0")
-            .env("BARE_SSE_MAX_BODY_BYTES", "12"),
+            .env("BARE_SSE_MAX_BODY_BYTES", "100"),
     );
     let line = &server.start_line;
-    assert!(line.contains("12 B body"), "the start line shows the limits in force: {line}");
-    assert_eq!(Client::connect(server.addr).publish("more than twelve bytes").status, 413);
+    assert!(line.contains("100 B body"), "the start line shows the limits in force: {line}");
+    assert_eq!(Client::connect(server.addr).publish(&"more than a hundred bytes ".repeat(4)).status, 413);
+    assert_eq!(Client::connect(server.addr).publish("less").status, 200);
 }
 
 #[test]
