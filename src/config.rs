@@ -194,6 +194,12 @@ pub const FLAGS: &[Flag] = &[
         apply: |c, v| token(v).map(|t| c.settings.subscribe_token = Some(t)),
     },
     Flag {
+        name: "metrics-token",
+        value: "TOKEN",
+        help: "require `Authorization: Bearer TOKEN` on /metrics, which names the topics subscribed to [default: none, open]",
+        apply: |c, v| token(v).map(|t| c.settings.metrics_token = Some(t)),
+    },
+    Flag {
         name: "cors-origin",
         value: "ORIGIN",
         help: "origin allowed to read answers (CORS); repeat for several; * for any [default: *]",

@@ -59,6 +59,22 @@ fn metrics_count_what_happened() {
 }
 
 #[test]
+fn metrics_token_guards_metrics_and_not_health() {
+    // /metrics names the topics clients subscribe to: --metrics-token keeps
+    // them from anyone who can reach the port.
+    let server = Binary::start(&["--metrics-token", "m3trics"]);
+    let mut client = Client::connect(server.addr);
+    let refused = client.request(get("/metrics"));
+    assert_eq!((refused.status, refused.header("www-authenticate")), (401, Some("Bearer")), "{}", refused.text());
+    let wrong = client.request("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer m3tric\r\n\r\n");
+    assert_eq!(wrong.status, 401);
+    let scraped = client.request("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer m3trics\r\n\r\n");
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.text().contains("bare_sse_connections "), "{}", scraped.text());
+    assert_eq!(client.request(get("/healthz")).status, 200);
+}
+
+#[test]
 fn healthz() {
     let server = TestServer::start();
     let response = server.connect().request(get("/healthz"));

@@ -45,6 +45,9 @@ pub struct Settings {
     pub publish_token: Option<String>,
     /// If set, `/events` needs the token as a bearer or as `?token=`.
     pub subscribe_token: Option<String>,
+    /// If set, `/metrics` (which names the topics clients subscribe to)
+    /// needs `Authorization: Bearer <token>`; unset, it is open.
+    pub metrics_token: Option<String>,
     /// Log a line per request (peer, method, target, status).
     pub access_log: bool,
     /// The Mercure hub's configuration.
@@ -59,6 +62,7 @@ impl Default for Settings {
             cors_origins: vec!["*".to_owned()],
             publish_token: None,
             subscribe_token: None,
+            metrics_token: None,
             access_log: false,
             mercure: mercure::MercureSettings::default(),
         }
@@ -280,7 +284,10 @@ impl App {
         let required = match endpoint {
             Endpoint::Publish => self.settings.publish_token.as_deref(),
             Endpoint::Events => self.settings.subscribe_token.as_deref(),
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure | Endpoint::Server => None,
+            // A scraper sets a header (Prometheus: `authorization`), so no
+            // `?token=`, which would end up in logs.
+            Endpoint::Metrics => self.settings.metrics_token.as_deref(),
+            Endpoint::Page | Endpoint::Health | Endpoint::Mercure | Endpoint::Server => None,
         };
         let Some(required) = required else {
             return true;
@@ -892,6 +899,38 @@ mod tests {
         assert!(matches!(&actions[..], [Action::Subscribe(s)] if s.topics == ["a"]));
         let (_, actions) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n");
         assert_eq!(actions.len(), 1);
+    }
+
+    #[test]
+    fn metrics_token() {
+        let get = |settings: &Settings, request: &str| {
+            let (out, actions) = answer(settings, request);
+            (out.get(9..12).unwrap_or_default().to_owned(), out, actions)
+        };
+        // Without one, /metrics is open, as it always was.
+        let (status, _, actions) = get(&Settings::default(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((status.as_str(), &actions[..]), ("200", &[Action::Metrics][..]));
+        let settings = Settings { metrics_token: Some("m3trics".into()), ..Settings::default() };
+        for request in [
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic m3trics\r\n\r\n",
+            "GET /metrics?token=m3trics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (status, out, actions) = get(&settings, request);
+            assert_eq!(status, "401", "{request:?}: {out}");
+            assert!(out.contains("WWW-Authenticate: Bearer\r\n") && actions.is_empty(), "{request:?}: {out}");
+        }
+        let (_, out, actions) =
+            get(&settings, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer m3trics\r\n\r\n");
+        assert_eq!(actions, [Action::Metrics], "{out}");
+        // Health checks (load balancers) need no token; other tokens do not open /metrics.
+        let (status, _, _) = get(&settings, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, "200");
+        let both = Settings { publish_token: Some("p".into()), ..settings };
+        let (status, _, _) = get(&both, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer p\r\n\r\n");
+        assert_eq!(status, "401");
     }
 
     #[test]
