@@ -115,14 +115,14 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "max-head-bytes",
         value: "BYTES",
-        help: "longest request head (request line + headers); longer gets 431 [default: 16384]",
-        apply: |c, v| in_range(v, 1, MIB).map(|n| c.settings.limits.max_head_bytes = n),
+        help: "longest request head (request line + headers); longer gets 431 [default: 16384, at least 1024]",
+        apply: |c, v| in_range(v, MIN_HEAD_BYTES, MIB).map(|n| c.settings.limits.max_head_bytes = n),
     },
     Flag {
         name: "max-body-bytes",
         value: "BYTES",
-        help: "longest request body; longer gets 413 [default: 65536]",
-        apply: |c, v| in_range(v, 1, GIB).map(|n| c.settings.limits.max_body_bytes = n),
+        help: "longest request body; longer gets 413 [default: 65536, at least 64]",
+        apply: |c, v| in_range(v, MIN_BODY_BYTES, GIB).map(|n| c.settings.limits.max_body_bytes = n),
     },
     Flag {
         name: "max-connections",
@@ -133,8 +133,8 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "max-buffered-bytes",
         value: "BYTES",
-        help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576]",
-        apply: |c, v| in_range(v, 1, GIB).map(|n| c.max_buffered_bytes = n),
+        help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576, at least 4096]",
+        apply: |c, v| in_range(v, MIN_BUFFERED_BYTES, GIB).map(|n| c.max_buffered_bytes = n),
     },
     Flag {
         name: "history",
@@ -145,8 +145,8 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "history-bytes",
         value: "BYTES",
-        help: "most bytes of events kept for replay [default: 16777216]",
-        apply: |c, v| in_range(v, 1, 16 * GIB).map(|n| c.history.bytes = n),
+        help: "most bytes of events kept for replay [default: 16777216, at least 4096]",
+        apply: |c, v| in_range(v, MIN_HISTORY_BYTES, 16 * GIB).map(|n| c.history.bytes = n),
     },
     Flag {
         name: "retry-ms",
@@ -178,7 +178,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "shutdown-timeout",
         value: "SECS",
-        help: "time a graceful shutdown (SIGINT, SIGTERM) may take to flush [default: 5]",
+        help: "time a graceful shutdown (SIGINT, SIGTERM, SIGQUIT) may take to flush [default: 5]",
         apply: |c, v| in_range(v, 0, 3600).map(|n| c.shutdown_timeout_secs = n as u64),
     },
     Flag {
@@ -192,6 +192,12 @@ pub const FLAGS: &[Flag] = &[
         value: "TOKEN",
         help: "require the token on /events, as a bearer or as ?token=TOKEN",
         apply: |c, v| token(v).map(|t| c.settings.subscribe_token = Some(t)),
+    },
+    Flag {
+        name: "metrics-token",
+        value: "TOKEN",
+        help: "require `Authorization: Bearer TOKEN` on /metrics, which names the topics subscribed to [default: none, open]",
+        apply: |c, v| token(v).map(|t| c.settings.metrics_token = Some(t)),
     },
     Flag {
         name: "cors-origin",
@@ -452,6 +458,29 @@ const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 const DAY: usize = 86_400;
 
+/// Least `--max-head-bytes`: 1 KiB, the buffer nginx allots an ordinary
+/// request head (`client_header_buffer_size`). A request line and a `Host`
+/// field fit in 30 bytes, but no real client sends so little: curl sends
+/// about 80, a browser's EventSource 400 to 900 (`User-Agent`, `Accept-*`,
+/// `Origin`, `Referer`), so a smaller limit would answer ordinary clients
+/// with 431, and a head any smaller than the minimal request refuses all.
+const MIN_HEAD_BYTES: usize = 1024;
+
+/// Least `--max-body-bytes`: a publish of a short message with a topic and
+/// an event name (`{"message":"...","topic":"news","event":"update"}`, or
+/// the Mercure form `topic=...&data=...`). Below it, the server accepts
+/// only messages too short to be of use.
+const MIN_BODY_BYTES: usize = 64;
+
+/// Least `--max-buffered-bytes`: a few ordinary events. A cap below one
+/// event's frame drops a subscriber whose socket is full for an instant on
+/// the next event.
+const MIN_BUFFERED_BYTES: usize = 4096;
+
+/// Least `--history-bytes`: a few ordinary events. A history that holds no
+/// event replays nothing, silently; `--history 0` is how to say so.
+const MIN_HISTORY_BYTES: usize = 4096;
+
 fn in_range(value: &str, min: usize, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -483,17 +512,17 @@ mod tests {
 
     #[test]
     fn flags_both_spellings() {
-        let c = config(&["--listen", "127.0.0.1:0", "--max-body-bytes=10", "--tick", "--history", "0"], &[]);
+        let c = config(&["--listen", "127.0.0.1:0", "--max-body-bytes=100", "--tick", "--history", "0"], &[]);
         assert_eq!(c.listen.port(), 0);
-        assert_eq!(c.settings.limits.max_body_bytes, 10);
+        assert_eq!(c.settings.limits.max_body_bytes, 100);
         assert!(c.tick);
         assert_eq!(c.history.events, 0);
     }
 
     #[test]
     fn environment_and_precedence() {
-        let env = [("BARE_SSE_MAX_BODY_BYTES", "7"), ("BARE_SSE_LISTEN", "127.0.0.1:9"), ("BARE_SSE_TICK", "1")];
-        assert_eq!(config(&[], &env).settings.limits.max_body_bytes, 7);
+        let env = [("BARE_SSE_MAX_BODY_BYTES", "70"), ("BARE_SSE_LISTEN", "127.0.0.1:9"), ("BARE_SSE_TICK", "1")];
+        assert_eq!(config(&[], &env).settings.limits.max_body_bytes, 70);
         assert!(config(&[], &env).tick);
         assert_eq!(config(&["--listen", "127.0.0.1:8"], &env).listen.port(), 8);
     }
@@ -504,9 +533,9 @@ mod tests {
             (&["--nope"][..], &[][..], "unknown flag --nope"),
             (&["--listen"], &[], "needs a value"),
             (&["--listen", "nowhere"], &[], "not an address"),
-            (&["--max-body-bytes", "-1"], &[], "whole number from 1"),
+            (&["--max-body-bytes", "-1"], &[], "whole number from 64"),
             (&["--idle-timeout", "18446744073709551615"], &[], "from 1 to 86400"),
-            (&["--max-head-bytes", "18446744073709551615"], &[], "from 1 to 1048576"),
+            (&["--max-head-bytes", "18446744073709551615"], &[], "from 1024 to 1048576"),
             (&["--max-connections", "100000000000"], &[], "from 1 to 4000000"),
             (&["extra"], &[], "unexpected argument"),
             (&[], &[("BARE_SSE_MAX_HEAD_BYTES", "x")], "BARE_SSE_MAX_HEAD_BYTES"),
@@ -514,6 +543,22 @@ mod tests {
             let err = run(args, env).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn size_flags_have_sane_minimums() {
+        for (flag, least) in [
+            ("--max-head-bytes", MIN_HEAD_BYTES),
+            ("--max-body-bytes", MIN_BODY_BYTES),
+            ("--max-buffered-bytes", MIN_BUFFERED_BYTES),
+            ("--history-bytes", MIN_HISTORY_BYTES),
+        ] {
+            let below = (least - 1).to_string();
+            let error = run(&[flag, &below], &[]).unwrap_err();
+            assert!(error.contains(&format!("from {least} ")), "{flag} {below}: {error}");
+            assert!(run(&[flag, &least.to_string()], &[]).is_ok(), "{flag} {least}");
+        }
+        assert!(run(&["--max-head-bytes", "10"], &[]).is_err(), "issue 17: 10 was accepted");
     }
 
     #[test]

@@ -6,6 +6,9 @@ use bare_sse::config::{self, Command};
 use bare_sse::server::Server;
 
 /// A minimal logger for the `log` facade: one line per record on stderr.
+/// A line that cannot be written is dropped: once a terminal has hung up
+/// (SIGHUP is ignored) or a pipe's reader is gone, `eprintln!` would panic
+/// and take the event loop down with it.
 struct StderrLogger;
 
 impl log::Log for StderrLogger {
@@ -15,7 +18,9 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            eprintln!("bare-sse: {}: {}", record.level().as_str().to_ascii_lowercase(), record.args());
+            use std::io::Write as _;
+            let level = record.level().as_str().to_ascii_lowercase();
+            let _ = writeln!(std::io::stderr().lock(), "bare-sse: {level}: {}", record.args());
         }
     }
 

@@ -4,7 +4,7 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::{Binary, Client};
+use support::{Binary, Client, WAIT, wait_for};
 
 fn bare_sse(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bare-sse")).args(args).output().expect("run bare-sse")
@@ -36,6 +36,39 @@ fn bad_flags_are_one_line_and_exit_2() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
         assert!(err.starts_with("bare-sse: "), "{err:?}");
+    }
+}
+
+#[test]
+fn size_flags_below_their_minimum_are_refused() {
+    for args in [&["--max-head-bytes", "10"][..], &["--max-body-bytes", "1"], &["--max-buffered-bytes", "1"]] {
+        // Spawned, not run to its end: before the minimums, the server
+        // started and served with such a limit.
+        let child = Command::new(env!("CARGO_BIN_EXE_bare-sse"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bare-sse");
+        let mut child = Killed(child);
+        let status =
+            wait_for(&format!("bare-sse {args:?} exits"), WAIT, || child.0.try_wait().unwrap().ok_or("running"));
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(err.contains(args[0]) && err.contains("expected a whole number from"), "{err:?}");
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves none.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

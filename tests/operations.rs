@@ -59,6 +59,22 @@ fn metrics_count_what_happened() {
 }
 
 #[test]
+fn metrics_token_guards_metrics_and_not_health() {
+    // /metrics names the topics clients subscribe to: --metrics-token keeps
+    // them from anyone who can reach the port.
+    let server = Binary::start(&["--metrics-token", "m3trics"]);
+    let mut client = Client::connect(server.addr);
+    let refused = client.request(get("/metrics"));
+    assert_eq!((refused.status, refused.header("www-authenticate")), (401, Some("Bearer")), "{}", refused.text());
+    let wrong = client.request("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer m3tric\r\n\r\n");
+    assert_eq!(wrong.status, 401);
+    let scraped = client.request("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer m3trics\r\n\r\n");
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.text().contains("bare_sse_connections "), "{}", scraped.text());
+    assert_eq!(client.request(get("/healthz")).status, 200);
+}
+
+#[test]
 fn healthz() {
     let server = TestServer::start();
     let response = server.connect().request(get("/healthz"));
@@ -67,9 +83,9 @@ fn healthz() {
 
 #[test]
 fn refusals_are_logged_once_with_their_reason() {
-    let mut server = Binary::start(&["--max-body-bytes", "10"]);
+    let mut server = Binary::start(&["--max-body-bytes", "64"]);
     let mut client = Client::connect(server.addr);
-    assert_eq!(client.publish("far too long for the limit").status, 413);
+    assert_eq!(client.publish(&"far too long for the limit ".repeat(3)).status, 413);
     drop(client);
     let mut quiet = Client::connect(server.addr);
     for i in 0..50 {
@@ -94,11 +110,12 @@ fn every_flag_has_an_environment_variable() {
     let server = Binary::spawn(
         Command::new(env!("CARGO_BIN_EXE_bare-sse"))
             .env("BARE_SSE_LISTEN", "127.0.0.1:0")
-            .env("BARE_SSE_MAX_BODY_BYTES", "12"),
+            .env("BARE_SSE_MAX_BODY_BYTES", "100"),
     );
     let line = &server.start_line;
-    assert!(line.contains("12 B body"), "the start line shows the limits in force: {line}");
-    assert_eq!(Client::connect(server.addr).publish("more than twelve bytes").status, 413);
+    assert!(line.contains("100 B body"), "the start line shows the limits in force: {line}");
+    assert_eq!(Client::connect(server.addr).publish(&"more than a hundred bytes ".repeat(4)).status, 413);
+    assert_eq!(Client::connect(server.addr).publish("less").status, 200);
 }
 
 #[test]

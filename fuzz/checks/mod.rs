@@ -964,11 +964,15 @@ pub enum ChunkedError {
 /// chunked-body = *chunk last-chunk trailer-section CRLF
 /// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
 /// chunk-size   = 1*16HEXDIG            ; bare-sse: at most 16 digits
-/// chunk-ext    = ( ";" / SP / HTAB ) *( HTAB / SP / VCHAR / obs-text )
-///                                      ; skipped; at most 256 bytes
-/// trailer-section = *( field-line CRLF ) ; a VCHAR (not whitespace: that
-///                                      ; would be obs-fold), then HTAB / SP /
-///                                      ; VCHAR / obs-text; at most 4096 bytes
+/// chunk-ext    = *( SP / HTAB ) ";" *( HTAB / SP / VCHAR / obs-text )
+///                                      ; RFC 9112 7.1.1: only BWS before the
+///                                      ; first ";"; the rest is skipped; at
+///                                      ; most 256 bytes
+/// trailer-section = *( field-line CRLF ) ; at most 4096 bytes
+/// field-line   = field-name ":" *( HTAB / SP / VCHAR / obs-text )
+/// field-name   = 1*tchar               ; RFC 9110 5.1: no whitespace (that
+///                                      ; would be obs-fold), and a line of
+///                                      ; another kind is refused
 /// ```
 ///
 /// The payload may not pass `max_bytes` (judged as each size line ends). The
@@ -1010,11 +1014,20 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
         let size = u64::from_str_radix(digits, 16).unwrap_or(u64::MAX);
         if matches!(byte!(), b';' | b' ' | b'\t') {
             let ext = pos;
-            pos += 1;
-            while byte!() != b'\r' {
-                if pos - ext >= http::MAX_CHUNK_EXT_BYTES || !text_byte(input[pos]) {
+            let mut semicolon = false;
+            loop {
+                let b = byte!();
+                if b == b'\r' && semicolon {
+                    break;
+                }
+                let allowed = match b {
+                    b';' | b' ' | b'\t' => true,
+                    _ => semicolon && text_byte(b),
+                };
+                if pos - ext >= http::MAX_CHUNK_EXT_BYTES || !allowed {
                     return (SYNTAX, false);
                 }
+                semicolon |= b == b';';
                 pos += 1;
             }
         }
@@ -1057,15 +1070,21 @@ pub fn reference_chunked(input: &[u8], max_bytes: usize) -> (Chunked, bool) {
             };
         }
         let line = pos;
+        let mut colon = false;
         while byte!() != b'\r' {
-            let allowed = if pos == line { input[pos].is_ascii_graphic() } else { text_byte(input[pos]) };
+            let b = input[pos];
+            let allowed = if colon { text_byte(b) } else { is_tchar(b) || (b == b':' && pos > line) };
             if !allowed {
                 return (SYNTAX, near_limit(pos));
             }
             if pos - trailers >= http::MAX_TRAILER_BYTES {
                 return (Chunked::Invalid(ChunkedError::TrailerTooLarge), true);
             }
+            colon |= b == b':';
             pos += 1;
+        }
+        if !colon {
+            return (SYNTAX, near_limit(pos));
         }
         pos += 1;
         if byte!() != b'\n' {
@@ -1680,16 +1699,21 @@ pub fn check_head(data: &[u8]) {
     }
     assert_eq!(parsed.expect_continue, parsed.http11 && !expects.is_empty());
 
+    // Authorization, Origin and Last-Event-ID are one value each, not lists
+    // (RFC 9110 5.3): a second field is refused, not chosen between.
+    for name in ["authorization", "origin", "last-event-id"] {
+        assert!(values(name).len() <= 1, "accepted {} {name} fields", values(name).len());
+    }
     let ids = values("last-event-id");
-    let expected_id = ids.last().map(|id| std::str::from_utf8(id).expect("accepted a Last-Event-ID not UTF-8"));
+    let expected_id = ids.first().map(|id| std::str::from_utf8(id).expect("accepted a Last-Event-ID not UTF-8"));
     assert_eq!(parsed.last_event_id.as_deref(), expected_id, "Last-Event-ID");
     if let Some(id) = &parsed.last_event_id {
         assert!(!id.contains(['\r', '\n', '\0']), "a Last-Event-ID that could break a stream: {id:?}");
     }
-    // Authorization and Origin: the value of the last such field, if text.
+    // Authorization and Origin: the value of the field, if text.
     for (name, parsed) in [("authorization", &parsed.authorization), ("origin", &parsed.origin)] {
-        let last = values(name).last().map(|value| std::str::from_utf8(value).ok());
-        let expected = last.flatten();
+        let only = values(name).first().map(|value| std::str::from_utf8(value).ok());
+        let expected = only.flatten();
         assert_eq!(parsed.as_deref(), expected, "{name}");
     }
 }
@@ -1720,8 +1744,8 @@ pub fn reference_percent_decode(text: &[u8]) -> Option<String> {
 }
 
 /// `query`: the input is the query of a `GET /events` (as text, invalid UTF-8
-/// replaced). `topic=` parameters (percent-decoded, valid, at most 16 given)
-/// name the topics, the default topic if none; the last `lastEventId=` is the
+/// replaced). `topic=` parameters (percent-decoded, valid, at most 16
+/// distinct ones: a repeat names no new topic) name the topics, the default topic if none; the last `lastEventId=` is the
 /// id to resume after; other parameters are ignored; parameter names are
 /// compared as sent.
 pub fn check_query(data: &[u8]) {
@@ -1739,13 +1763,14 @@ pub fn check_query(data: &[u8]) {
                 _ => {}
             }
         }
+        let mut topics = dedup(topics);
         if topics.len() > event::MAX_TOPICS {
             return None;
         }
         if topics.is_empty() {
             topics.push(event::DEFAULT_TOPIC.to_owned());
         }
-        Some((dedup(topics), last_event_id))
+        Some((topics, last_event_id))
     })();
     match (seeds::parse_subscribe_query(&query), expected) {
         (Ok(parsed), Some((topics, last_event_id))) => {

@@ -1,6 +1,8 @@
 //! `/metrics`: the Prometheus text exposition of a server's state, summed
 //! over its event loops from what each stored in the [`Hub`] (each loop's
 //! counters as of its last turn; the answering loop stores its own first).
+//! It names the largest topics, which clients name: `--metrics-token` keeps
+//! it from anyone who can reach the port (checked in [`crate::app`]).
 
 use crate::broadcast::hub::Hub;
 

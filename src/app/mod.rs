@@ -11,6 +11,7 @@
 //! | `/metrics`    | GET, HEAD          | Prometheus text exposition ([`metrics`])         |
 //! | `/healthz`    | GET, HEAD          | `ok`                                             |
 //! | `/.well-known/mercure` | GET, HEAD, POST, OPTIONS | the Mercure hub ([`mercure`])          |
+//! | `*`           | OPTIONS            | the methods the server implements (`Allow`)      |
 //!
 //! The seeds' formats (publish body, subscription query, JSON answers) are
 //! in [`seeds`]. Everything here is pure: a request in, a [`Response`] or an
@@ -44,6 +45,9 @@ pub struct Settings {
     pub publish_token: Option<String>,
     /// If set, `/events` needs the token as a bearer or as `?token=`.
     pub subscribe_token: Option<String>,
+    /// If set, `/metrics` (which names the topics clients subscribe to)
+    /// needs `Authorization: Bearer <token>`; unset, it is open.
+    pub metrics_token: Option<String>,
     /// Log a line per request (peer, method, target, status).
     pub access_log: bool,
     /// The Mercure hub's configuration.
@@ -58,6 +62,7 @@ impl Default for Settings {
             cors_origins: vec!["*".to_owned()],
             publish_token: None,
             subscribe_token: None,
+            metrics_token: None,
             access_log: false,
             mercure: mercure::MercureSettings::default(),
         }
@@ -113,6 +118,8 @@ pub enum Endpoint {
     Mercure,
     /// The hub's protected resource metadata (RFC 9728).
     MercureMetadata,
+    /// `*` (`OPTIONS *`): the server as a whole (RFC 9110 9.3.7).
+    Server,
 }
 
 impl Endpoint {
@@ -126,6 +133,7 @@ impl Endpoint {
             "/healthz" => Some(Endpoint::Health),
             mercure::PATH => Some(Endpoint::Mercure),
             mercure::METADATA_PATH => Some(Endpoint::MercureMetadata),
+            "*" => Some(Endpoint::Server),
             _ => None,
         }
     }
@@ -138,10 +146,13 @@ impl Endpoint {
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
             Endpoint::Mercure => matches!(method, Method::Get | Method::Head | Method::Post | Method::Options),
+            // The parser lets `*` through for OPTIONS only.
+            Endpoint::Server => method == Method::Options,
         }
     }
 
-    /// The `Allow` header value for a 405.
+    /// The `Allow` header value for a 405; for `*`, every method the
+    /// server implements.
     pub fn allow_header(self) -> &'static str {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
@@ -149,6 +160,7 @@ impl Endpoint {
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
             Endpoint::Mercure => mercure::ALLOW,
+            Endpoint::Server => "GET, HEAD, POST, OPTIONS",
         }
     }
 }
@@ -277,7 +289,10 @@ impl App {
         let required = match endpoint {
             Endpoint::Publish => self.settings.publish_token.as_deref(),
             Endpoint::Events => self.settings.subscribe_token.as_deref(),
-            Endpoint::Page | Endpoint::Metrics | Endpoint::Health | Endpoint::Mercure | Endpoint::MercureMetadata => {
+            // A scraper sets a header (Prometheus: `authorization`), so no
+            // `?token=`, which would end up in logs.
+            Endpoint::Metrics => self.settings.metrics_token.as_deref(),
+            Endpoint::Page | Endpoint::Health | Endpoint::Mercure | Endpoint::MercureMetadata | Endpoint::Server => {
                 None
             }
         };
@@ -349,6 +364,8 @@ impl Application for App {
             _ => request,
         };
         let response = match endpoint {
+            // Not a CORS preflight: browsers never send `OPTIONS *`.
+            Endpoint::Server => App::no_content().header("Allow", endpoint.allow_header()),
             _ if head.method == Method::Options => self.preflight(endpoint),
             Endpoint::Mercure => Response::error(Status::NOT_FOUND, "not found"),
             Endpoint::MercureMetadata => self.mercure.metadata(&head),
@@ -538,6 +555,17 @@ mod tests {
     }
 
     #[test]
+    fn options_asterisk_says_what_the_server_allows() {
+        // RFC 9110 9.3.7: `OPTIONS *` asks about the server as a whole.
+        let (output, actions, command) = check("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(output.starts_with("HTTP/1.1 204 No Content\r\n"), "{output}");
+        assert!(output.contains("Allow: GET, HEAD, POST, OPTIONS\r\n"), "{output}");
+        assert!(!output.contains("Content-Length") && !output.contains("Access-Control-Allow-Methods"), "{output}");
+        assert!(actions.is_empty());
+        assert_eq!(command, SocketCommand::Keep);
+    }
+
+    #[test]
     fn method_not_allowed_says_what_is() {
         let (output, _, _) = check("PUT /send-event HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         assert!(output.contains("Allow: POST, OPTIONS\r\n"), "{output}");
@@ -682,6 +710,30 @@ mod tests {
             assert!(actions.is_empty());
             assert_eq!(command, SocketCommand::ShutdownWrite);
         }
+    }
+
+    #[test]
+    fn a_bare_cr_in_a_head_is_refused_at_once() {
+        // RFC 9112 2.2: a bare CR is invalid. A head whose lines end in CR
+        // alone used to wait for an LF until the request timer ran out.
+        for input in [
+            "GET / HTTP/1.1\rHost: x\r\r",
+            "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+            "\rGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "\r\n\n\r\rGET / HTTP/1.1\r\n",
+        ] {
+            let (output, actions, command) = check(input);
+            assert_eq!(statuses(&output), [400], "{input:?}: {output}");
+            assert!(output.contains("bare CR in request head"), "{input:?}: {output}");
+            assert!(actions.is_empty());
+            assert_eq!(command, SocketCommand::ShutdownWrite);
+        }
+        // Blank lines of CRLF or LF before a request are still skipped, and
+        // a CR in a body is the body's business.
+        let (output, _, _) = check("\r\n\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(statuses(&output), [200], "{output}");
+        let (output, actions, _) = check(&format!("\n{}\r\n", publish(r#"{"message":"a\rb"}"#)));
+        assert_eq!((statuses(&output), actions.len()), (vec![200], 1), "{output}");
     }
 
     #[test]
@@ -855,6 +907,38 @@ mod tests {
         assert!(matches!(&actions[..], [Action::Subscribe(s)] if s.topics == ["a"]));
         let (_, actions) = answer(&settings, "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n");
         assert_eq!(actions.len(), 1);
+    }
+
+    #[test]
+    fn metrics_token() {
+        let get = |settings: &Settings, request: &str| {
+            let (out, actions) = answer(settings, request);
+            (out.get(9..12).unwrap_or_default().to_owned(), out, actions)
+        };
+        // Without one, /metrics is open, as it always was.
+        let (status, _, actions) = get(&Settings::default(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((status.as_str(), &actions[..]), ("200", &[Action::Metrics][..]));
+        let settings = Settings { metrics_token: Some("m3trics".into()), ..Settings::default() };
+        for request in [
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic m3trics\r\n\r\n",
+            "GET /metrics?token=m3trics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (status, out, actions) = get(&settings, request);
+            assert_eq!(status, "401", "{request:?}: {out}");
+            assert!(out.contains("WWW-Authenticate: Bearer\r\n") && actions.is_empty(), "{request:?}: {out}");
+        }
+        let (_, out, actions) =
+            get(&settings, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer m3trics\r\n\r\n");
+        assert_eq!(actions, [Action::Metrics], "{out}");
+        // Health checks (load balancers) need no token; other tokens do not open /metrics.
+        let (status, _, _) = get(&settings, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, "200");
+        let both = Settings { publish_token: Some("p".into()), ..settings };
+        let (status, _, _) = get(&both, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer p\r\n\r\n");
+        assert_eq!(status, "401");
     }
 
     #[test]

@@ -76,8 +76,9 @@ pub struct SubscribeQuery {
     pub last_event_id: Option<String>,
 }
 
-/// Parses the query of `GET /events`: any number of `topic=NAME` (none means
-/// the default topic) and an optional `lastEventId=ID`. Other parameters are
+/// Parses the query of `GET /events`: up to [`MAX_TOPICS`] distinct
+/// `topic=NAME` (a repeat counts once; none means the default topic) and an
+/// optional `lastEventId=ID`. Other parameters are
 /// ignored (clients add cache-busters).
 ///
 /// ```
@@ -96,7 +97,11 @@ pub fn parse_subscribe_query(query: &str) -> Result<SubscribeQuery, String> {
                 if !is_valid_topic(&topic) {
                     return Err(format!("invalid topic {topic:?}: use 1-{MAX_TOPIC_BYTES} of A-Z a-z 0-9 - _ . : ~"));
                 }
-                topics.push(topic);
+                // Counted once each: a repeat names no new topic. Checked as
+                // they come, so an endless query stops at the limit.
+                if !topics.contains(&topic) {
+                    topics.push(topic);
+                }
                 if topics.len() > MAX_TOPICS {
                     return Err(format!("at most {MAX_TOPICS} topics per subscription"));
                 }
@@ -110,7 +115,6 @@ pub fn parse_subscribe_query(query: &str) -> Result<SubscribeQuery, String> {
     if topics.is_empty() {
         topics.push(DEFAULT_TOPIC.to_owned());
     }
-    dedup_in_order(&mut topics);
     Ok(SubscribeQuery { topics, last_event_id })
 }
 
@@ -232,6 +236,21 @@ mod tests {
         assert!(parse_subscribe_query("topic=%ff").is_err());
         let many: Vec<String> = (0..17).map(|i| format!("topic=t{i}")).collect();
         assert!(parse_subscribe_query(&many.join("&")).is_err());
+    }
+
+    #[test]
+    fn topics_are_counted_once_each() {
+        let mut sixteen: Vec<String> = (0..16).map(|i| format!("topic=t{i}")).collect();
+        sixteen.push("topic=t3".to_owned());
+        let q = parse_subscribe_query(&sixteen.join("&")).unwrap();
+        assert_eq!(q.topics, (0..16).map(|i| format!("t{i}")).collect::<Vec<_>>());
+        let repeated = vec!["topic=a"; 100].join("&");
+        assert_eq!(parse_subscribe_query(&repeated).unwrap().topics, ["a"]);
+        sixteen.push("topic=t16".to_owned());
+        assert_eq!(
+            parse_subscribe_query(&sixteen.join("&")),
+            Err(format!("at most {MAX_TOPICS} topics per subscription"))
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@
 //! * inside a request: the whole head and body must arrive within
 //!   `header_timeout` of its first byte, or the answer is 408 and close. The
 //!   deadline is not pushed back by each byte, so a client trickling a byte a
-//!   minute (slowloris) is cut off like any other;
+//!   minute (slowloris) is cut off like any other. A blank line before the
+//!   request line (which RFC 9112 2.2 lets us skip) counts as its first
+//!   byte, so blank lines alone cannot hold a connection past either timer;
 //! * closing or lingering: the peer gets [`LINGER`] to read our last answer
 //!   and close.
 //!
@@ -158,6 +160,9 @@ pub struct Conn {
     /// Bytes at the start of `input` already searched for the end of a head
     /// (at most the head limit, so 32 bits are plenty).
     scanned: u32,
+    /// Blank lines before a request line were skipped: the request's clock
+    /// runs, though `input` may be empty.
+    started: bool,
     /// Bytes waiting to go out.
     outbox: Outbox,
     /// The peer closed its write side (we read EOF).
@@ -244,6 +249,7 @@ impl Conn {
             state: State::Reading(None),
             input: Vec::new(),
             scanned: 0,
+            started: false,
             outbox: Outbox::new(),
             peer_closed: false,
             timer: Timer::Idle,
@@ -488,7 +494,7 @@ impl Conn {
     /// of the same kind (so bytes trickling in do not extend it).
     fn arm_timer(&mut self, limits: &Limits, now: Instant) {
         let (wanted, after) = match &self.state {
-            State::Reading(None) if self.input.is_empty() => (Timer::Idle, limits.idle_timeout),
+            State::Reading(None) if self.input.is_empty() && !self.started => (Timer::Idle, limits.idle_timeout),
             State::Reading(_) => (Timer::Request, limits.header_timeout),
             // A stream's end, if it has one, was set when it opened.
             State::Streaming if self.timer == Timer::StreamEnd => return,
@@ -504,13 +510,23 @@ impl Conn {
     /// Looks for a complete request head in the input.
     fn try_head(&mut self, limits: &Limits) -> Result<Option<RequestHead>, Error> {
         // RFC 9112 2.2: ignore empty lines before a request line (some clients
-        // send an extra CRLF after a body).
+        // send an extra CRLF after a body), but on the request's clock: a
+        // blank line now and then must not hold the connection for ever.
         let scanned = self.scanned as usize;
         if scanned == 0 {
-            let blank = self.input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let blank = super::blank_lines(&self.input);
             self.input.drain(..blank);
+            self.started |= blank > 0;
+            if self.input == b"\r" {
+                // Half a blank line, or a bare CR: the next byte says which.
+                return Ok(None);
+            }
         }
-        let Some(end) = super::find_head_end(&self.input, scanned) else {
+        let end = super::find_head_end(&self.input, scanned);
+        if super::find_bare_cr(&self.input[..end.unwrap_or(self.input.len())], scanned).is_some() {
+            return Err(Error::Malformed("bare CR in request head"));
+        }
+        let Some(end) = end else {
             if self.input.len() > limits.max_head_bytes {
                 return Err(Error::HeadTooLarge);
             }
@@ -524,6 +540,7 @@ impl Conn {
         let head = super::parse_head(&self.input[..end])?;
         self.input.drain(..end);
         self.scanned = 0;
+        self.started = false;
         Ok(Some(head))
     }
 
@@ -611,6 +628,7 @@ impl Conn {
         if !matches!(state, State::Reading(_) | State::Waiting(_)) {
             self.input = Vec::new();
             self.scanned = 0;
+            self.started = false;
         }
         self.state = state;
     }
@@ -730,6 +748,42 @@ mod tests {
         let answered = conn.take_answered().unwrap();
         assert_eq!(answered.by_class, [0, 1, 0, 1, 0]);
         assert_eq!(answered.refusal, Some((Status::NOT_FOUND, "not found")));
+    }
+
+    fn at(secs: u64) -> Instant {
+        t0() + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn blank_lines_before_a_request_line_start_its_clock() {
+        // RFC 9112 2.2 lets a server skip them, not forever: one blank line
+        // now and then must not keep a connection without a request open.
+        let limits = Limits::default();
+        let start = at(1);
+        for piece in [usize::MAX, 1] {
+            let mut conn = Conn::new(&limits, t0());
+            for (i, blank) in ["\r\n", "\n", "\r\n\n"].into_iter().enumerate() {
+                let now = start + Duration::from_secs(3 * i as u64);
+                for bytes in blank.as_bytes().chunks(piece) {
+                    conn.receive(bytes, &limits, now);
+                    assert_eq!(conn.poll(&Stub, &limits, now), None);
+                }
+                assert_eq!(conn.deadline(), Some(start + limits.header_timeout), "{blank:?} in pieces of {piece}");
+            }
+            conn.on_timeout(&limits, start + limits.header_timeout);
+            let out = written(&mut conn);
+            assert!(out.starts_with("HTTP/1.1 408 ") && out.contains("Connection: close\r\n"), "{out}");
+        }
+        // After an answer, blank lines in the same read as the request
+        // start the next request's clock too, as if they came later.
+        for piece in [usize::MAX, 1] {
+            let mut conn = Conn::new(&limits, t0());
+            for bytes in b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n\r\n".chunks(piece) {
+                conn.receive(bytes, &limits, start);
+                conn.poll(&Stub, &limits, start);
+            }
+            assert_eq!(conn.deadline(), Some(start + limits.header_timeout), "in pieces of {piece}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub enum Error {
     UnsupportedTransferCoding,
     /// An `Expect` other than `100-continue`.
     UnsupportedExpectation,
-    /// An HTTP version other than 1.0 and 1.1.
+    /// A well-formed HTTP version (`HTTP/DIGIT.DIGIT`) other than 1.0 and
+    /// 1.1.
     UnsupportedVersion,
 }
 
@@ -107,11 +108,11 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent (only honoured for HTTP/1.1).
     pub expect_continue: bool,
-    /// The `Last-Event-ID` header, if any.
+    /// The `Last-Event-ID` header, if any (one at most).
     pub last_event_id: Option<String>,
-    /// The `Authorization` header, if any.
+    /// The `Authorization` header, if any (one at most).
     pub authorization: Option<String>,
-    /// The `Origin` header (CORS), if any.
+    /// The `Origin` header (CORS), if any (one at most).
     pub origin: Option<String>,
     /// The `Host` header, if any (exactly one in HTTP/1.1).
     pub host: Option<String>,
@@ -139,20 +140,46 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// How many bytes of blank lines (`CRLF` or a bare `LF`) start `buf`: RFC
+/// 9112 2.2 asks a server to skip them before a request line. A CR not
+/// followed by LF is not a blank line.
+pub fn blank_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match buf.get(at..) {
+            Some([b'\n', ..]) => at += 1,
+            Some([b'\r', b'\n', ..]) => at += 2,
+            _ => return at,
+        }
+    }
+}
+
+/// Finds a bare CR (one followed by anything but LF) in a request head,
+/// searching from `from` (and the byte before, whose follower may have just
+/// arrived). RFC 9112 2.2 makes it invalid; looking for it as the head
+/// arrives refuses a head whose lines end in CR alone at once, instead of
+/// waiting for an LF that never comes.
+pub fn find_bare_cr(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(1);
+    let pairs = buf.get(start..)?.windows(2);
+    pairs.enumerate().find(|(_, pair)| pair[0] == b'\r' && pair[1] != b'\n').map(|(at, _)| start + at)
+}
+
 /// Parses a complete request head (`buf` must end where [`find_head_end`]
 /// said). Returns the head, or why it is refused.
 pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
+    if find_bare_cr(buf, 0).is_some() {
+        return Err(Error::Malformed("bare CR in request head"));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(Error::UnsupportedVersion),
         Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
-        Err(httparse::Error::Token) => return Err(Error::Malformed("invalid method")),
-        Err(_) => return Err(Error::Malformed("malformed request line")),
+        Err(_) => return Err(request_line_error(buf)),
     }
     let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
         return Err(Error::Malformed("malformed request line"));
@@ -180,6 +207,7 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
     let mut authorization = None;
     let mut origin = None;
     let mut cookie: Option<String> = None;
+    let (mut one_authorization, mut one_origin, mut one_last_event_id) = (false, false, false);
     for header in request.headers.iter() {
         let name = header.name;
         let value = std::str::from_utf8(header.value).map(trim_ows);
@@ -223,11 +251,14 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
                 _ => return Err(Error::UnsupportedExpectation),
             }
         } else if name.eq_ignore_ascii_case("last-event-id") {
+            only_one(&mut one_last_event_id, "more than one Last-Event-ID header")?;
             let value = value.map_err(|_| Error::Malformed("invalid Last-Event-ID"))?;
             last_event_id = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
+            only_one(&mut one_authorization, "more than one Authorization header")?;
             authorization = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("origin") {
+            only_one(&mut one_origin, "more than one Origin header")?;
             origin = value.ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("cookie")
             && let Ok(value) = value
@@ -269,6 +300,63 @@ pub fn parse_head(buf: &[u8]) -> Result<RequestHead, Error> {
         host,
         cookie,
     })
+}
+
+/// Says what is wrong with a request line httparse refused. Its errors say
+/// where it stopped, not why: `Token` covers a bad method, a bad target and
+/// a missing version (HTTP/0.9) alike, and a version it cannot read may be a
+/// well-formed one we do not implement (505), or no version at all (400).
+///
+/// ```text
+/// request-line = method SP request-target SP HTTP-version   (RFC 9112 3)
+/// HTTP-version = "HTTP" "/" DIGIT "." DIGIT                 (RFC 9112 2.3)
+/// ```
+fn request_line_error(buf: &[u8]) -> Error {
+    let rest = &buf[blank_lines(buf)..];
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.splitn(4, |&b| b == b' ').collect();
+    let why = match parts[..] {
+        [method, ..] if !is_token(method) => "invalid method",
+        [_, target, ..] if !is_target(target) => "invalid request target",
+        [_, _] => "no HTTP version (HTTP/0.9 is not supported)",
+        [_, _, version] => match version {
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+                if *major == b'1' && matches!(minor, b'0' | b'1') {
+                    "malformed request head"
+                } else {
+                    return Error::UnsupportedVersion;
+                }
+            }
+            _ => "invalid HTTP version",
+        },
+        _ => "malformed request line",
+    };
+    Error::Malformed(why)
+}
+
+/// `token = 1*tchar` (RFC 9110 5.6.2): a method or a field name.
+fn is_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| is_tchar(b))
+}
+
+/// `tchar`, a byte of a token (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A request target is visible characters (and, leniently, non-ASCII bytes),
+/// never a control character or a space.
+fn is_target(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_graphic() || b >= 0x80)
+}
+
+/// Refuses a second field of a kind that is one value, not a list (RFC 9110
+/// 5.3): of two `Authorization` fields, which one counts is a guess, and a
+/// proxy in front may check one credential while we use the other. (Two
+/// `Cookie` lines are one list, RFC 6265 5.4, and are joined instead.)
+fn only_one(seen: &mut bool, duplicate: &'static str) -> Result<(), Error> {
+    if std::mem::replace(seen, true) { Err(Error::Malformed(duplicate)) } else { Ok(()) }
 }
 
 /// Trims optional whitespace (RFC 9110 5.6.3: `OWS = *( SP / HTAB )`).
@@ -361,12 +449,17 @@ impl BodyDecoder {
 /// chunked-body = *chunk last-chunk trailer-section CRLF
 /// chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
 /// last-chunk   = 1*("0") [ chunk-ext ] CRLF
+/// chunk-ext    = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// trailer-section = *( field-line CRLF )
+/// field-line   = field-name ":" OWS field-value OWS
 /// ```
 ///
 /// It is fed arbitrary slices and keeps its place between them. Line endings
 /// inside the chunk framing must be CRLF (a bare LF here is a known smuggling
-/// vector), the size has at most 16 hex digits, extensions and trailers are
-/// bounded and skipped, and the total payload is bounded.
+/// vector), the size has at most 16 hex digits and is followed by CRLF or,
+/// after optional whitespace, a `;`; every trailer line is a field (a name
+/// and a colon); extensions and trailers are bounded and skipped, and the
+/// total payload is bounded.
 ///
 /// ```
 /// use bare_sse::http::ChunkedDecoder;
@@ -390,6 +483,12 @@ enum ChunkState {
         size: u64,
         digits: u8,
     },
+    /// Whitespace after the chunk size, which only a `;` may follow;
+    /// `len` bytes of extension so far.
+    ExtensionBws {
+        size: u64,
+        len: usize,
+    },
     /// Skipping a chunk extension; `len` bytes so far.
     Extension {
         size: u64,
@@ -411,7 +510,11 @@ enum ChunkState {
     TrailerStart {
         len: usize,
     },
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name.
+    TrailerName {
+        len: usize,
+    },
+    /// Inside a trailer field's value.
     Trailer {
         len: usize,
     },
@@ -447,9 +550,16 @@ impl ChunkedDecoder {
                 Size { size, digits } => match (byte, hex_value(byte)) {
                     (_, Some(v)) if digits < 16 => Size { size: size << 4 | u64::from(v), digits: digits + 1 },
                     (_, Some(_)) => return Err(BAD_SIZE),
-                    (b';' | b' ' | b'\t', None) if digits > 0 => Extension { size, len: 1 },
+                    (b';', None) if digits > 0 => Extension { size, len: 1 },
+                    (b' ' | b'\t', None) if digits > 0 => ExtensionBws { size, len: 1 },
                     (b'\r', None) if digits > 0 => SizeLf { size },
                     _ => return Err(BAD_SIZE),
+                },
+                ExtensionBws { size, len } => match byte {
+                    _ if len >= MAX_CHUNK_EXT_BYTES => return Err(Error::Malformed("chunk extension too long")),
+                    b' ' | b'\t' => ExtensionBws { size, len: len + 1 },
+                    b';' => Extension { size, len: len + 1 },
+                    _ => return Err(Error::Malformed("chunk size followed by neither CRLF nor an extension")),
                 },
                 Extension { size, len } => match byte {
                     b'\r' => SizeLf { size },
@@ -484,12 +594,19 @@ impl ChunkedDecoder {
                 TrailerStart { len } => match byte {
                     b'\r' => FinalLf,
                     b'\n' => return Err(Error::Malformed("bare LF in chunked trailer")),
-                    // A field name starts with a visible character: no
-                    // control bytes, and no whitespace (that would be obs-fold).
-                    b'!'..=b'~' => Trailer { len: len + 1 },
-                    _ => return Err(Error::Malformed("invalid byte in chunked trailer")),
+                    // Every line is a field (RFC 9112 7.1.2): a name, then a
+                    // colon. Not whitespace (that would be obs-fold), and not a
+                    // line of another kind, which a proxy may read otherwise.
+                    _ if is_tchar(byte) => TrailerName { len: len + 1 },
+                    _ => return Err(Error::Malformed("invalid chunked trailer field name")),
                 },
-                Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
+                TrailerName { len } | Trailer { len } if len >= MAX_TRAILER_BYTES => return Err(Error::HeadTooLarge),
+                TrailerName { len } => match byte {
+                    b':' => Trailer { len: len + 1 },
+                    _ if is_tchar(byte) => TrailerName { len: len + 1 },
+                    b'\r' => return Err(Error::Malformed("chunked trailer field without a colon")),
+                    _ => return Err(Error::Malformed("invalid chunked trailer field name")),
+                },
                 Trailer { len } => match byte {
                     b'\r' => TrailerLf { len: len + 1 },
                     b'\t' | b' '..=b'~' | 0x80.. => Trailer { len: len + 1 },
@@ -646,6 +763,70 @@ mod tests {
     }
 
     #[test]
+    fn only_a_well_formed_version_gets_505() {
+        // RFC 9110 15.6.6: 505 is for a major version we do not support;
+        // a version that is not `HTTP/DIGIT.DIGIT` makes a malformed request.
+        for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/2.1"] {
+            let text = format!("GET / {version}\r\nHost: x\r\n\r\n");
+            assert_eq!(head(&text), Err(Error::UnsupportedVersion), "{text:?}");
+        }
+        assert_eq!(head("PRI * HTTP/2.0\r\n\r\n"), Err(Error::UnsupportedVersion), "the HTTP/2 preface");
+        for line in [
+            "GET / http/1.1",
+            "GET / HTTP/1",
+            "GET / HTTP/1.12",
+            "GET / HTTP/x.1",
+            "GET / HTTPS/1.1",
+            "GET / HTTP/1.1/",
+            "GET /health z HTTP/1.1",
+            "GET / HTTP/1.1 ",
+            "GET /  HTTP/1.1",
+        ] {
+            let text = format!("{line}\r\nHost: x\r\n\r\n");
+            let refused = head(&text).map_err(|error| error.status());
+            assert_eq!(refused, Err(Status::BAD_REQUEST), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn request_line_refusals_say_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET /\r\n\r\n", "no HTTP version (HTTP/0.9 is not supported)"),
+            (b"GET /events\n\n", "no HTTP version (HTTP/0.9 is not supported)"),
+            (b"GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"GET \x01 HTTP/1.1\r\nHost: x\r\n\r\n", "invalid request target"),
+            (b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"G\xc3\xa9T / HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n", "invalid method"),
+            (b"GET\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.1 x\r\nHost: x\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.12\r\nHost: x\r\n\r\n", "invalid HTTP version"),
+            (b"NOT HTTP\r\n\r\n", "no HTTP version (HTTP/0.9 is not supported)"),
+        ];
+        for (text, why) in cases {
+            assert_eq!(find_head_end(text, 0), Some(text.len()));
+            assert_eq!(parse_head(text), Err(Error::Malformed(why)), "{:?}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_is_refused_with_its_reason() {
+        let bare_cr = Err(Error::Malformed("bare CR in request head"));
+        for text in [
+            "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+            "GET / HTTP/1.1\rHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX\r: y\r\n\r\n",
+        ] {
+            assert_eq!(head(text), bare_cr, "{text:?}");
+        }
+        assert_eq!(find_bare_cr(b"GET / HTTP/1.1\r\nHost: x\r", 0), None, "a CR at the end waits for its LF");
+        let text = b"GET / HTTP/1.1\r\nHost: x\rX";
+        let found = (1..=text.len()).find_map(|n| find_bare_cr(&text[..n], n - 1));
+        assert_eq!(found, Some(23), "fed byte by byte, scanning only the new byte and the one before");
+    }
+
+    #[test]
     fn too_many_headers() {
         let mut text = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
         for i in 0..MAX_HEADERS {
@@ -653,6 +834,33 @@ mod tests {
         }
         text.push_str("\r\n");
         assert_eq!(head(&text), Err(Error::TooManyHeaders));
+    }
+
+    #[test]
+    fn fields_we_act_on_may_appear_once() {
+        // With two, which one counts is a guess, and a proxy in front may
+        // guess otherwise: check one credential while we use the other.
+        for (field, why) in [
+            ("Authorization: Bearer a", "more than one Authorization header"),
+            ("Origin: https://a.example", "more than one Origin header"),
+            ("Last-Event-ID: 1", "more than one Last-Event-ID header"),
+        ] {
+            let lower = field.to_ascii_lowercase();
+            for second in [field, lower.as_str(), "Authorization: Bearer b", "Origin: x", "Last-Event-ID: 2"] {
+                let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n{second}\r\n\r\n");
+                let same_field =
+                    second.split(':').next().unwrap().eq_ignore_ascii_case(field.split(':').next().unwrap());
+                let expected = if same_field { Err(Error::Malformed(why)) } else { Ok(()) };
+                assert_eq!(head(&text).map(|_| ()), expected, "{text:?}");
+            }
+        }
+        // A second one that is not text counts too.
+        let text = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: \xff\r\n\r\n";
+        assert_eq!(parse_head(text), Err(Error::Malformed("more than one Authorization header")));
+        // Cookie lines are one list (RFC 6265 5.4; HTTP/2 splits it, RFC
+        // 9113 8.2.3): joined, not refused.
+        let h = head("GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n").unwrap();
+        assert_eq!(h.cookie.as_deref(), Some("a=1; b=2"));
     }
 
     #[test]
@@ -727,6 +935,46 @@ mod tests {
         ];
         for input in bad {
             assert!(decode_chunked(input, 1024).is_err(), "{input:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn whitespace_after_a_chunk_size_must_lead_to_an_extension() {
+        // chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+        // (RFC 9112 7.1.1): after the size comes CRLF or a `;`, and only
+        // whitespace before it. Anything else was skipped as an extension.
+        for input in [&b"5 \t ;ext\r\nhello\r\n0\r\n\r\n"[..], b"5\t;\r\nhello\r\n0 ; x\r\n\r\n"] {
+            assert_eq!(decode_chunked(input, 1024), Ok((b"hello".to_vec(), input.len())), "{input:?}");
+        }
+        let junk = Err(Error::Malformed("chunk size followed by neither CRLF nor an extension"));
+        for input in [&b"5 junk\r\nhello\r\n0\r\n\r\n"[..], b"5\tx;y\r\n", b"5 \r\nhello\r\n", b"0 x\r\n\r\n"] {
+            assert_eq!(decode_chunked(input, 1024), junk, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn trailer_lines_are_fields() {
+        // trailer-section = *( field-line CRLF ), field-line = field-name ":"
+        // OWS field-value OWS (RFC 9112 7.1.2, 5). A line that is not a field
+        // was swallowed: after `0\r\n`, a request line vanished, where a
+        // proxy in front may have seen a second request.
+        let ok: &[&[u8]] = &[b"0\r\nX-Trailer: 1\r\nY:\r\n\r\n", b"0\r\nA!#$%&'*+-.^_`|~9:a:b\r\n\r\n"];
+        for input in ok {
+            assert_eq!(decode_chunked(input, 1024), Ok((Vec::new(), input.len())), "{input:?}");
+        }
+        let no_colon = Error::Malformed("chunked trailer field without a colon");
+        let bad_name = Error::Malformed("invalid chunked trailer field name");
+        let bad: &[(&[u8], Error)] = &[
+            (b"0\r\nGET /x HTTP/1.1\r\n\r\n", bad_name),
+            (b"0\r\nX\r\n\r\n", no_colon),
+            (b"0\r\nX-Trailer\r\n\r\n", no_colon),
+            (b"0\r\n:x\r\n\r\n", bad_name),
+            (b"0\r\nX Y: 1\r\n\r\n", bad_name),
+            (b"0\r\nX(: 1\r\n\r\n", bad_name),
+            (b"0\r\nX : 1\r\n\r\n", bad_name),
+        ];
+        for (input, error) in bad {
+            assert_eq!(decode_chunked(input, 1024), Err(*error), "{input:?}");
         }
     }
 

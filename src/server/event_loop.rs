@@ -34,7 +34,7 @@ use crate::sse::Frame;
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 /// Token of the waker other threads use to reach the loop.
 pub(super) const WAKER: Token = Token(usize::MAX - 2);
-/// Token of the SIGINT/SIGTERM source, when signals are handled.
+/// Token of the shutdown signals (SIGINT, SIGTERM, SIGQUIT), when handled.
 const SIGNALS: Token = Token(usize::MAX - 3);
 
 /// Size of the one read buffer shared by all connections. Connections keep

@@ -68,6 +68,27 @@ use event_loop::{LISTENER, Loop, WAKER};
 /// whatever `--history` says.
 const MIN_STREAM_EVENTS: usize = 1000;
 
+/// Signals that shut the server down gracefully: SIGINT (Ctrl-C), SIGTERM
+/// (systemd, Docker, Kubernetes), and SIGQUIT (nginx's graceful quit,
+/// runit's `sv quit`), whose default action would dump core and lose what
+/// subscribers have not received yet.
+const STOP_SIGNALS: [std::ffi::c_int; 3] =
+    [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGQUIT];
+
+/// Signals a process manager or a terminal may send whose default action
+/// kills the process without the graceful flush: SIGHUP (a terminal hanging
+/// up; `systemctl reload`, logrotate and `sv hup` asking for a reload) and
+/// SIGUSR1, SIGUSR2 and SIGALRM (which runit, s6 and daemontools pass on).
+/// bare-sse has nothing to reload (its configuration is its flags, its log
+/// is stderr), so they are logged and ignored. SIGPIPE needs nothing: the
+/// Rust runtime ignores it before `main`.
+const IGNORED_SIGNALS: [std::ffi::c_int; 4] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+    signal_hook::consts::SIGALRM,
+];
+
 /// A bound server, ready to [`run`](Server::run): its event loops and what
 /// they share.
 pub struct Server {
@@ -77,6 +98,9 @@ pub struct Server {
     tick: bool,
     publisher: Publisher,
     handle: Handle,
+    /// Closes the thread that logs [`IGNORED_SIGNALS`], once the server
+    /// stops (with [`Server::stop_on_signals`]).
+    ignored_signals: Option<signal_hook::iterator::Handle>,
 }
 
 /// What every loop of a server gets a share of.
@@ -156,16 +180,29 @@ impl Server {
             .map(|(index, ((poll, listener), inbox))| Loop::new(config, index, poll, listener, inbox, &shared))
             .collect();
         let publisher = Publisher::new(hub.clone(), bus.clone(), stop);
-        Ok(Server { loops, hub, bus, tick: config.tick, publisher, handle })
+        Ok(Server { loops, hub, bus, tick: config.tick, publisher, handle, ignored_signals: None })
     }
 
-    /// Makes SIGINT and SIGTERM stop the server gracefully (the binary does
-    /// this; a program embedding the server may prefer its own handling).
+    /// Makes SIGINT, SIGTERM and SIGQUIT stop the server gracefully, and
+    /// SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM do nothing but a log line, so
+    /// that no signal a process manager sends kills it without the flush
+    /// (the binary does this; a program embedding the server may prefer its
+    /// own handling).
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        let signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+        let stop = signal_hook_mio::v1_0::Signals::new(STOP_SIGNALS)?;
         if let Some(first) = self.loops.first_mut() {
-            first.take_signals_from(signals)?;
+            first.take_signals_from(stop)?;
         }
+        // Handled, their default action (termination) no longer applies; a
+        // thread of their own says so, without touching the event loops.
+        let mut ignored = signal_hook::iterator::Signals::new(IGNORED_SIGNALS)?;
+        self.ignored_signals = Some(ignored.handle());
+        std::thread::Builder::new().name("bare-sse-signals".into()).spawn(move || {
+            for signal in ignored.forever() {
+                let name = signal_hook::low_level::signal_name(signal).unwrap_or("unknown");
+                log::info!("signal {name} ignored: only SIGTERM, SIGINT and SIGQUIT stop bare-sse (gracefully)");
+            }
+        })?;
         Ok(())
     }
 
@@ -221,6 +258,9 @@ impl Server {
         }
         if let Some(bus) = &self.bus {
             bus.shutdown();
+        }
+        if let Some(signals) = &self.ignored_signals {
+            signals.close();
         }
         result
     }
