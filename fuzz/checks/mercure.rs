@@ -260,6 +260,16 @@ pub fn skip_bracket_underflow<'a>(values: impl IntoIterator<Item = &'a str>) -> 
     tolerated("urlpattern-bracket-underflow") && values.into_iter().any(underflows)
 }
 
+/// Every value of every query in `stream` (a client's bytes), for
+/// [`skip_bracket_underflow`].
+pub fn query_values(stream: &[u8]) -> Vec<String> {
+    stream
+        .split(|b| b" \t\r\n".contains(b))
+        .filter_map(|word| word.iter().position(|&b| b == b'?').map(|at| &word[at + 1..]))
+        .flat_map(|query| whatwg_pairs(query).into_iter().map(|pair| String::from_utf8_lossy(&pair.value).into_owned()))
+        .collect()
+}
+
 /// Whether `name` is in the reserved `match` namespace: `match`, or starting
 /// with it, in any ASCII case.
 fn in_match_namespace(name: &str) -> bool {
