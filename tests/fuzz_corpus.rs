@@ -81,7 +81,41 @@ fn query() {
 }
 
 #[test]
+fn form() {
+    replay("form");
+}
+
+#[test]
+fn mercure_subscribe() {
+    replay("mercure_subscribe");
+}
+
+#[test]
+fn mercure_publish() {
+    replay("mercure_publish");
+}
+
+#[test]
+fn mercure_token() {
+    replay("mercure_token");
+}
+
+#[test]
 fn every_target_is_replayed() {
     let targets: Vec<&str> = checks::TARGETS.iter().map(|(name, _)| *name).collect();
-    assert_eq!(targets, ["request", "chunked", "frame", "publish_body", "head", "query"]);
+    assert_eq!(
+        targets,
+        [
+            "request",
+            "chunked",
+            "frame",
+            "publish_body",
+            "head",
+            "query",
+            "form",
+            "mercure_subscribe",
+            "mercure_publish",
+            "mercure_token"
+        ]
+    );
 }
