@@ -572,3 +572,16 @@ fn with_compat_0x_old_subscribers_tokens_and_cookies_work() {
     publish(&server, &[("topic", "https://example.com/books/3"), ("data", "from 1.0")]);
     assert_eq!(old.next_data(), "from 1.0");
 }
+
+#[test]
+fn a_pattern_the_url_pattern_crate_chokes_on_is_a_400_not_a_crash() {
+    // Found by the mercure_subscribe fuzz target: an unmatched `]` made the
+    // `urlpattern` crate's parser underflow (a panic where overflow checks
+    // are on, as in this test build).
+    let server = hub();
+    let response = get_raw(&server, "match_urlpattern=http%3A%5D", "").read_response();
+    assert_eq!(response.status, 400, "{response:?}");
+    let mut stream = subscribe(&server, "match=t", "");
+    publish(&server, &[("topic", "t"), ("data", "still serving")]);
+    assert_eq!(stream.next_data(), "still serving");
+}

@@ -260,10 +260,39 @@ fn compile_template(text: &str) -> Result<regex::Regex, MatcherError> {
 }
 
 fn compile_pattern(text: &str, hub_url: &Url) -> Result<UrlPattern<regex::Regex>, MatcherError> {
-    let init = UrlPatternInit::parse_constructor_string::<regex::Regex>(text, Some(hub_url.clone()))
-        .map_err(|_| MatcherError::InvalidPattern)?;
-    let options = UrlPatternOptions { ignore_case: false, ..UrlPatternOptions::default() };
-    UrlPattern::parse(init, options).map_err(|_| MatcherError::InvalidPattern)
+    // The urlpattern crate (0.6) panics where overflow checks are on (debug
+    // builds, tests, fuzzing) on a `]` with no `[` before it: its "IPv6
+    // bracket depth" goes below zero (found by the mercure_subscribe fuzz
+    // target). No valid pattern has one, so it is refused first; and any
+    // other panic in the crate is caught and refused too, so a subscriber's
+    // pattern can never take the event loop down.
+    if has_unopened_bracket(text) {
+        return Err(MatcherError::InvalidPattern);
+    }
+    let compile = || {
+        let init = UrlPatternInit::parse_constructor_string::<regex::Regex>(text, Some(hub_url.clone()))
+            .map_err(|_| MatcherError::InvalidPattern)?;
+        let options = UrlPatternOptions { ignore_case: false, ..UrlPatternOptions::default() };
+        UrlPattern::parse(init, options).map_err(|_| MatcherError::InvalidPattern)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile)).unwrap_or(Err(MatcherError::InvalidPattern))
+}
+
+/// Whether `text` has a `]` (not escaped with `\`) that no `[` opened.
+fn has_unopened_bracket(text: &str) -> bool {
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for c in text.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' => depth += 1,
+            ']' if depth == 0 => return true,
+            ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The URL Pattern "match" algorithm over a URL's components, done by each

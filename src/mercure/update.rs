@@ -320,29 +320,40 @@ fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
-/// RFC 3986 section 5.2.4, for an absolute path (an opaque or empty path is
-/// returned as it is).
+/// RFC 3986 5.2.4, "Remove Dot Segments", step by step as the RFC gives it,
+/// for any path: rooted (`/a/../b`) or rootless (`x/../.well-known/...`,
+/// the opaque path of a `urn:`), whose `..` can make it rooted.
 fn remove_dot_segments(path: &str) -> String {
-    let Some(relative) = path.strip_prefix('/') else {
-        return path.to_owned();
-    };
-    let mut output: Vec<&str> = Vec::new();
-    let mut segments = relative.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        let is_last = segments.peek().is_none();
-        match segment {
-            "." => {}
-            ".." => {
-                output.pop();
-            }
-            other => output.push(other),
-        }
-        // "/a/b/." and "/a/b/.." keep their trailing slash
-        if is_last && matches!(segment, "." | "..") {
-            output.push("");
+    let mut input = path.to_owned();
+    let mut output = String::with_capacity(path.len());
+    // The last segment of the output, and the "/" before it, go.
+    let pop = |output: &mut String| output.truncate(output.rfind('/').unwrap_or(0));
+    while !input.is_empty() {
+        if input.starts_with("../") {
+            input.drain(..3);
+        } else if input.starts_with("./") {
+            input.drain(..2);
+        } else if input.starts_with("/./") {
+            input.replace_range(..3, "/");
+        } else if input == "/." {
+            input.replace_range(.., "/");
+        } else if input.starts_with("/../") {
+            input.replace_range(..4, "/");
+            pop(&mut output);
+        } else if input == "/.." {
+            input.replace_range(.., "/");
+            pop(&mut output);
+        } else if input == "." || input == ".." {
+            input.clear();
+        } else {
+            // The first segment, with its leading "/" if any, up to the next "/".
+            let from = usize::from(input.starts_with('/'));
+            let end = input[from..].find('/').map_or(input.len(), |at| at + from);
+            output.push_str(&input[..end]);
+            input.drain(..end);
         }
     }
-    format!("/{}", output.join("/"))
+    output
 }
 
 #[cfg(test)]
@@ -702,6 +713,13 @@ mod tests {
             ("/a/%2E%2E/b", "/b"),
             ("/a/.%2e", "/"),
             ("/a//b", "/a//b"),
+            // Rootless (opaque) paths too; a `..` can make one rooted.
+            ("x/../.well-known/mercure/y", "/.well-known/mercure/y"),
+            ("a/./b", "a/b"),
+            ("../a", "a"),
+            ("./a", "a"),
+            (".", ""),
+            ("..", ""),
         ];
         for (path, expected) in table {
             assert_eq!(normalized_path(path), expected, "{path:?}");
