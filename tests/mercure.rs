@@ -464,11 +464,32 @@ fn reconnecting_replays_after_the_id_given_and_says_where_it_resumed() {
         assert_eq!(stream.response.header("mercure-last-event-id"), Some("earliest"));
         assert_eq!(data(&mut stream, 3), ["1", "2", "3"]);
     }
+    // An empty cursor is still a request to resume: the stream starts now,
+    // and says after which update.
+    let mut stream = subscribe(&server, "match=t&last_event_id=", "");
+    let now = stream.response.header("mercure-last-event-id").expect("the header, for an empty cursor too").to_owned();
+    publish(&server, &[("topic", "t"), ("data", "after the empty cursor")]);
+    assert_eq!(data(&mut stream, 1), ["after the empty cursor"]);
+    assert_eq!(stream_resumes(&server, &now), ["after the empty cursor"], "the id it gave resumes right there");
     // Without a cursor, no header and no replay.
     let mut stream = subscribe(&server, "match=t", "");
     assert_eq!(stream.response.header("mercure-last-event-id"), None);
     publish(&server, &[("topic", "t"), ("data", "live")]);
     assert_eq!(data(&mut stream, 1), ["live"]);
+}
+
+/// What a new stream resuming after `id` replays at once (then it closes).
+fn stream_resumes(server: &TestServer, id: &str) -> Vec<String> {
+    let mut stream = subscribe(server, &form(&[("match", "t"), ("last_event_id", id)]), "");
+    let marker = publish(server, &[("topic", "t"), ("data", "marker")]);
+    let mut got = Vec::new();
+    loop {
+        let event = stream.next_event();
+        if event.id.as_deref() == Some(marker.as_str()) {
+            return got;
+        }
+        got.push(event.data);
+    }
 }
 
 // ---- CORS ----

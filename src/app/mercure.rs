@@ -278,9 +278,10 @@ impl Hub {
         let expires_at = grants.as_ref().map(|grants| grants.expires_at);
         interest.audience = grants.map(|grants| Arc::new(Reader(grants)) as Arc<dyn Audience>);
         // The header wins over the parameter; an empty header (some clients
-        // send one) does not hide the parameter.
-        let header = head.last_event_id.clone().filter(|id| !id.is_empty());
-        let last_event_id = header.or(request.last_event_id.filter(|id| !id.is_empty()));
+        // send one) does not hide the parameter. An empty value is still a
+        // request to resume (the broker answers where the stream starts).
+        let header = head.last_event_id.clone();
+        let last_event_id = header.clone().filter(|id| !id.is_empty()).or(request.last_event_id).or(header);
         Ok(Action::SubscribeMercure(Box::new(MercureSubscribe { interest, last_event_id, expires_at })))
     }
 

@@ -426,6 +426,12 @@ impl Broker {
             _ if ahead.is_some() => (Vec::new(), last_event_id.map(str::to_owned)),
             None if !self.history.is_known() => (Vec::new(), None),
             None => (vec![sse::cursor(&self.history.last_id().urn())], None),
+            // An empty id asks to resume from nowhere in particular: the
+            // stream starts now, after the last event, and says so.
+            Some("") => {
+                let last = self.history.last_id().urn();
+                (vec![sse::cursor(&last)], Some(last))
+            }
             Some(id) => {
                 let (frames, found) = self.history.replay_mercure(id, wanted);
                 (frames, Some(if found { id.to_owned() } else { EARLIEST.to_owned() }))
