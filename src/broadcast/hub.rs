@@ -28,6 +28,14 @@
 //!   publishes must never wait on a loop that may be waiting on it; instead
 //!   the hub counts the bytes of events waiting in each inbox and refuses
 //!   publishes while any loop is [`MAX_INBOX_BYTES`] behind.
+//! * **Shutdown.** The first loop to begin shutting down closes the hub
+//!   ([`Hub::close`]), under the same lock: from then on every publish is
+//!   refused, so every event a publisher was answered for is already in
+//!   every inbox, and a loop that drains its inbox before it closes its
+//!   streams has handed them every such event, whichever loop (or
+//!   [`Publisher`](crate::broadcast::publisher::Publisher) thread) took the publish. Without this, a loop could
+//!   close its streams while another still answered publishes that those
+//!   streams would never see.
 //! * **Counts and caps.** The subscription registry (streams per topic) is in
 //!   the same lock, updated when a stream opens or closes, so a publish can
 //!   answer how many streams it reaches, on all loops, without asking them.
@@ -105,7 +113,8 @@ pub const MAX_INBOX_BYTES: usize = 32 * 1024 * 1024;
 /// to take them in (see `Hub::needs_wake`).
 const WAKE_IDLE_LOOP_BYTES: usize = 1024 * 1024;
 
-/// Why the hub refused a publish.
+/// Why the hub refused a publish: a loop is too far behind, or the hub is
+/// closed ([`Hub::is_closed`]: the server is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
@@ -157,6 +166,8 @@ struct State {
     /// The `seq` of the next local id.
     next_seq: u64,
     registry: Registry,
+    /// Set by [`Hub::close`]: publishes are refused from then on.
+    closed: bool,
 }
 
 impl Hub {
@@ -181,7 +192,7 @@ impl Hub {
         }
         let gauges = (0..senders.len()).map(|_| Gauges::default()).collect();
         let hub = Hub {
-            state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default() }),
+            state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default(), closed: false }),
             inboxes: senders.into(),
             gauges,
             connections: AtomicUsize::new(0),
@@ -205,12 +216,15 @@ impl Hub {
 
     /// Numbers `publish` (which must be valid), frames it once, and sends it
     /// to every loop; `origin` says which loops need a wake-up. Refused while a loop
-    /// is more than [`MAX_INBOX_BYTES`] behind.
+    /// is more than [`MAX_INBOX_BYTES`] behind, and once the hub is closed.
     pub fn publish(&self, publish: &Publish, origin: Origin) -> Result<Receipt, Busy> {
         if self.is_congested() {
             return Err(Busy);
         }
         let mut state = self.lock();
+        if state.closed {
+            return Err(Busy);
+        }
         let id = EventId { ms: state.epoch, seq: state.next_seq };
         state.next_seq += 1;
         // Mercure answers with the update's id, not a count.
@@ -219,6 +233,18 @@ impl Hub {
         self.send_to_all(&state, Message::Event, event, origin);
         self.events.fetch_add(1, Ordering::Relaxed);
         Ok(Receipt::new(id, subscribers, publish))
+    }
+
+    /// Refuses every publish from now on (see the module docs on shutdown).
+    /// When this returns, every publish that was accepted has put its event
+    /// in every inbox.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Whether [`Hub::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Whether some loop has more than [`MAX_INBOX_BYTES`] of events waiting.

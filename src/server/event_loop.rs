@@ -289,8 +289,10 @@ impl Loop {
     /// could not take it within the bound.
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
-        // From now on publishes are refused (503), so what is queued can only
-        // shrink.
+        // From now on publishes are refused (503) on every loop and by every
+        // `Publisher`, so every event answered for is in this loop's inbox
+        // already, and what is queued can only shrink.
+        self.hub.close();
         self.accepting = false;
         self.acceptor.close();
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -453,6 +455,7 @@ impl Loop {
                 Action::Publish(publish) => match &self.bus {
                     None => match self.hub.publish(&publish, Origin::Loop(self.index)) {
                         Ok(receipt) => self.app.published(&receipt),
+                        Err(Busy) if self.hub.is_closed() => self.app.unavailable("shutting down"),
                         Err(Busy) => self.app.unavailable("server busy: subscribers are behind; retry later"),
                     },
                     // The connection waits (Conn's Waiting state) until the
