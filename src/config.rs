@@ -21,6 +21,9 @@ pub struct Config {
     /// Most open connections; slots for them are reserved (not touched) at
     /// start.
     pub max_connections: usize,
+    /// Most open event streams (`None`: the default, see
+    /// [`Config::stream_cap`]).
+    pub max_streams: Option<usize>,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     pub max_buffered_bytes: usize,
     /// Bounds on the replay history.
@@ -42,6 +45,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Most open event streams: `--max-streams`, or by default the connection
+    /// cap less a reserve of one slot in 16 (at most [`MAX_STREAM_RESERVE`]),
+    /// so that subscribers alone can never take the slots publishers and
+    /// health checks need. Never more than the connection cap.
+    pub fn stream_cap(&self) -> usize {
+        match self.max_streams {
+            Some(streams) => streams.min(self.max_connections),
+            None => self.max_connections - (self.max_connections / 16).min(MAX_STREAM_RESERVE),
+        }
+    }
+
     /// How many event loops to run: `threads`, with 0 read as one per
     /// available core.
     pub fn threads(&self) -> usize {
@@ -58,6 +72,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             settings: Settings::default(),
             max_connections: default_max_connections(),
+            max_streams: None,
             max_buffered_bytes: 1024 * 1024,
             history: HistoryLimits::default(),
             heartbeat_secs: 15,
@@ -70,6 +85,11 @@ impl Default for Config {
         }
     }
 }
+
+/// Most connection slots kept from subscribers by default (see
+/// [`Config::stream_cap`]): plenty for publishers and health checks, which
+/// hold a connection for a request or a keep-alive pool.
+pub const MAX_STREAM_RESERVE: usize = 1024;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +149,13 @@ pub const FLAGS: &[Flag] = &[
         value: "N",
         help: "most open connections; more get 503 [default: the open-file limit less 32]",
         apply: |c, v| in_range(v, 1, 4_000_000).map(|n| c.max_connections = n),
+    },
+    Flag {
+        name: "max-streams",
+        value: "N",
+        help: "most open event streams; more get a `retry:` and are closed, so publishers and health checks always \
+               find a slot [default: --max-connections less 1/16 of it, at most 1024 less]",
+        apply: |c, v| in_range(v, 1, 4_000_000).map(|n| c.max_streams = Some(n)),
     },
     Flag {
         name: "max-buffered-bytes",
@@ -502,6 +529,19 @@ mod tests {
             let err = run(args, env).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_stream_cap_leaves_slots_for_other_requests() {
+        let cap = |connections, streams: Option<usize>| {
+            Config { max_connections: connections, max_streams: streams, ..Config::default() }.stream_cap()
+        };
+        assert_eq!(cap(50, None), 47);
+        assert_eq!(cap(10, None), 10, "a tiny cap keeps no reserve");
+        assert_eq!(cap(19_968, None), 19_968 - 1024);
+        assert_eq!(cap(50, Some(20)), 20);
+        assert_eq!(cap(50, Some(80)), 50, "never over the connection cap");
+        assert_eq!(config(&["--max-streams", "7"], &[]).max_streams, Some(7));
     }
 
     #[test]

@@ -38,8 +38,9 @@
 //!   streams would never see.
 //! * **Counts and caps.** The subscription registry (streams per topic) is in
 //!   the same lock, updated when a stream opens or closes, so a publish can
-//!   answer how many streams it reaches, on all loops, without asking them.
-//!   The connection count behind `--max-connections` is one atomic. Each loop
+//!   answer how many streams it reaches, on all loops, without asking them,
+//!   and the stream cap (`--max-streams`) is checked against it as a stream
+//!   opens. The connection count behind `--max-connections` is one atomic. Each loop
 //!   copies its counters into its [`Gauges`] once per turn; `/metrics` adds
 //!   them up.
 //!
@@ -87,6 +88,9 @@ pub struct Gauges {
     pub responses: [AtomicU64; 5],
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
+    /// Subscribers turned away with a `retry:` (over `--max-streams`, or
+    /// while shutting down).
+    pub turned_away: AtomicU64,
 }
 
 /// The sum of every loop's [`Gauges`].
@@ -99,6 +103,7 @@ pub struct Totals {
     pub responses: [u64; 5],
     pub accepted: u64,
     pub refused: u64,
+    pub turned_away: u64,
 }
 
 /// Most bytes of event frames waiting in one loop's inbox. While any loop is
@@ -315,9 +320,15 @@ impl Hub {
         }
     }
 
-    /// Counts a stream that opened on `topics`.
-    pub fn stream_opened<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
-        self.lock().registry.add(topics);
+    /// Counts a stream opening on `topics`, unless `max_streams` are open
+    /// already on all loops (then returns false and counts nothing).
+    pub fn try_open_stream<'a>(&self, topics: impl IntoIterator<Item = &'a str>, max_streams: usize) -> bool {
+        let mut state = self.lock();
+        if state.registry.streams >= max_streams {
+            return false;
+        }
+        state.registry.add(topics);
+        true
     }
 
     /// Counts a stream on `topics` that closed.
@@ -392,6 +403,7 @@ impl Hub {
             }
             totals.accepted += load(&gauges.accepted);
             totals.refused += load(&gauges.refused);
+            totals.turned_away += load(&gauges.turned_away);
         }
         totals
     }

@@ -90,6 +90,10 @@ pub(super) struct Loop {
     app: App,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
+    /// Most open streams on all loops (`Config::stream_cap`).
+    max_streams: usize,
+    /// Spreads the `retry:` of the streams the server ends.
+    jitter: Jitter,
     heartbeat: Option<Duration>,
     /// The one read buffer, shared by all connections.
     read_buffer: Box<[u8]>,
@@ -136,6 +140,10 @@ struct Client {
     /// later (from the cluster bus) names it, so that it cannot reach a
     /// newer connection that reused the slab key.
     serial: u32,
+    /// A stream the server is ending (turned away, or at shutdown): once its
+    /// outbox, which ends with a `retry:`, is written, the write side shuts
+    /// and the connection lingers until the peer closes.
+    ending: bool,
 }
 
 impl Subscriber for Client {
@@ -157,6 +165,29 @@ struct Counters {
     responses: [u64; 5],
     connections_accepted: u64,
     dropped_slow: u64,
+    /// Streams turned away over `--max-streams` (or while shutting down).
+    turned_away: u64,
+}
+
+/// A small xorshift generator for jitter; nothing here needs more.
+#[derive(Debug)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState's keys differ per process and per instance.
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Jitter(seed | 1)
+    }
+
+    /// A number in `0..bound` (0 for a bound of 0).
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.checked_rem(bound).unwrap_or(0)
+    }
 }
 
 impl Loop {
@@ -183,6 +214,8 @@ impl Loop {
             bus: shared.bus.clone(),
             app: App::new(config.settings.clone()),
             max_buffered_bytes: config.max_buffered_bytes,
+            max_streams: config.stream_cap(),
+            jitter: Jitter::new(),
             heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
             read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             unfinished_reads: Vec::new(),
@@ -355,6 +388,7 @@ impl Loop {
                 replay_grace: 0,
                 scheduled: None,
                 serial: self.serials,
+                ending: false,
             });
             self.counters.connections_accepted += 1;
             self.schedule(key);
@@ -510,27 +544,58 @@ impl Loop {
     /// broker makes the seam between the two exact at any time, even in the
     /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
+        if !self.may_open_stream(subscribe.topics.iter().map(String::as_str)) {
+            return self.turn_away(key, self.app.stream_head());
+        }
         let newest = self.prepare_stream();
         let last_event_id = subscribe.last_event_id.as_deref();
         let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
-        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
         self.open_stream(key, joined, self.app.stream_head(), None);
     }
 
     /// [`Loop::subscribe`] for a Mercure stream, which must end when its
     /// token expires.
     fn subscribe_mercure(&mut self, key: usize, subscribe: MercureSubscribe) {
+        // Counted as a stream, with no seeds topic.
+        if !self.may_open_stream(std::iter::empty()) {
+            return self.turn_away(key, self.app.mercure_stream_head(None));
+        }
         let newest = self.prepare_stream();
         let MercureSubscribe { interest, last_event_id, expires_at } = subscribe;
         let joined = self.broker.subscribe_mercure(key, interest, last_event_id.as_deref(), newest);
-        // Counted as a stream, with no seeds topic.
-        self.hub.stream_opened(std::iter::empty());
         let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
         let ends_at = expires_at.map(|at| {
             let left = at.saturating_sub((self.app.clock)());
             Instant::now() + Duration::from_secs(left)
         });
         self.open_stream(key, joined, head, ends_at);
+    }
+
+    /// Whether a stream on `topics` may open: not while shutting down, nor
+    /// over the stream cap. If so, it is counted in the hub.
+    fn may_open_stream<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> bool {
+        self.accepting && self.hub.try_open_stream(topics, self.max_streams)
+    }
+
+    /// Answers a subscriber that may not open a stream now, in a way an
+    /// EventSource survives: a browser never reconnects after a non-200
+    /// answer, so a 503 would lose it for good. It gets a 200 stream that
+    /// carries a jittered `retry:` and ends, and comes back seconds later,
+    /// spread out rather than in a burst.
+    fn turn_away(&mut self, key: usize, head: Response) {
+        let retry = self.jittered_retry();
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.conn.open_stream(head);
+        client.conn.outbox().push(crate::sse::opening(retry));
+        client.ending = true;
+        self.counters.turned_away += 1;
+    }
+
+    /// A reconnection delay of one to two `--retry-ms`, at random.
+    fn jittered_retry(&mut self) -> u32 {
+        let base = self.app.settings.retry_ms.max(1);
+        let extra = self.jitter.below(u64::from(base)) as u32;
+        base.saturating_add(extra)
     }
 
     /// Before a subscribe: the stream starts after every event sent so far,
@@ -625,8 +690,18 @@ impl Loop {
         let Some(gauges) = self.hub.gauges(self.index) else { return };
         let stats = self.broker.stats();
         let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
-        let Gauges { connections, streams, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } =
-            gauges;
+        let Gauges {
+            connections,
+            streams,
+            frames,
+            bytes,
+            heartbeats,
+            dropped_slow,
+            responses,
+            accepted,
+            refused,
+            turned_away,
+        } = gauges;
         store(connections, self.clients.len() as u64);
         store(streams, self.broker.subscribers() as u64);
         store(frames, stats.frames);
@@ -638,6 +713,7 @@ impl Loop {
         }
         store(accepted, self.counters.connections_accepted);
         store(refused, self.acceptor.refused_over_capacity);
+        store(turned_away, self.counters.turned_away);
     }
 
     /// Writes a connection's queued output and applies its socket command.
@@ -653,6 +729,14 @@ impl Loop {
         // the grace are queued, that much of the replay has gone out.
         let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
         client.replay_grace = client.replay_grace.min(queued);
+        if client.ending && flushed == Flushed::All && client.conn.is_streaming() {
+            let _ = client.socket.shutdown(Shutdown::Write);
+            client.conn.write_side_closed();
+            // Polling a lingering connection only arms its linger timer.
+            client.conn.poll(&self.app, &self.app.settings.limits, Instant::now());
+            self.schedule(key);
+            return self.flush(key);
+        }
         let wants_writable = flushed == Flushed::Partly;
         if wants_writable != client.wants_writable {
             let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
