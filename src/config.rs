@@ -24,8 +24,13 @@ pub struct Config {
     /// Most open event streams (`None`: the default, see
     /// [`Config::stream_cap`]).
     pub max_streams: Option<usize>,
-    /// Unsent bytes a subscriber may have before it is dropped as too slow.
+    /// Unsent bytes a subscriber may have before it is dropped as too slow
+    /// (frames and queue entries, as [`crate::http::outbox::Outbox::pinned_bytes`]
+    /// counts them).
     pub max_buffered_bytes: usize,
+    /// Most bytes queued to all subscribers together, counted as
+    /// `max_buffered_bytes` is; past it, the furthest behind are dropped.
+    pub max_queued_bytes: usize,
     /// Bounds on the replay history.
     pub history: HistoryLimits,
     /// Seconds between heartbeats on idle streams; 0 disables them.
@@ -74,6 +79,7 @@ impl Default for Config {
             max_connections: default_max_connections(),
             max_streams: None,
             max_buffered_bytes: 1024 * 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
             history: HistoryLimits::default(),
             heartbeat_secs: 15,
             tick: false,
@@ -160,8 +166,16 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "max-buffered-bytes",
         value: "BYTES",
-        help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576]",
+        help: "unsent bytes (frames and queue entries) a subscriber may have before it is dropped as too slow \
+               [default: 1048576]",
         apply: |c, v| in_range(v, 1, GIB).map(|n| c.max_buffered_bytes = n),
+    },
+    Flag {
+        name: "max-queued-bytes",
+        value: "BYTES",
+        help: "unsent bytes all subscribers together may have, counted as for --max-buffered-bytes; past it the \
+               furthest behind are dropped first [default: 268435456]",
+        apply: |c, v| in_range(v, 1, 1024 * GIB).map(|n| c.max_queued_bytes = n),
     },
     Flag {
         name: "history",

@@ -5,8 +5,10 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 
-use support::{Client, TestServer, WAIT, get, wait_for_streams, wait_until};
+use support::{Binary, Client, TestServer, WAIT, get, post, wait_for_streams, wait_until};
 
 /// The `retry:` value of a stream that the server ended, with its head
 /// checked: a 200 event stream, as EventSource needs to reconnect.
@@ -46,4 +48,88 @@ fn subscribers_cannot_lock_out_publishers_and_health_checks() {
     assert_eq!(server.publish("still publishing"), 47);
     assert_eq!(server.metric("bare_sse_streams_turned_away_total"), 12);
     drop(streams);
+}
+
+/// A field of `/proc/PID/status`, in kB (`VmRSS`, `VmHWM`).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A subscriber that never reads, whose connection the kernel can buffer
+/// little for: a small MSS keeps the server's send buffer near its initial
+/// size and a small receive buffer keeps the window shut, so what the
+/// server sends it piles up in the server's own queues (where a real slow
+/// client's backlog would be, once its kernel buffers are full), and the
+/// test pins little kernel memory on a shared machine.
+fn non_reader(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_tcp_mss(536).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.write_all(get("/events").as_bytes()).unwrap();
+    stream
+}
+
+/// Publishes `{prefix}0` .. `{prefix}{count - 1}` on one connection, 64
+/// requests pipelined at a time.
+fn publish_pipelined(addr: SocketAddr, prefix: String, count: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut client = Client::connect(addr);
+        for start in (0..count).step_by(64) {
+            let batch: String = (start..count.min(start + 64))
+                .map(|i| post("/send-event", &format!(r#"{{"message":"{prefix}{i}"}}"#)))
+                .collect();
+            client.send(batch);
+            for _ in start..count.min(start + 64) {
+                let response = client.read_response();
+                assert_eq!(response.status, 200, "{response:?}");
+            }
+        }
+    })
+}
+
+#[test]
+fn subscribers_that_never_read_cannot_take_unbounded_memory() {
+    const NON_READERS: usize = 1500;
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 10_000;
+    let _ = rlimit::increase_nofile_limit(8192);
+    // The defaults: --max-buffered-bytes 1 MiB per subscriber,
+    // --max-queued-bytes 256 MiB for all.
+    let server = Binary::start(&["--heartbeat", "0"]);
+    let addr = server.addr;
+    let pid = server.child.id();
+    let non_readers: Vec<TcpStream> = (0..NON_READERS).map(|_| non_reader(addr)).collect();
+    let mut reader = Client::connect(addr).subscribe("/events");
+    wait_for_streams(addr, NON_READERS as u64 + 1);
+    let before_kb = proc_status_kb(pid, "VmRSS:");
+    let reading = std::thread::spawn(move || {
+        let mut next = [0; PUBLISHERS];
+        for _ in 0..PUBLISHERS * EACH {
+            let data = reader.next_data();
+            let (publisher, i) = data.split_once('-').unwrap();
+            let publisher: usize = publisher.parse().unwrap();
+            assert_eq!(i.parse::<usize>().unwrap(), next[publisher], "publisher {publisher}'s events in order");
+            next[publisher] += 1;
+        }
+        reader
+    });
+    // Tiny events, so that the queue entries, not the frames, are what a
+    // subscriber that never reads costs: before they were counted, and with
+    // no bound on all subscribers together, the peak RSS grew by 687 MB.
+    let publishers: Vec<_> = (0..PUBLISHERS).map(|p| publish_pipelined(addr, format!("{p}-"), EACH)).collect();
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    let _reader = reading.join().unwrap();
+    let growth_mb = proc_status_kb(pid, "VmHWM:").saturating_sub(before_kb) / 1024;
+    eprintln!("peak RSS grew by {growth_mb} MB with {NON_READERS} subscribers that never read");
+    assert!(growth_mb < 400, "peak RSS grew by {growth_mb} MB");
+    // The reader got everything; the ones that never read were dropped.
+    wait_for_streams(addr, 1);
+    drop(non_readers);
 }

@@ -91,6 +91,9 @@ pub struct Gauges {
     /// Subscribers turned away with a `retry:` (over `--max-streams`, or
     /// while shutting down).
     pub turned_away: AtomicU64,
+    /// Bytes queued to this loop's subscribers (frames and queue entries,
+    /// per subscriber), checked against `--max-queued-bytes`.
+    pub queued: AtomicU64,
 }
 
 /// The sum of every loop's [`Gauges`].
@@ -104,6 +107,7 @@ pub struct Totals {
     pub accepted: u64,
     pub refused: u64,
     pub turned_away: u64,
+    pub queued: u64,
 }
 
 /// Most bytes of event frames waiting in one loop's inbox. While any loop is
@@ -389,6 +393,13 @@ impl Hub {
         self.gauges.iter().map(|gauges| (load(&gauges.connections), load(&gauges.streams))).collect()
     }
 
+    /// Bytes queued to subscribers on every loop but `index`, as of each
+    /// loop's last turn.
+    pub fn queued_elsewhere(&self, index: usize) -> usize {
+        let others = self.gauges.iter().enumerate().filter(|&(i, _)| i != index);
+        others.map(|(_, gauges)| gauges.queued.load(Ordering::Relaxed) as usize).sum()
+    }
+
     /// Every loop's counters, summed.
     pub fn totals(&self) -> Totals {
         let mut totals = Totals::default();
@@ -404,6 +415,7 @@ impl Hub {
             totals.accepted += load(&gauges.accepted);
             totals.refused += load(&gauges.refused);
             totals.turned_away += load(&gauges.turned_away);
+            totals.queued += load(&gauges.queued);
         }
         totals
     }

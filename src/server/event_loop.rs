@@ -90,6 +90,12 @@ pub(super) struct Loop {
     app: App,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
+    /// Bytes all subscribers of all loops may have queued (see
+    /// `Loop::keep_within_budget`).
+    max_queued_bytes: usize,
+    /// What this loop's streams have queued: the sum of their
+    /// [`Client::pinned`].
+    pinned: usize,
     /// Most open streams on all loops (`Config::stream_cap`).
     max_streams: usize,
     /// Spreads the `retry:` of the streams the server ends.
@@ -140,6 +146,10 @@ struct Client {
     /// later (from the cluster bus) names it, so that it cannot reach a
     /// newer connection that reused the slab key.
     serial: u32,
+    /// What this stream's outbox holds, as of the last time the loop looked
+    /// ([`crate::http::outbox::Outbox::pinned_bytes`]); 0 for other
+    /// connections.
+    pinned: u32,
     /// A stream the server is ending (turned away, or at shutdown): once its
     /// outbox, which ends with a `retry:`, is written, the write side shuts
     /// and the connection lingers until the peer closes.
@@ -214,6 +224,8 @@ impl Loop {
             bus: shared.bus.clone(),
             app: App::new(config.settings.clone()),
             max_buffered_bytes: config.max_buffered_bytes,
+            max_queued_bytes: config.max_queued_bytes,
+            pinned: 0,
             max_streams: config.stream_cap(),
             jitter: Jitter::new(),
             heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
@@ -309,6 +321,7 @@ impl Loop {
         }
         self.expire_timers(now);
         self.fan_out(FAN_OUT_PER_TURN);
+        self.keep_within_budget();
         self.store_gauges();
         // Whether other threads must wake this loop for their publishes.
         self.hub.set_listening(self.index, self.broker.subscribers() > 0);
@@ -388,6 +401,7 @@ impl Loop {
                 replay_grace: 0,
                 scheduled: None,
                 serial: self.serials,
+                pinned: 0,
                 ending: false,
             });
             self.counters.connections_accepted += 1;
@@ -640,6 +654,7 @@ impl Loop {
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
         }
+        self.account(key);
         self.schedule(key);
     }
 
@@ -701,6 +716,7 @@ impl Loop {
             accepted,
             refused,
             turned_away,
+            queued,
         } = gauges;
         store(connections, self.clients.len() as u64);
         store(streams, self.broker.subscribers() as u64);
@@ -714,6 +730,7 @@ impl Loop {
         store(accepted, self.counters.connections_accepted);
         store(refused, self.acceptor.refused_over_capacity);
         store(turned_away, self.counters.turned_away);
+        store(queued, self.pinned as u64);
     }
 
     /// Writes a connection's queued output and applies its socket command.
@@ -725,6 +742,8 @@ impl Loop {
             Ok(flushed) => flushed,
             Err(_) => return self.close(key),
         };
+        self.account(key);
+        let Some(client) = self.clients.get_mut(key) else { return };
         // The replay sits at the front of the queue, so once fewer bytes than
         // the grace are queued, that much of the replay has gone out.
         let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
@@ -778,22 +797,19 @@ impl Loop {
     /// asks for writable readiness, drops the too slow, closes the failed.
     fn follow_up(&mut self, mut follow_ups: Vec<(usize, Delivery)>) {
         for &(key, delivery) in &follow_ups {
+            if delivery == Delivery::Queued {
+                self.account(key);
+            }
             let Some(client) = self.clients.get_mut(key) else { continue };
             match delivery {
                 Delivery::Done => {}
                 // Too far behind: drop it rather than buffer without bound. It
                 // can reconnect with Last-Event-ID and replay what it missed.
                 Delivery::Queued
-                    if client.conn.outbox().queued_bytes()
+                    if client.pinned as usize
                         > self.max_buffered_bytes.saturating_add(client.replay_grace as usize) =>
                 {
-                    self.counters.dropped_slow += 1;
-                    log::info!(
-                        "{}: dropped, {} bytes behind",
-                        peer(&client.socket),
-                        client.conn.outbox().queued_bytes()
-                    );
-                    self.close(key);
+                    self.drop_slow(key, "--max-buffered-bytes");
                 }
                 // Registers WRITABLE interest; the rest goes out when the
                 // socket drains.
@@ -804,6 +820,52 @@ impl Loop {
         }
         follow_ups.clear();
         self.follow_ups = follow_ups;
+    }
+
+    /// Drops a subscriber that fell too far behind, saying which limit it
+    /// crossed.
+    fn drop_slow(&mut self, key: usize, limit: &str) {
+        let Some(client) = self.clients.get(key) else { return };
+        self.counters.dropped_slow += 1;
+        log::info!("{}: dropped, {} bytes behind (over {limit})", peer(&client.socket), client.pinned);
+        self.close(key);
+    }
+
+    /// Brings a connection's share of [`Loop::pinned`] up to date; call
+    /// whenever a stream's outbox may have changed.
+    fn account(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let pinned = match client.conn.is_streaming() {
+            true => u32::try_from(client.conn.outbox().pinned_bytes()).unwrap_or(u32::MAX),
+            false => 0,
+        };
+        self.pinned = self.pinned - client.pinned as usize + pinned as usize;
+        client.pinned = pinned;
+    }
+
+    /// Keeps the bytes queued to subscribers, on all loops together, within
+    /// `--max-queued-bytes`: when they are over it, this loop drops its
+    /// streams furthest behind until it has given up its part of the excess
+    /// (in proportion to what it holds, so that loops dropping at once do
+    /// not drop more than needed). Other loops' totals are as of their last
+    /// turn, so the bound can be passed by a turn's fan-out, no more.
+    fn keep_within_budget(&mut self) {
+        let total = self.hub.queued_elsewhere(self.index) + self.pinned;
+        if total <= self.max_queued_bytes {
+            return;
+        }
+        let excess = (total - self.max_queued_bytes) as u128;
+        let mut to_free = (excess * self.pinned as u128).div_ceil(total as u128) as usize;
+        let mut behind: Vec<(u32, usize)> =
+            self.clients.iter().filter(|(_, client)| client.pinned > 0).map(|(key, c)| (c.pinned, key)).collect();
+        behind.sort_unstable_by(|a, b| b.cmp(a));
+        for (pinned, key) in behind {
+            if to_free == 0 {
+                break;
+            }
+            to_free = to_free.saturating_sub(pinned as usize);
+            self.drop_slow(key, "--max-queued-bytes");
+        }
     }
 
     /// Counts a connection's answers and logs its refusal, if any.
@@ -825,6 +887,7 @@ impl Loop {
     /// from the poll set).
     fn close(&mut self, key: usize) {
         let Some(client) = self.clients.try_remove(key) else { return };
+        self.pinned -= client.pinned as usize;
         self.hub.disconnected();
         if let Some(membership) = client.membership.map(|m| m as usize) {
             self.hub.stream_closed(self.broker.topics_of(membership));
