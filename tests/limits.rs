@@ -133,3 +133,78 @@ fn subscribers_that_never_read_cannot_take_unbounded_memory() {
     wait_for_streams(addr, 1);
     drop(non_readers);
 }
+
+/// Bytes the kernel holds for the connections to `port`, both ends: what
+/// the server's sockets have not had acknowledged and what the clients'
+/// sockets have received but not read (`/proc/net/tcp`, IPv4).
+fn kernel_bytes_in_flight(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let ours = |address: &str| address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port);
+    let mut total = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 4 && (ours(fields[1]) || ours(fields[2])) {
+            let (tx, rx) = fields[4].split_once(':').unwrap();
+            total += u64::from_str_radix(tx, 16).unwrap() + u64::from_str_radix(rx, 16).unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn a_crowd_replaying_the_whole_history_pins_little_and_the_loop_stays_responsive() {
+    const CROWD: usize = 200;
+    let server = TestServer::with(|config| config.heartbeat_secs = 0);
+    let addr = server.addr;
+    // A full history: 1000 events of 16 KB (16 MB).
+    let first = server.connect().publish("first").json()["id"].as_str().unwrap().to_owned();
+    let big = "z".repeat(16 * 1024);
+    let mut publisher = server.connect();
+    for start in (0..999).step_by(64) {
+        let batch: String = (start..999.min(start + 64))
+            .map(|i| post("/send-event", &format!(r#"{{"message":"{i} {big}"}}"#)))
+            .collect();
+        publisher.send(batch);
+        for _ in start..999.min(start + 64) {
+            assert_eq!(publisher.read_response().status, 200);
+        }
+    }
+    // A crowd asks for all of it at once and never reads: about 80 bytes of
+    // request each. Before, the server wrote each as much as its socket took
+    // (megabytes, as send buffers grow), pinning gigabytes of kernel memory
+    // for a crowd of thousands, and stalled its loop doing so.
+    let resume = format!("GET /events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: {first}\r\n\r\n");
+    let started = std::time::Instant::now();
+    let crowd: Vec<Client> = (0..CROWD)
+        .map(|_| {
+            let mut client = Client::connect(addr);
+            client.send(&resume);
+            client
+        })
+        .collect();
+    let mut slowest_health = std::time::Duration::ZERO;
+    wait_until("the crowd's streams are open", WAIT, || {
+        let asked = std::time::Instant::now();
+        assert_eq!(server.connect().request(get("/healthz")).status, 200);
+        slowest_health = slowest_health.max(asked.elapsed());
+        server.metric("bare_sse_streams") == CROWD as u64
+    });
+    // One more answer from the (one) loop: it has written what it meant to
+    // the crowd's sockets by then.
+    assert_eq!(server.connect().request(get("/healthz")).status, 200);
+    let per_client_kb = kernel_bytes_in_flight(addr.port()) / CROWD as u64 / 1024;
+    eprintln!(
+        "{CROWD} replays of 16 MB: {per_client_kb} KB in flight per client, slowest /healthz {slowest_health:?}, \
+         streams open after {:?}",
+        started.elapsed()
+    );
+    assert!(per_client_kb < 512, "{per_client_kb} KB in the kernel per client that never reads");
+    // A reader meanwhile gets the whole replay, in order, then live events.
+    let mut reader = Client::connect(addr).subscribe(&format!("/events?lastEventId={first}"));
+    assert_eq!(server.publish("live"), CROWD as u64 + 1, "the crowd was not dropped");
+    for i in 0..999 {
+        assert_eq!(reader.next_data(), format!("{i} {big}"));
+    }
+    assert_eq!(reader.next_data(), "live");
+    drop(crowd);
+}

@@ -19,7 +19,7 @@ use super::accept::Acceptor;
 use super::{Handle, Shared};
 use crate::app::mercure::MercureSubscribe;
 use crate::app::{Action, App, Subscribe};
-use crate::broadcast::broker::{Broker, Delivery, Joined, Subscriber};
+use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
 use crate::broadcast::bus::Bus;
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
@@ -64,6 +64,23 @@ const AHEAD_OF_CLOCK_MS: u64 = 60_000;
 /// per loopback write, a slice is a few milliseconds.
 const FAN_OUT_PER_TURN: usize = 256;
 
+/// Most bytes of a replay handed to a connection at a time: the next piece
+/// is taken from the history once the socket has taken this one.
+const REPLAY_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Pieces of a replay written per flush of a connection whose socket keeps
+/// taking them (a fast reader); then it waits for the next turn, so that one
+/// long replay cannot hold up the loop.
+const REPLAY_CHUNKS_PER_FLUSH: usize = 16;
+
+/// What a replaying socket may hold unsent in the kernel
+/// (`TCP_NOTSENT_LOWAT`): beyond it, writes would block. Without it the
+/// kernel would take megabytes per connection (send buffers grow to
+/// `tcp_wmem`), so a crowd asking for the whole history at once pinned
+/// gigabytes of kernel memory and kept the loop copying. Reset to the
+/// system's default once the replay is done.
+const REPLAY_NOTSENT_BYTES: u32 = 16 * 1024;
+
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -106,6 +123,10 @@ pub(super) struct Loop {
     /// Connections that still had input when their read budget ran out:
     /// served again next turn, since no readiness event will come for them.
     unfinished_reads: Vec<usize>,
+    /// Replaying connections whose socket was still taking bytes when their
+    /// share of a flush ran out: flushed again next turn, since no
+    /// readiness event will come for them.
+    unfinished_replays: Vec<usize>,
     /// Subscribers whose last delivery needs a follow-up (see [`Delivery`]).
     follow_ups: Vec<(usize, Delivery)>,
     handle: Handle,
@@ -136,10 +157,9 @@ struct Client {
     membership: Option<u32>,
     /// Whether WRITABLE interest is registered (only while output is queued).
     wants_writable: bool,
-    /// Replay bytes still queued, allowed on top of `--max-buffered-bytes`: a
-    /// resuming client gets its whole replay (frames shared with the history,
-    /// so they cost no copy) before the cap applies to it.
-    replay_grace: u32,
+    /// Whether the connection is catching up on a replay, which goes out as
+    /// the socket drains (see `Loop::flush`).
+    replaying: bool,
     /// The earliest reminder for this connection in the server's timers.
     scheduled: Option<Instant>,
     /// This connection's number on its loop: an answer that comes back
@@ -231,6 +251,7 @@ impl Loop {
             heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
             read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             unfinished_reads: Vec::new(),
+            unfinished_replays: Vec::new(),
             follow_ups: Vec::new(),
             handle: shared.handle.clone(),
             timers: BinaryHeap::new(),
@@ -291,7 +312,7 @@ impl Loop {
             .into_iter()
             .flatten()
             .min();
-        let timeout = if self.unfinished_reads.is_empty() && !self.backlog_left {
+        let timeout = if self.unfinished_reads.is_empty() && self.unfinished_replays.is_empty() && !self.backlog_left {
             wake_at.map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(Duration::ZERO)
@@ -303,6 +324,9 @@ impl Loop {
         }
         for key in std::mem::take(&mut self.unfinished_reads) {
             self.drive(key);
+        }
+        for key in std::mem::take(&mut self.unfinished_replays) {
+            self.flush(key);
         }
         for event in events.iter() {
             match event.token() {
@@ -344,8 +368,12 @@ impl Loop {
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
             self.send_everything_queued(deadline);
-            let quiet: Vec<usize> =
-                self.clients.iter_mut().filter(|(_, client)| client.conn.is_quiet()).map(|(key, _)| key).collect();
+            let quiet: Vec<usize> = self
+                .clients
+                .iter_mut()
+                .filter(|(_, client)| client.conn.is_quiet() && !client.replaying)
+                .map(|(key, _)| key)
+                .collect();
             for key in quiet {
                 self.close(key);
             }
@@ -398,7 +426,7 @@ impl Loop {
                 conn: Conn::new(&self.app.settings.limits, now),
                 membership: None,
                 wants_writable: false,
-                replay_grace: 0,
+                replaying: false,
                 scheduled: None,
                 serial: self.serials,
                 pinned: 0,
@@ -649,10 +677,12 @@ impl Loop {
         client.membership = Some(joined.membership as u32);
         client.conn.open_stream_until(head, ends_at);
         client.conn.outbox().push(self.app.stream_opening());
-        let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
-        client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
+        }
+        if joined.replaying {
+            client.replaying = true;
+            let _ = socket2::SockRef::from(&client.socket).set_tcp_notsent_lowat(REPLAY_NOTSENT_BYTES);
         }
         self.account(key);
         self.schedule(key);
@@ -733,21 +763,41 @@ impl Loop {
         store(queued, self.pinned as u64);
     }
 
-    /// Writes a connection's queued output and applies its socket command.
+    /// Writes a connection's queued output (and the next pieces of its
+    /// replay, while its socket takes them) and applies its socket command.
     fn flush(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let flushed = match client.conn.outbox().flush(&mut client.socket) {
+        let mut flushed = match client.conn.outbox().flush(&mut client.socket) {
             Ok(flushed) => flushed,
             Err(_) => return self.close(key),
         };
+        let mut chunks = 0;
+        while flushed == Flushed::All && client.replaying {
+            if chunks == REPLAY_CHUNKS_PER_FLUSH {
+                self.unfinished_replays.push(key);
+                break;
+            }
+            chunks += 1;
+            let membership = client.membership.map_or(usize::MAX, |m| m as usize);
+            let frames = match self.broker.replay_some(membership, REPLAY_CHUNK_BYTES) {
+                Replay::More(frames) => frames,
+                Replay::Done(frames) => {
+                    client.replaying = false;
+                    let _ = socket2::SockRef::from(&client.socket).set_tcp_notsent_lowat(0);
+                    frames
+                }
+                Replay::Lost => return self.drop_slow(key, "its replay fell out of the history"),
+            };
+            frames.into_iter().for_each(|frame| client.conn.outbox().push(frame));
+            flushed = match client.conn.outbox().flush(&mut client.socket) {
+                Ok(flushed) => flushed,
+                Err(_) => return self.close(key),
+            };
+        }
         self.account(key);
         let Some(client) = self.clients.get_mut(key) else { return };
-        // The replay sits at the front of the queue, so once fewer bytes than
-        // the grace are queued, that much of the replay has gone out.
-        let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
-        client.replay_grace = client.replay_grace.min(queued);
         if client.ending && flushed == Flushed::All && client.conn.is_streaming() {
             let _ = client.socket.shutdown(Shutdown::Write);
             client.conn.write_side_closed();
@@ -805,11 +855,8 @@ impl Loop {
                 Delivery::Done => {}
                 // Too far behind: drop it rather than buffer without bound. It
                 // can reconnect with Last-Event-ID and replay what it missed.
-                Delivery::Queued
-                    if client.pinned as usize
-                        > self.max_buffered_bytes.saturating_add(client.replay_grace as usize) =>
-                {
-                    self.drop_slow(key, "--max-buffered-bytes");
+                Delivery::Queued if client.pinned as usize > self.max_buffered_bytes => {
+                    self.drop_slow(key, "over --max-buffered-bytes");
                 }
                 // Registers WRITABLE interest; the rest goes out when the
                 // socket drains.
@@ -822,12 +869,11 @@ impl Loop {
         self.follow_ups = follow_ups;
     }
 
-    /// Drops a subscriber that fell too far behind, saying which limit it
-    /// crossed.
-    fn drop_slow(&mut self, key: usize, limit: &str) {
+    /// Drops a subscriber that fell too far behind, saying why.
+    fn drop_slow(&mut self, key: usize, why: &str) {
         let Some(client) = self.clients.get(key) else { return };
         self.counters.dropped_slow += 1;
-        log::info!("{}: dropped, {} bytes behind (over {limit})", peer(&client.socket), client.pinned);
+        log::info!("{}: dropped, {} bytes behind: {why}", peer(&client.socket), client.pinned);
         self.close(key);
     }
 
@@ -864,7 +910,7 @@ impl Loop {
                 break;
             }
             to_free = to_free.saturating_sub(pinned as usize);
-            self.drop_slow(key, "--max-queued-bytes");
+            self.drop_slow(key, "the server's queues are over --max-queued-bytes");
         }
     }
 
