@@ -81,6 +81,15 @@ const REPLAY_CHUNKS_PER_FLUSH: usize = 16;
 /// system's default once the replay is done.
 const REPLAY_NOTSENT_BYTES: u32 = 16 * 1024;
 
+/// The pace at which a shutdown ends streams (all loops together), so that
+/// a crowd of clients comes back over seconds rather than all at once.
+const SHUTDOWN_ENDS_PER_SEC: u64 = 1000;
+
+/// Fewest streams (all loops together) whose ends a shutdown spreads out;
+/// fewer are a burst too small to matter, and are closed at once after
+/// their last event, as they always were.
+const DRAIN_MIN_STREAMS: usize = 100;
+
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -357,6 +366,11 @@ impl Loop {
     /// then close everything. Every event a publisher was answered for has
     /// been handed to the subscribers' sockets by then, unless a subscriber
     /// could not take it within the bound.
+    ///
+    /// A crowd of streams is not closed at once, which would bring every
+    /// client back in the same second: their ends are spread at random over
+    /// a drain window ([`Loop::drain_window`]), and each stream is first
+    /// told a jittered `retry:`, so clients return over seconds.
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
         // From now on publishes are refused (503) on every loop and by every
@@ -365,28 +379,78 @@ impl Loop {
         self.hub.close();
         self.accepting = false;
         self.acceptor.close();
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let started = Instant::now();
+        let deadline = started + self.shutdown_timeout;
+        self.send_everything_queued(deadline);
+        let window = self.drain_window();
+        // When each stream ends, latest first (taken from the back).
+        let mut ends: Vec<(Instant, usize)> = Vec::new();
+        if !window.is_zero() {
+            let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+            for key in self.clients.iter().filter(|(_, client)| client.conn.is_streaming()).map(|(key, _)| key) {
+                ends.push((started + Duration::from_micros(self.jitter.below(micros)), key));
+            }
+            ends.sort_unstable_by(|a, b| b.cmp(a));
+        }
         loop {
             self.send_everything_queued(deadline);
+            let now = Instant::now();
+            while let Some(&(_, key)) = ends.last().filter(|(at, _)| *at <= now) {
+                ends.pop();
+                self.end_stream(key);
+            }
+            // Within a drain window, a stream closes only once it has been
+            // ended (and so is no longer streaming).
             let quiet: Vec<usize> = self
                 .clients
-                .iter_mut()
-                .filter(|(_, client)| client.conn.is_quiet() && !client.replaying)
+                .iter()
+                .filter(|(_, client)| {
+                    client.conn.is_quiet() && !client.replaying && (window.is_zero() || !client.conn.is_streaming())
+                })
                 .map(|(key, _)| key)
                 .collect();
             for key in quiet {
                 self.close(key);
             }
-            if self.clients.is_empty() || Instant::now() >= deadline {
+            if self.clients.is_empty() || now >= deadline {
                 self.store_gauges();
                 return Ok(());
             }
-            // Wake at least every 50 ms to check the deadline and quiet
-            // connections.
-            let soon = Instant::now() + Duration::from_millis(50);
-            self.timers.push(Reverse((soon.min(deadline), usize::MAX)));
+            // Wake at the next end, and at least every 50 ms to check the
+            // deadline and quiet connections.
+            let next_end = ends.last().map_or(deadline, |&(at, _)| at);
+            let soon = (now + Duration::from_millis(50)).min(next_end).min(deadline);
+            self.timers.push(Reverse((soon, usize::MAX)));
             self.turn(events, None)?;
         }
+    }
+
+    /// How long a shutdown spreads the ends of streams over: the time
+    /// [`SHUTDOWN_ENDS_PER_SEC`] takes for the streams of all loops, at most
+    /// half the shutdown timeout (the rest is for flushing); none for fewer
+    /// than [`DRAIN_MIN_STREAMS`].
+    fn drain_window(&self) -> Duration {
+        let (streams, _, _) = self.hub.streams(0);
+        if streams < DRAIN_MIN_STREAMS {
+            return Duration::ZERO;
+        }
+        let window = Duration::from_millis(streams as u64 * 1000 / SHUTDOWN_ENDS_PER_SEC);
+        window.min(self.shutdown_timeout / 2)
+    }
+
+    /// Ends a stream at shutdown: a replay stops where it is (whole events
+    /// are sent, so the client resumes from its last id), a jittered
+    /// `retry:` follows what is queued, then the stream closes.
+    fn end_stream(&mut self, key: usize) {
+        let retry = self.jittered_retry();
+        let Some(client) = self.clients.get_mut(key).filter(|client| client.conn.is_streaming() && !client.ending)
+        else {
+            return;
+        };
+        client.replaying = false;
+        client.conn.outbox().push(crate::sse::opening(retry));
+        client.ending = true;
+        self.flush(key);
     }
 
     /// Hands every event published so far (in the inbox and the broker's
