@@ -820,12 +820,13 @@ mod tests {
     /// replay, taken a frame at a time, as text.
     fn first_frames(broker: &mut Broker, joined: &Joined) -> Vec<String> {
         let mut frames = joined.backlog.clone();
-        while joined.replaying {
+        let mut replaying = joined.replaying;
+        while replaying {
             match broker.replay_some(joined.membership, 1) {
                 Replay::More(more) => frames.extend(more),
                 Replay::Done(last) => {
                     frames.extend(last);
-                    break;
+                    replaying = false;
                 }
                 Replay::Lost => panic!("the replay was lost"),
             }
