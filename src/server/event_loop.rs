@@ -180,8 +180,7 @@ struct Client {
     /// connections.
     pinned: u32,
     /// A stream the server is ending (turned away, or at shutdown): once its
-    /// outbox, which ends with a `retry:`, is written, the write side shuts
-    /// and the connection lingers until the peer closes.
+    /// outbox, which ends with a `retry:`, is written, it closes.
     ending: bool,
 }
 
@@ -863,12 +862,13 @@ impl Loop {
         self.account(key);
         let Some(client) = self.clients.get_mut(key) else { return };
         if client.ending && flushed == Flushed::All && client.conn.is_streaming() {
+            // Its last words are out. It closes at once rather than lingering
+            // for the peer's close, so that its slot is free for the
+            // newcomers it was turned away for: a stream reads (and drops)
+            // its peer's input as it comes, so no unread bytes make the
+            // close a reset (and an EventSource comes back even after one).
             let _ = client.socket.shutdown(Shutdown::Write);
-            client.conn.write_side_closed();
-            // Polling a lingering connection only arms its linger timer.
-            client.conn.poll(&self.app, &self.app.settings.limits, Instant::now());
-            self.schedule(key);
-            return self.flush(key);
+            return self.close(key);
         }
         let wants_writable = flushed == Flushed::Partly;
         if wants_writable != client.wants_writable {
