@@ -21,8 +21,16 @@ pub struct Config {
     /// Most open connections; slots for them are reserved (not touched) at
     /// start.
     pub max_connections: usize,
-    /// Unsent bytes a subscriber may have before it is dropped as too slow.
+    /// Most open event streams (`None`: the default, see
+    /// [`Config::stream_cap`]).
+    pub max_streams: Option<usize>,
+    /// Unsent bytes a subscriber may have before it is dropped as too slow
+    /// (frames and queue entries, as [`crate::http::outbox::Outbox::pinned_bytes`]
+    /// counts them).
     pub max_buffered_bytes: usize,
+    /// Most bytes queued to all subscribers together, counted as
+    /// `max_buffered_bytes` is; past it, the furthest behind are dropped.
+    pub max_queued_bytes: usize,
     /// Bounds on the replay history.
     pub history: HistoryLimits,
     /// Seconds between heartbeats on idle streams; 0 disables them.
@@ -42,6 +50,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Most open event streams: `--max-streams`, or by default the connection
+    /// cap less a reserve of one slot in 16 (at most [`MAX_STREAM_RESERVE`]),
+    /// so that subscribers alone can never take the slots publishers and
+    /// health checks need. Never more than the connection cap.
+    pub fn stream_cap(&self) -> usize {
+        match self.max_streams {
+            Some(streams) => streams.min(self.max_connections),
+            None => self.max_connections - (self.max_connections / 16).min(MAX_STREAM_RESERVE),
+        }
+    }
+
     /// How many event loops to run: `threads`, with 0 read as one per
     /// available core.
     pub fn threads(&self) -> usize {
@@ -58,7 +77,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             settings: Settings::default(),
             max_connections: default_max_connections(),
+            max_streams: None,
             max_buffered_bytes: 1024 * 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
             history: HistoryLimits::default(),
             heartbeat_secs: 15,
             tick: false,
@@ -70,6 +91,11 @@ impl Default for Config {
         }
     }
 }
+
+/// Most connection slots kept from subscribers by default (see
+/// [`Config::stream_cap`]): plenty for publishers and health checks, which
+/// hold a connection for a request or a keep-alive pool.
+pub const MAX_STREAM_RESERVE: usize = 1024;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,10 +157,25 @@ pub const FLAGS: &[Flag] = &[
         apply: |c, v| in_range(v, 1, 4_000_000).map(|n| c.max_connections = n),
     },
     Flag {
+        name: "max-streams",
+        value: "N",
+        help: "most open event streams; more get a `retry:` and are closed, so publishers and health checks always \
+               find a slot [default: --max-connections less 1/16 of it, at most 1024 less]",
+        apply: |c, v| in_range(v, 1, 4_000_000).map(|n| c.max_streams = Some(n)),
+    },
+    Flag {
         name: "max-buffered-bytes",
         value: "BYTES",
-        help: "unsent bytes a subscriber may have before it is dropped as too slow [default: 1048576, at least 4096]",
+        help: "unsent bytes (frames and queue entries) a subscriber may have before it is dropped as too slow \
+               [default: 1048576, at least 4096]",
         apply: |c, v| in_range(v, MIN_BUFFERED_BYTES, GIB).map(|n| c.max_buffered_bytes = n),
+    },
+    Flag {
+        name: "max-queued-bytes",
+        value: "BYTES",
+        help: "unsent bytes all subscribers together may have, counted as for --max-buffered-bytes; past it the \
+               furthest behind are dropped first [default: 268435456]",
+        apply: |c, v| in_range(v, 1, 1024 * GIB).map(|n| c.max_queued_bytes = n),
     },
     Flag {
         name: "history",
@@ -559,6 +600,19 @@ mod tests {
             assert!(run(&[flag, &least.to_string()], &[]).is_ok(), "{flag} {least}");
         }
         assert!(run(&["--max-head-bytes", "10"], &[]).is_err(), "issue 17: 10 was accepted");
+    }
+
+    #[test]
+    fn the_stream_cap_leaves_slots_for_other_requests() {
+        let cap = |connections, streams: Option<usize>| {
+            Config { max_connections: connections, max_streams: streams, ..Config::default() }.stream_cap()
+        };
+        assert_eq!(cap(50, None), 47);
+        assert_eq!(cap(10, None), 10, "a tiny cap keeps no reserve");
+        assert_eq!(cap(19_968, None), 19_968 - 1024);
+        assert_eq!(cap(50, Some(20)), 20);
+        assert_eq!(cap(50, Some(80)), 50, "never over the connection cap");
+        assert_eq!(config(&["--max-streams", "7"], &[]).max_streams, Some(7));
     }
 
     #[test]

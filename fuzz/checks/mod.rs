@@ -54,7 +54,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bare_sse::app::{self, Action, App, Settings, seeds};
-use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Subscriber};
+use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Replay, Subscriber};
 use bare_sse::broadcast::event::{self, EventId, Publish, Published, Receipt};
 use bare_sse::http::conn::{self, Conn, Limits, SocketCommand};
 use bare_sse::http::{self, BodyFraming, ChunkedDecoder, Method};
@@ -388,6 +388,9 @@ impl<'p, 'a> Harness<'p, 'a> {
                     for frame in joined.backlog {
                         self.conn.outbox().push(frame);
                     }
+                    if joined.replaying {
+                        self.replay(joined.membership);
+                    }
                 }
                 Action::SubscribeMercure(subscribe) => {
                     let interest = &subscribe.interest;
@@ -398,7 +401,6 @@ impl<'p, 'a> Harness<'p, 'a> {
                     if settings.mercure.require_subscriber_token {
                         assert!(interest.audience.is_some(), "subscribed without the token required");
                     }
-                    assert!(subscribe.last_event_id.as_ref().is_none_or(|id| !id.is_empty()));
                     self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
                     let interest = subscribe.interest.clone();
                     let joined = self.broker.subscribe_mercure(0, interest, subscribe.last_event_id.as_deref(), None);
@@ -407,6 +409,9 @@ impl<'p, 'a> Harness<'p, 'a> {
                     self.conn.outbox().push(self.app.stream_opening());
                     for frame in joined.backlog {
                         self.conn.outbox().push(frame);
+                    }
+                    if joined.replaying {
+                        self.replay(joined.membership);
                     }
                 }
             }
@@ -417,6 +422,21 @@ impl<'p, 'a> Harness<'p, 'a> {
             self.actions.push(action);
             assert!(self.actions.len() <= max_actions, "more actions than requests: {:?}", self.actions);
             check_bounds(&mut self.conn, &settings.limits);
+        }
+    }
+
+    /// A replay, as the loop writes it when the socket drains: here all at
+    /// once, since the harness's socket is read in one go.
+    fn replay(&mut self, membership: usize) {
+        loop {
+            match self.broker.replay_some(membership, usize::MAX) {
+                Replay::More(frames) => frames.into_iter().for_each(|frame| self.conn.outbox().push(frame)),
+                Replay::Done(frames) => {
+                    frames.into_iter().for_each(|frame| self.conn.outbox().push(frame));
+                    return;
+                }
+                Replay::Lost => return,
+            }
         }
     }
 

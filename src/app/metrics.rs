@@ -60,6 +60,18 @@ pub fn render(hub: &Hub, redis_up: Option<bool>) -> String {
         "Connections refused with 503 for being over --max-connections.",
         &one(totals.refused),
     );
+    metric(
+        "bare_sse_streams_turned_away_total",
+        "counter",
+        "Subscribers answered with a retry: and closed, over --max-streams or while shutting down.",
+        &one(totals.turned_away),
+    );
+    metric(
+        "bare_sse_queued_bytes",
+        "gauge",
+        "Bytes queued to subscribers, frames and queue entries, counted per subscriber (--max-queued-bytes).",
+        &one(totals.queued),
+    );
     let per_loop = hub.per_loop();
     let by_loop = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, u64)> {
         per_loop.iter().enumerate().map(|(index, n)| (format!("{{loop=\"{index}\"}}"), pick(n))).collect()

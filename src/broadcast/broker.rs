@@ -40,6 +40,16 @@
 //! queue, and its replay is taken from the history, which holds every
 //! accepted event, sent or not. So an event is in exactly one of the two.
 //!
+//! **A replay is a cursor** into the history, not a copy of it: the server
+//! asks for the next few frames ([`Broker::replay_some`]) as the reader's
+//! socket drains, so what one replay puts in flight is bounded, however long
+//! the history. Meanwhile the member gets no live events (they go into the
+//! history too); once its cursor reaches the last event, it joins the live
+//! stream at the end of the unsent queue, which is again exact: every event
+//! before that point was in the history, every one after comes live. A
+//! reader so slow that the history evicts events it has not had yet loses
+//! its replay ([`Replay::Lost`]) and must be dropped, as a slow consumer is.
+//!
 //! **Heartbeats.** One timer per loop, not one per connection: every interval
 //! the server calls [`Broker::heartbeat`], and only subscribers that were sent
 //! nothing since the previous beat get a comment line.
@@ -117,6 +127,11 @@ pub struct Broker {
     /// (a cluster node behind another): events up to that id are not sent
     /// to them again. Rare, so kept apart from [`Member`].
     ahead: HashMap<usize, EventId>,
+    /// Members catching up on a replay, with their cursor in the history
+    /// (the id of the last event looked at). They get no live events until
+    /// the cursor reaches the last event. Rare, so kept apart from
+    /// [`Member`].
+    replaying: HashMap<usize, EventId>,
     /// Counts heartbeat intervals.
     beat: u32,
     /// The frames of the last delivery, reused by the next subscriber when
@@ -194,6 +209,9 @@ enum TopicKind {
 struct Topic {
     kind: TopicKind,
     name: Box<str>,
+    /// The pattern of a [`TopicKind::Pattern`] entry (for replay: live
+    /// events are matched once each, through `Broker::pattern_list`).
+    pattern: Option<Arc<dyn TopicPattern>>,
     /// Membership keys (into `Broker::members`).
     members: Slab<u32>,
     /// One past the highest slot `members` has used: where a walk ends.
@@ -251,13 +269,30 @@ impl Slots {
 pub struct Joined {
     /// Pass to [`Broker::unsubscribe`] when the connection closes.
     pub membership: usize,
-    /// Frames to send before any live event: the id block for a fresh
-    /// subscriber, or the replay (maybe preceded by a `gap` event).
+    /// Frames to send first: the id block for a fresh subscriber, or the
+    /// `gap` event before a replay that cannot start where it was asked to.
     pub backlog: Vec<Frame>,
+    /// Whether a replay follows the backlog: the server then asks
+    /// [`Broker::replay_some`] for its frames, as the socket drains, until
+    /// [`Replay::Done`]; no live event is sent meanwhile.
+    pub replaying: bool,
     /// For a Mercure subscriber that asked to resume: what
     /// `Mercure-Last-Event-ID` must say (the id it sent when found, else
     /// [`EARLIEST`]).
     pub resumed_after: Option<String>,
+}
+
+/// The next piece of a replay, from [`Broker::replay_some`].
+#[derive(Debug)]
+pub enum Replay {
+    /// These frames (maybe none, after a stretch of history with nothing
+    /// for this member); more follow.
+    More(Vec<Frame>),
+    /// These frames end the replay: the member now gets live events.
+    Done(Vec<Frame>),
+    /// The history has evicted events this member has not had: drop it (it
+    /// can reconnect and resume, with a `gap`).
+    Lost,
 }
 
 impl Broker {
@@ -280,6 +315,7 @@ impl Broker {
             unsent_bytes: 0,
             pass: None,
             ahead: HashMap::new(),
+            replaying: HashMap::new(),
             beat: 0,
             gathered: Vec::new(),
             gathered_for: None,
@@ -386,20 +422,19 @@ impl Broker {
     ) -> Joined {
         assert!(!topics.is_empty(), "a subscription names a topic");
         let ahead = last_event_id.and_then(EventId::parse).filter(|&id| self.history.is_ahead(id, newest));
-        let backlog = match last_event_id.filter(|id| !id.is_empty()) {
-            _ if ahead.is_some() => Vec::new(),
-            None if !self.history.is_known() => Vec::new(),
-            None => vec![sse::cursor(&self.history.last_id().to_string())],
+        let (backlog, replay_after) = match last_event_id.filter(|id| !id.is_empty()) {
+            _ if ahead.is_some() => (Vec::new(), None),
+            None if !self.history.is_known() => (Vec::new(), None),
+            None => (vec![sse::cursor(&self.history.last_id().to_string())], None),
             Some(id) => {
-                let on_topic = |e: &Published| {
-                    e.mercure.is_none() && e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t))
-                };
-                self.history.replay(id, on_topic)
+                let (gap, after) = self.history.resume(id);
+                (gap.into_iter().collect(), Some(after))
             }
         };
         let keys: Vec<usize> = topics.iter().map(|topic| self.topic_key(TopicKind::Seeds, topic, None)).collect();
         let membership = self.join(client, &keys, ahead, None);
-        Joined { membership, backlog, resumed_after: None }
+        let replaying = self.start_replay(membership, replay_after);
+        Joined { membership, backlog, replaying, resumed_after: None }
     }
 
     /// Subscribes the connection `client` to Mercure updates: those on
@@ -416,25 +451,19 @@ impl Broker {
     ) -> Joined {
         let ahead = last_event_id.and_then(EventId::from_urn).filter(|&id| self.history.is_ahead(id, newest));
         let MercureInterest { topics, patterns, audience } = interest;
-        let wanted = |e: &Published| {
-            e.mercure.is_some()
-                && (e.topics.iter().any(|t| topics.iter().any(|s| s.as_str() == &**t))
-                    || patterns.iter().any(|(_, p)| e.topics.iter().any(|t| p.matches(t))))
-                && (!e.is_private() || audience.as_ref().is_some_and(|a| a.may_read(&e.topics)))
-        };
-        let (backlog, resumed_after) = match last_event_id {
-            _ if ahead.is_some() => (Vec::new(), last_event_id.map(str::to_owned)),
-            None if !self.history.is_known() => (Vec::new(), None),
-            None => (vec![sse::cursor(&self.history.last_id().urn())], None),
+        let (backlog, resumed_after, replay_after) = match last_event_id {
+            _ if ahead.is_some() => (Vec::new(), last_event_id.map(str::to_owned), None),
+            None if !self.history.is_known() => (Vec::new(), None, None),
+            None => (vec![sse::cursor(&self.history.last_id().urn())], None, None),
             // An empty id asks to resume from nowhere in particular: the
             // stream starts now, after the last event, and says so.
             Some("") => {
                 let last = self.history.last_id().urn();
-                (vec![sse::cursor(&last)], Some(last))
+                (vec![sse::cursor(&last)], Some(last), None)
             }
             Some(id) => {
-                let (frames, found) = self.history.replay_mercure(id, wanted);
-                (frames, Some(if found { id.to_owned() } else { EARLIEST.to_owned() }))
+                let (after, found) = self.history.resume_mercure(id);
+                (Vec::new(), Some(if found { id.to_owned() } else { EARLIEST.to_owned() }), Some(after))
             }
         };
         let mut keys: Vec<usize> = topics.iter().map(|topic| self.topic_key(TopicKind::Mercure, topic, None)).collect();
@@ -444,7 +473,46 @@ impl Broker {
         keys.sort_unstable();
         keys.dedup();
         let membership = self.join(client, &keys, ahead, audience);
-        Joined { membership, backlog, resumed_after }
+        let replaying = self.start_replay(membership, replay_after);
+        Joined { membership, backlog, replaying, resumed_after }
+    }
+
+    /// Makes `membership` catch up from `after` if the history has events
+    /// after it; says whether it does.
+    fn start_replay(&mut self, membership: usize, after: Option<EventId>) -> bool {
+        let replaying = after.is_some_and(|after| after < self.history.last_id());
+        if let (true, Some(after)) = (replaying, after) {
+            self.replaying.insert(membership, after);
+        }
+        replaying
+    }
+
+    /// The next piece of `membership`'s replay: about `max_bytes` of frames
+    /// (see [`Replay`]). A membership that is not replaying is done.
+    pub fn replay_some(&mut self, membership: usize, max_bytes: usize) -> Replay {
+        let (Some(&after), Some(member)) = (self.replaying.get(&membership), self.members.get_mut(membership)) else {
+            self.replaying.remove(&membership);
+            return Replay::Done(Vec::new());
+        };
+        let audience = self.audiences.get(&membership);
+        let wanted = |event: &Published| wants(&self.topic_members, audience, member, event);
+        match self.history.frames_after(after, max_bytes, wanted) {
+            None => {
+                self.replaying.remove(&membership);
+                Replay::Lost
+            }
+            Some((frames, cursor)) if cursor >= self.history.last_id() => {
+                self.replaying.remove(&membership);
+                // Live from here: every event before this point was in the
+                // history.
+                member.sent = self.unsent_end;
+                Replay::Done(frames)
+            }
+            Some((frames, cursor)) => {
+                self.replaying.insert(membership, cursor);
+                Replay::More(frames)
+            }
+        }
     }
 
     /// The key of the topic entry of `kind` named `name`, made if new.
@@ -457,7 +525,8 @@ impl Broker {
         if let Some(&key) = map.get(name) {
             return key;
         }
-        let topic = Topic { kind, name: name.into(), members: Slab::new(), slots: 0, in_pass: false };
+        let topic =
+            Topic { kind, name: name.into(), pattern: pattern.clone(), members: Slab::new(), slots: 0, in_pass: false };
         let key = self.topic_members.insert(topic);
         map.insert(name.into(), key);
         if let Some(pattern) = pattern {
@@ -501,6 +570,7 @@ impl Broker {
             return;
         };
         self.ahead.remove(&membership);
+        self.replaying.remove(&membership);
         self.audiences.remove(&membership);
         for (topic_key, slot) in member.topics.iter() {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
@@ -602,6 +672,10 @@ impl Broker {
         if member.sent >= self.unsent_end {
             return false;
         }
+        // Catching up on a replay: live events wait in the history.
+        if !self.replaying.is_empty() && self.replaying.contains_key(&membership) {
+            return false;
+        }
         // A member's position is never before the queue's base, except for
         // one no pass has visited since those events, which were then not on
         // its topics: reading from the base is right for it too.
@@ -658,6 +732,26 @@ impl Broker {
         }
         self.beat = self.beat.wrapping_add(1);
     }
+}
+
+/// Whether `member` (reading private events as `audience`) wants `event`:
+/// the test of the unsent queue's resolved topic keys, for an event from the
+/// history.
+fn wants(
+    topic_members: &Slab<Topic>,
+    audience: Option<&Arc<dyn Audience>>,
+    member: &Member,
+    event: &Published,
+) -> bool {
+    let named = |name: &str| event.topics.iter().any(|t| **t == *name);
+    let on_topic = member.topics.iter().filter_map(|(key, _)| topic_members.get(key)).any(|topic| match topic.kind {
+        TopicKind::Seeds => event.mercure.is_none() && named(&topic.name),
+        TopicKind::Mercure => event.mercure.is_some() && named(&topic.name),
+        TopicKind::Pattern => {
+            event.mercure.is_some() && topic.pattern.as_ref().is_some_and(|p| event.topics.iter().any(|t| p.matches(t)))
+        }
+    });
+    on_topic && (!event.is_private() || audience.is_some_and(|a| a.may_read(&event.topics)))
 }
 
 /// How many members a fan-out slice may look at per delivery it may make.
@@ -728,6 +822,24 @@ mod tests {
         (broker, sinks)
     }
 
+    /// What `joined` is sent before any live event: its backlog, then its
+    /// replay, taken a frame at a time, as text.
+    fn first_frames(broker: &mut Broker, joined: &Joined) -> Vec<String> {
+        let mut frames = joined.backlog.clone();
+        let mut replaying = joined.replaying;
+        while replaying {
+            match broker.replay_some(joined.membership, 1) {
+                Replay::More(more) => frames.extend(more),
+                Replay::Done(last) => {
+                    frames.extend(last);
+                    replaying = false;
+                }
+                Replay::Lost => panic!("the replay was lost"),
+            }
+        }
+        frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
+    }
+
     fn data(deliveries: &[Vec<String>]) -> Vec<Vec<&str>> {
         fn field(frame: &str) -> &str {
             frame.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("?")
@@ -766,7 +878,7 @@ mod tests {
         // Resumes after event 1, in the middle of the pass.
         let key = sinks.insert(Recorder::default());
         let joined = broker.subscribe(key, &["t".to_owned()], Some("7-1"));
-        let replay: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let replay = first_frames(&mut broker, &joined);
         assert_eq!(data(&[replay]), [vec!["m2"]]);
         broker.push(event(3, &["t"]));
         broker.fan_out(&mut sinks, &mut follow_ups);
@@ -775,6 +887,44 @@ mod tests {
             let all: Vec<&str> = data(&recorder.0).concat();
             assert_eq!(all, ["m1", "m2", "m3"], "subscriber {key}");
         }
+    }
+
+    #[test]
+    fn live_events_wait_for_the_replay_then_follow_it_exactly_once() {
+        let (mut broker, mut sinks) = broker_with(1, &["t"]);
+        for seq in 1..=3 {
+            broker.push(event(seq, &["t"]));
+        }
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        let key = sinks.insert(Recorder::default());
+        let joined = broker.subscribe(key, &["t".to_owned()], Some("7-0"));
+        assert!(joined.replaying && joined.backlog.is_empty());
+        let Replay::More(first) = broker.replay_some(joined.membership, 1) else { panic!("more to come") };
+        sinks[key].deliver(&first);
+        // Published while it catches up: it waits in the history.
+        broker.push(event(4, &["t"]));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[key].0).concat(), ["m1"], "no live event in the middle of a replay");
+        let Replay::Done(rest) = broker.replay_some(joined.membership, usize::MAX) else { panic!("done") };
+        sinks[key].deliver(&rest);
+        broker.push(event(5, &["t"]));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[key].0).concat(), ["m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(data(&sinks[0].0).concat(), ["m1", "m2", "m3", "m4", "m5"]);
+    }
+
+    #[test]
+    fn a_replay_the_history_moves_past_is_lost() {
+        let mut broker = Broker::new(HistoryLimits { events: 3, bytes: 1 << 20 }, Some(START));
+        for seq in 1..=3 {
+            broker.push(event(seq, &["t"]));
+        }
+        let joined = broker.subscribe(0, &["t".to_owned()], Some("7-0"));
+        assert!(matches!(broker.replay_some(joined.membership, 1), Replay::More(frames) if frames.len() == 1));
+        broker.push(event(4, &["t"]));
+        broker.push(event(5, &["t"]));
+        assert!(matches!(broker.replay_some(joined.membership, 1), Replay::Lost), "2 and 3 were evicted unsent");
+        assert!(broker.replaying.is_empty());
     }
 
     #[test]
@@ -807,8 +957,8 @@ mod tests {
         }
         let topics = ["t".to_owned()];
         let replay = |broker: &mut Broker, id: &str| {
-            let frames = broker.subscribe(0, &topics, Some(id)).backlog;
-            let text: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            let joined = broker.subscribe(0, &topics, Some(id));
+            let text = first_frames(broker, &joined);
             (text.first().is_some_and(|f| f.starts_with("event: gap")), data(&[text]).concat().len())
         };
         // History holds 3, 4, 5; the floor is 2.
@@ -829,8 +979,8 @@ mod tests {
         broker.backfill(EventId { ms: 7, seq: 1 }, [event(2, &["t"]), event(3, &["t"])]);
         assert!(!broker.has_pending(), "a backfill is history, not news");
         assert_eq!(broker.last_id(), EventId { ms: 7, seq: 3 });
-        let resumed = broker.subscribe(1, &["t".to_owned()], Some("7-2")).backlog;
-        assert_eq!(resumed.len(), 1);
+        let resumed = broker.subscribe(1, &["t".to_owned()], Some("7-2"));
+        assert_eq!(first_frames(&mut broker, &resumed).len(), 1);
     }
 
     #[test]
@@ -929,7 +1079,8 @@ mod tests {
                         sinks[key].deliver(&joined.backlog);
                         let after = resume.unwrap_or(published.len() as u64);
                         // Events after the resume point that are already out
-                        // come in the replay; the rest come live.
+                        // come in the replay, a piece at a time (below), and
+                        // those published meanwhile too; the rest come live.
                         live.push((key, joined.membership, topics, vec![after]));
                     }
                     2 if !live.is_empty() => {
@@ -948,10 +1099,24 @@ mod tests {
                         broker.push(event_on(seq, &topics));
                         published.push((seq, topics));
                     }
+                    7 if !live.is_empty() => {
+                        let (key, membership, ..) = live[next(live.len() as u64) as usize];
+                        match broker.replay_some(membership, 1 + next(100) as usize) {
+                            Replay::More(frames) | Replay::Done(frames) => {
+                                sinks[key].deliver(&frames);
+                            }
+                            Replay::Lost => panic!("round {round}: a replay was lost"),
+                        }
+                    }
                     _ => {
                         broker.fan_out_some(&mut sinks, &mut Vec::new(), 1 + next(4) as usize);
                     }
                 }
+            }
+            for &(key, membership, ..) in &live {
+                let joined = Joined { membership, backlog: Vec::new(), replaying: true, resumed_after: None };
+                let rest: Vec<Frame> = first_frames(&mut broker, &joined).iter().map(|f| f.as_bytes().into()).collect();
+                sinks[key].deliver(&rest);
             }
             broker.fan_out(&mut sinks, &mut Vec::new());
             for (key, _, topics, after) in &live {
@@ -1056,7 +1221,7 @@ mod tests {
         // The replay is checked against the token just the same.
         let key = sinks.insert(Recorder::default());
         let joined = broker.subscribe_mercure(key, interest, Some(EARLIEST), None);
-        let replay: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let replay = first_frames(&mut broker, &joined);
         assert_eq!(data(&[replay]), [vec!["u1", "u3", "u4"]]);
         assert_eq!(joined.resumed_after.as_deref(), Some(EARLIEST));
     }
@@ -1071,7 +1236,7 @@ mod tests {
         broker.push(update(5, &["/t"], false, None));
         let mut replay = |id: &str| {
             let joined = broker.subscribe_mercure(0, exact(&["/t"]), Some(id), None);
-            let frames: Vec<String> = joined.backlog.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            let frames = first_frames(&mut broker, &joined);
             (data(&[frames]).concat().join(" "), joined.resumed_after.unwrap())
         };
         let urn = EventId { ms: 7, seq: 3 }.urn();

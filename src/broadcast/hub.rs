@@ -28,10 +28,19 @@
 //!   publishes must never wait on a loop that may be waiting on it; instead
 //!   the hub counts the bytes of events waiting in each inbox and refuses
 //!   publishes while any loop is [`MAX_INBOX_BYTES`] behind.
+//! * **Shutdown.** The first loop to begin shutting down closes the hub
+//!   ([`Hub::close`]), under the same lock: from then on every publish is
+//!   refused, so every event a publisher was answered for is already in
+//!   every inbox, and a loop that drains its inbox before it closes its
+//!   streams has handed them every such event, whichever loop (or
+//!   [`Publisher`](crate::broadcast::publisher::Publisher) thread) took the publish. Without this, a loop could
+//!   close its streams while another still answered publishes that those
+//!   streams would never see.
 //! * **Counts and caps.** The subscription registry (streams per topic) is in
 //!   the same lock, updated when a stream opens or closes, so a publish can
-//!   answer how many streams it reaches, on all loops, without asking them.
-//!   The connection count behind `--max-connections` is one atomic. Each loop
+//!   answer how many streams it reaches, on all loops, without asking them,
+//!   and the stream cap (`--max-streams`) is checked against it as a stream
+//!   opens. The connection count behind `--max-connections` is one atomic. Each loop
 //!   copies its counters into its [`Gauges`] once per turn; `/metrics` adds
 //!   them up.
 //!
@@ -79,6 +88,12 @@ pub struct Gauges {
     pub responses: [AtomicU64; 5],
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
+    /// Subscribers turned away with a `retry:` (over `--max-streams`, or
+    /// while shutting down).
+    pub turned_away: AtomicU64,
+    /// Bytes queued to this loop's subscribers (frames and queue entries,
+    /// per subscriber), checked against `--max-queued-bytes`.
+    pub queued: AtomicU64,
 }
 
 /// The sum of every loop's [`Gauges`].
@@ -91,6 +106,8 @@ pub struct Totals {
     pub responses: [u64; 5],
     pub accepted: u64,
     pub refused: u64,
+    pub turned_away: u64,
+    pub queued: u64,
 }
 
 /// Most bytes of event frames waiting in one loop's inbox. While any loop is
@@ -105,7 +122,8 @@ pub const MAX_INBOX_BYTES: usize = 32 * 1024 * 1024;
 /// to take them in (see `Hub::needs_wake`).
 const WAKE_IDLE_LOOP_BYTES: usize = 1024 * 1024;
 
-/// Why the hub refused a publish.
+/// Why the hub refused a publish: a loop is too far behind, or the hub is
+/// closed ([`Hub::is_closed`]: the server is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
@@ -157,6 +175,8 @@ struct State {
     /// The `seq` of the next local id.
     next_seq: u64,
     registry: Registry,
+    /// Set by [`Hub::close`]: publishes are refused from then on.
+    closed: bool,
 }
 
 impl Hub {
@@ -181,7 +201,7 @@ impl Hub {
         }
         let gauges = (0..senders.len()).map(|_| Gauges::default()).collect();
         let hub = Hub {
-            state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default() }),
+            state: Mutex::new(State { epoch, next_seq: 1, registry: Registry::default(), closed: false }),
             inboxes: senders.into(),
             gauges,
             connections: AtomicUsize::new(0),
@@ -205,12 +225,15 @@ impl Hub {
 
     /// Numbers `publish` (which must be valid), frames it once, and sends it
     /// to every loop; `origin` says which loops need a wake-up. Refused while a loop
-    /// is more than [`MAX_INBOX_BYTES`] behind.
+    /// is more than [`MAX_INBOX_BYTES`] behind, and once the hub is closed.
     pub fn publish(&self, publish: &Publish, origin: Origin) -> Result<Receipt, Busy> {
         if self.is_congested() {
             return Err(Busy);
         }
         let mut state = self.lock();
+        if state.closed {
+            return Err(Busy);
+        }
         let id = EventId { ms: state.epoch, seq: state.next_seq };
         state.next_seq += 1;
         // Mercure answers with the update's id, not a count.
@@ -219,6 +242,18 @@ impl Hub {
         self.send_to_all(&state, Message::Event, event, origin);
         self.events.fetch_add(1, Ordering::Relaxed);
         Ok(Receipt::new(id, subscribers, publish))
+    }
+
+    /// Refuses every publish from now on (see the module docs on shutdown).
+    /// When this returns, every publish that was accepted has put its event
+    /// in every inbox.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Whether [`Hub::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Whether some loop has more than [`MAX_INBOX_BYTES`] of events waiting.
@@ -289,9 +324,15 @@ impl Hub {
         }
     }
 
-    /// Counts a stream that opened on `topics`.
-    pub fn stream_opened<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
-        self.lock().registry.add(topics);
+    /// Counts a stream opening on `topics`, unless `max_streams` are open
+    /// already on all loops (then returns false and counts nothing).
+    pub fn try_open_stream<'a>(&self, topics: impl IntoIterator<Item = &'a str>, max_streams: usize) -> bool {
+        let mut state = self.lock();
+        if state.registry.streams >= max_streams {
+            return false;
+        }
+        state.registry.add(topics);
+        true
     }
 
     /// Counts a stream on `topics` that closed.
@@ -352,6 +393,13 @@ impl Hub {
         self.gauges.iter().map(|gauges| (load(&gauges.connections), load(&gauges.streams))).collect()
     }
 
+    /// Bytes queued to subscribers on every loop but `index`, as of each
+    /// loop's last turn.
+    pub fn queued_elsewhere(&self, index: usize) -> usize {
+        let others = self.gauges.iter().enumerate().filter(|&(i, _)| i != index);
+        others.map(|(_, gauges)| gauges.queued.load(Ordering::Relaxed) as usize).sum()
+    }
+
     /// Every loop's counters, summed.
     pub fn totals(&self) -> Totals {
         let mut totals = Totals::default();
@@ -366,6 +414,8 @@ impl Hub {
             }
             totals.accepted += load(&gauges.accepted);
             totals.refused += load(&gauges.refused);
+            totals.turned_away += load(&gauges.turned_away);
+            totals.queued += load(&gauges.queued);
         }
         totals
     }

@@ -12,6 +12,11 @@
 //! * **Frames are shared, not copied.** A queued frame is an `Arc<[u8]>`
 //!   clone: 10,000 slow subscribers queueing the same event hold one copy of
 //!   its bytes.
+//! * **Entries are not free.** Each queued frame costs its queue a pointer
+//!   and a length (16 bytes), whatever its size: a subscriber that queues
+//!   30,000 tiny frames holds half a megabyte of queue for 1 MB of frames it
+//!   shares with everyone. [`Outbox::pinned_bytes`] counts both, which is
+//!   what the server's limits on queued memory are checked against.
 //!
 //! Queued chunks are written with one vectored write (`writev`) where the sink
 //! supports it, so a burst of small frames becomes one system call.
@@ -27,6 +32,9 @@ use std::sync::Arc;
 /// (`IOV_MAX`); 64 already turns a burst into one call and keeps the slice
 /// array small enough for the stack.
 const MAX_IOVECS: usize = 64;
+
+/// What one queued chunk costs the queue, on top of its bytes.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Arc<[u8]>>();
 
 /// Unsent bytes for one connection.
 #[derive(Debug, Default)]
@@ -66,6 +74,15 @@ impl Outbox {
     /// Unsent bytes.
     pub fn queued_bytes(&self) -> usize {
         self.queue.as_ref().map_or(0, |queue| queue.queued)
+    }
+
+    /// What the queue holds in memory for this connection: the unsent bytes
+    /// (as if no frame were shared), plus the queue itself, counted by its
+    /// capacity, since that is what is allocated.
+    pub fn pinned_bytes(&self) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(0, |queue| queue.queued + std::mem::size_of::<Queue>() + queue.chunks.capacity() * ENTRY_BYTES)
     }
 
     /// Queues `bytes` behind what is already queued, without writing.
@@ -301,6 +318,21 @@ mod tests {
         outbox.flush(&mut sink).unwrap();
         let expected: String = (0..200).map(|i| format!("{i},")).collect();
         assert_eq!(sink.taken, expected.as_bytes());
+    }
+
+    #[test]
+    fn pinned_bytes_count_each_entry_not_only_the_frames() {
+        let mut outbox = Outbox::new();
+        assert_eq!(outbox.pinned_bytes(), 0, "an empty outbox pins nothing");
+        let tiny: Arc<[u8]> = Arc::from(&b"id: 1-1\ndata: x\n\n"[..]);
+        for _ in 0..1000 {
+            outbox.push(tiny.clone());
+        }
+        // 1000 entries of 16 bytes for 17,000 bytes of one shared frame.
+        assert_eq!(outbox.queued_bytes(), 17_000);
+        assert!(outbox.pinned_bytes() >= 17_000 + 1000 * ENTRY_BYTES, "{}", outbox.pinned_bytes());
+        outbox.flush(&mut Vec::new()).unwrap();
+        assert_eq!(outbox.pinned_bytes(), 0, "a drained outbox gives its queue back");
     }
 
     #[test]

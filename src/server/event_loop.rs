@@ -19,7 +19,7 @@ use super::accept::Acceptor;
 use super::{Handle, Shared};
 use crate::app::mercure::MercureSubscribe;
 use crate::app::{Action, App, Subscribe};
-use crate::broadcast::broker::{Broker, Delivery, Joined, Subscriber};
+use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
 use crate::broadcast::bus::Bus;
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
@@ -64,6 +64,32 @@ const AHEAD_OF_CLOCK_MS: u64 = 60_000;
 /// per loopback write, a slice is a few milliseconds.
 const FAN_OUT_PER_TURN: usize = 256;
 
+/// Most bytes of a replay handed to a connection at a time: the next piece
+/// is taken from the history once the socket has taken this one.
+const REPLAY_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Pieces of a replay written per flush of a connection whose socket keeps
+/// taking them (a fast reader); then it waits for the next turn, so that one
+/// long replay cannot hold up the loop.
+const REPLAY_CHUNKS_PER_FLUSH: usize = 16;
+
+/// What a replaying socket may hold unsent in the kernel
+/// (`TCP_NOTSENT_LOWAT`): beyond it, writes would block. Without it the
+/// kernel would take megabytes per connection (send buffers grow to
+/// `tcp_wmem`), so a crowd asking for the whole history at once pinned
+/// gigabytes of kernel memory and kept the loop copying. Reset to the
+/// system's default once the replay is done.
+const REPLAY_NOTSENT_BYTES: u32 = 16 * 1024;
+
+/// The pace at which a shutdown ends streams (all loops together), so that
+/// a crowd of clients comes back over seconds rather than all at once.
+const SHUTDOWN_ENDS_PER_SEC: u64 = 1000;
+
+/// Fewest streams (all loops together) whose ends a shutdown spreads out;
+/// fewer are a burst too small to matter, and are closed at once after
+/// their last event, as they always were.
+const DRAIN_MIN_STREAMS: usize = 100;
+
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -90,12 +116,26 @@ pub(super) struct Loop {
     app: App,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
+    /// Bytes all subscribers of all loops may have queued (see
+    /// `Loop::keep_within_budget`).
+    max_queued_bytes: usize,
+    /// What this loop's streams have queued: the sum of their
+    /// [`Client::pinned`].
+    pinned: usize,
+    /// Most open streams on all loops (`Config::stream_cap`).
+    max_streams: usize,
+    /// Spreads the `retry:` of the streams the server ends.
+    jitter: Jitter,
     heartbeat: Option<Duration>,
     /// The one read buffer, shared by all connections.
     read_buffer: Box<[u8]>,
     /// Connections that still had input when their read budget ran out:
     /// served again next turn, since no readiness event will come for them.
     unfinished_reads: Vec<usize>,
+    /// Replaying connections whose socket was still taking bytes when their
+    /// share of a flush ran out: flushed again next turn, since no
+    /// readiness event will come for them.
+    unfinished_replays: Vec<usize>,
     /// Subscribers whose last delivery needs a follow-up (see [`Delivery`]).
     follow_ups: Vec<(usize, Delivery)>,
     handle: Handle,
@@ -126,16 +166,22 @@ struct Client {
     membership: Option<u32>,
     /// Whether WRITABLE interest is registered (only while output is queued).
     wants_writable: bool,
-    /// Replay bytes still queued, allowed on top of `--max-buffered-bytes`: a
-    /// resuming client gets its whole replay (frames shared with the history,
-    /// so they cost no copy) before the cap applies to it.
-    replay_grace: u32,
+    /// Whether the connection is catching up on a replay, which goes out as
+    /// the socket drains (see `Loop::flush`).
+    replaying: bool,
     /// The earliest reminder for this connection in the server's timers.
     scheduled: Option<Instant>,
     /// This connection's number on its loop: an answer that comes back
     /// later (from the cluster bus) names it, so that it cannot reach a
     /// newer connection that reused the slab key.
     serial: u32,
+    /// What this stream's outbox holds, as of the last time the loop looked
+    /// ([`crate::http::outbox::Outbox::pinned_bytes`]); 0 for other
+    /// connections.
+    pinned: u32,
+    /// A stream the server is ending (turned away, or at shutdown): once its
+    /// outbox, which ends with a `retry:`, is written, it closes.
+    ending: bool,
 }
 
 impl Subscriber for Client {
@@ -157,6 +203,29 @@ struct Counters {
     responses: [u64; 5],
     connections_accepted: u64,
     dropped_slow: u64,
+    /// Streams turned away over `--max-streams` (or while shutting down).
+    turned_away: u64,
+}
+
+/// A small xorshift generator for jitter; nothing here needs more.
+#[derive(Debug)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState's keys differ per process and per instance.
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Jitter(seed | 1)
+    }
+
+    /// A number in `0..bound` (0 for a bound of 0).
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.checked_rem(bound).unwrap_or(0)
+    }
 }
 
 impl Loop {
@@ -183,9 +252,14 @@ impl Loop {
             bus: shared.bus.clone(),
             app: App::new(config.settings.clone()),
             max_buffered_bytes: config.max_buffered_bytes,
+            max_queued_bytes: config.max_queued_bytes,
+            pinned: 0,
+            max_streams: config.stream_cap(),
+            jitter: Jitter::new(),
             heartbeat: (config.heartbeat_secs > 0).then(|| Duration::from_secs(config.heartbeat_secs)),
             read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             unfinished_reads: Vec::new(),
+            unfinished_replays: Vec::new(),
             follow_ups: Vec::new(),
             handle: shared.handle.clone(),
             timers: BinaryHeap::new(),
@@ -246,7 +320,7 @@ impl Loop {
             .into_iter()
             .flatten()
             .min();
-        let timeout = if self.unfinished_reads.is_empty() && !self.backlog_left {
+        let timeout = if self.unfinished_reads.is_empty() && self.unfinished_replays.is_empty() && !self.backlog_left {
             wake_at.map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(Duration::ZERO)
@@ -258,6 +332,9 @@ impl Loop {
         }
         for key in std::mem::take(&mut self.unfinished_reads) {
             self.drive(key);
+        }
+        for key in std::mem::take(&mut self.unfinished_replays) {
+            self.flush(key);
         }
         for event in events.iter() {
             match event.token() {
@@ -276,6 +353,7 @@ impl Loop {
         }
         self.expire_timers(now);
         self.fan_out(FAN_OUT_PER_TURN);
+        self.keep_within_budget();
         self.store_gauges();
         // Whether other threads must wake this loop for their publishes.
         self.hub.set_listening(self.index, self.broker.subscribers() > 0);
@@ -287,30 +365,91 @@ impl Loop {
     /// then close everything. Every event a publisher was answered for has
     /// been handed to the subscribers' sockets by then, unless a subscriber
     /// could not take it within the bound.
+    ///
+    /// A crowd of streams is not closed at once, which would bring every
+    /// client back in the same second: their ends are spread at random over
+    /// a drain window ([`Loop::drain_window`]), and each stream is first
+    /// told a jittered `retry:`, so clients return over seconds.
     fn shut_down(mut self, events: &mut Events) -> io::Result<()> {
         let _ = self.poll.registry().deregister(&mut self.listener);
-        // From now on publishes are refused (503), so what is queued can only
-        // shrink.
+        // From now on publishes are refused (503) on every loop and by every
+        // `Publisher`, so every event answered for is in this loop's inbox
+        // already, and what is queued can only shrink.
+        self.hub.close();
         self.accepting = false;
         self.acceptor.close();
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let started = Instant::now();
+        let deadline = started + self.shutdown_timeout;
+        self.send_everything_queued(deadline);
+        let window = self.drain_window();
+        // When each stream ends, latest first (taken from the back).
+        let mut ends: Vec<(Instant, usize)> = Vec::new();
+        if !window.is_zero() {
+            let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+            for key in self.clients.iter().filter(|(_, client)| client.conn.is_streaming()).map(|(key, _)| key) {
+                ends.push((started + Duration::from_micros(self.jitter.below(micros)), key));
+            }
+            ends.sort_unstable_by(|a, b| b.cmp(a));
+        }
         loop {
             self.send_everything_queued(deadline);
-            let quiet: Vec<usize> =
-                self.clients.iter_mut().filter(|(_, client)| client.conn.is_quiet()).map(|(key, _)| key).collect();
+            let now = Instant::now();
+            while let Some(&(_, key)) = ends.last().filter(|(at, _)| *at <= now) {
+                ends.pop();
+                self.end_stream(key);
+            }
+            // Within a drain window, a stream closes only once it has been
+            // ended (and so is no longer streaming).
+            let quiet: Vec<usize> = self
+                .clients
+                .iter()
+                .filter(|(_, client)| {
+                    client.conn.is_quiet() && !client.replaying && (window.is_zero() || !client.conn.is_streaming())
+                })
+                .map(|(key, _)| key)
+                .collect();
             for key in quiet {
                 self.close(key);
             }
-            if self.clients.is_empty() || Instant::now() >= deadline {
+            if self.clients.is_empty() || now >= deadline {
                 self.store_gauges();
                 return Ok(());
             }
-            // Wake at least every 50 ms to check the deadline and quiet
-            // connections.
-            let soon = Instant::now() + Duration::from_millis(50);
-            self.timers.push(Reverse((soon.min(deadline), usize::MAX)));
+            // Wake at the next end, and at least every 50 ms to check the
+            // deadline and quiet connections.
+            let next_end = ends.last().map_or(deadline, |&(at, _)| at);
+            let soon = (now + Duration::from_millis(50)).min(next_end).min(deadline);
+            self.timers.push(Reverse((soon, usize::MAX)));
             self.turn(events, None)?;
         }
+    }
+
+    /// How long a shutdown spreads the ends of streams over: the time
+    /// [`SHUTDOWN_ENDS_PER_SEC`] takes for the streams of all loops, at most
+    /// half the shutdown timeout (the rest is for flushing); none for fewer
+    /// than [`DRAIN_MIN_STREAMS`].
+    fn drain_window(&self) -> Duration {
+        let (streams, _, _) = self.hub.streams(0);
+        if streams < DRAIN_MIN_STREAMS {
+            return Duration::ZERO;
+        }
+        let window = Duration::from_millis(streams as u64 * 1000 / SHUTDOWN_ENDS_PER_SEC);
+        window.min(self.shutdown_timeout / 2)
+    }
+
+    /// Ends a stream at shutdown: a replay stops where it is (whole events
+    /// are sent, so the client resumes from its last id), a jittered
+    /// `retry:` follows what is queued, then the stream closes.
+    fn end_stream(&mut self, key: usize) {
+        let retry = self.jittered_retry();
+        let Some(client) = self.clients.get_mut(key).filter(|client| client.conn.is_streaming() && !client.ending)
+        else {
+            return;
+        };
+        client.replaying = false;
+        client.conn.outbox().push(crate::sse::opening(retry));
+        client.ending = true;
+        self.flush(key);
     }
 
     /// Hands every event published so far (in the inbox and the broker's
@@ -350,9 +489,11 @@ impl Loop {
                 conn: Conn::new(&self.app.settings.limits, now),
                 membership: None,
                 wants_writable: false,
-                replay_grace: 0,
+                replaying: false,
                 scheduled: None,
                 serial: self.serials,
+                pinned: 0,
+                ending: false,
             });
             self.counters.connections_accepted += 1;
             self.schedule(key);
@@ -453,6 +594,7 @@ impl Loop {
                 Action::Publish(publish) => match &self.bus {
                     None => match self.hub.publish(&publish, Origin::Loop(self.index)) {
                         Ok(receipt) => self.app.published(&receipt),
+                        Err(Busy) if self.hub.is_closed() => self.app.unavailable("shutting down"),
                         Err(Busy) => self.app.unavailable("server busy: subscribers are behind; retry later"),
                     },
                     // The connection waits (Conn's Waiting state) until the
@@ -507,21 +649,25 @@ impl Loop {
     /// broker makes the seam between the two exact at any time, even in the
     /// middle of a fan-out pass.
     fn subscribe(&mut self, key: usize, subscribe: Subscribe) {
+        if !self.may_open_stream(subscribe.topics.iter().map(String::as_str)) {
+            return self.turn_away(key, self.app.stream_head());
+        }
         let newest = self.prepare_stream();
         let last_event_id = subscribe.last_event_id.as_deref();
         let joined = self.broker.subscribe_up_to(key, &subscribe.topics, last_event_id, newest);
-        self.hub.stream_opened(subscribe.topics.iter().map(String::as_str));
         self.open_stream(key, joined, self.app.stream_head(), None);
     }
 
     /// [`Loop::subscribe`] for a Mercure stream, which must end when its
     /// token expires.
     fn subscribe_mercure(&mut self, key: usize, subscribe: MercureSubscribe) {
+        // Counted as a stream, with no seeds topic.
+        if !self.may_open_stream(std::iter::empty()) {
+            return self.turn_away(key, self.app.mercure_stream_head(None));
+        }
         let newest = self.prepare_stream();
         let MercureSubscribe { interest, last_event_id, expires_at } = subscribe;
         let joined = self.broker.subscribe_mercure(key, interest, last_event_id.as_deref(), newest);
-        // Counted as a stream, with no seeds topic.
-        self.hub.stream_opened(std::iter::empty());
         let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
         // A token's `exp` is the client's number: one too far ahead to be an
         // Instant (or a 0.x token without one) sets no end.
@@ -530,6 +676,33 @@ impl Loop {
             Instant::now().checked_add(Duration::from_secs(left))
         });
         self.open_stream(key, joined, head, ends_at);
+    }
+
+    /// Whether a stream on `topics` may open: not while shutting down, nor
+    /// over the stream cap. If so, it is counted in the hub.
+    fn may_open_stream<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> bool {
+        self.accepting && self.hub.try_open_stream(topics, self.max_streams)
+    }
+
+    /// Answers a subscriber that may not open a stream now, in a way an
+    /// EventSource survives: a browser never reconnects after a non-200
+    /// answer, so a 503 would lose it for good. It gets a 200 stream that
+    /// carries a jittered `retry:` and ends, and comes back seconds later,
+    /// spread out rather than in a burst.
+    fn turn_away(&mut self, key: usize, head: Response) {
+        let retry = self.jittered_retry();
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.conn.open_stream(head);
+        client.conn.outbox().push(crate::sse::opening(retry));
+        client.ending = true;
+        self.counters.turned_away += 1;
+    }
+
+    /// A reconnection delay of one to two `--retry-ms`, at random.
+    fn jittered_retry(&mut self) -> u32 {
+        let base = self.app.settings.retry_ms.max(1);
+        let extra = self.jitter.below(u64::from(base)) as u32;
+        base.saturating_add(extra)
     }
 
     /// Before a subscribe: the stream starts after every event sent so far,
@@ -569,11 +742,14 @@ impl Loop {
         client.membership = Some(joined.membership as u32);
         client.conn.open_stream_until(head, ends_at);
         client.conn.outbox().push(self.app.stream_opening());
-        let backlog_bytes: usize = joined.backlog.iter().map(|frame| frame.len()).sum();
-        client.replay_grace = u32::try_from(backlog_bytes).unwrap_or(u32::MAX);
         for frame in joined.backlog {
             client.conn.outbox().push(frame);
         }
+        if joined.replaying {
+            client.replaying = true;
+            let _ = socket2::SockRef::from(&client.socket).set_tcp_notsent_lowat(REPLAY_NOTSENT_BYTES);
+        }
+        self.account(key);
         self.schedule(key);
     }
 
@@ -624,8 +800,19 @@ impl Loop {
         let Some(gauges) = self.hub.gauges(self.index) else { return };
         let stats = self.broker.stats();
         let store = |gauge: &std::sync::atomic::AtomicU64, value: u64| gauge.store(value, Ordering::Relaxed);
-        let Gauges { connections, streams, frames, bytes, heartbeats, dropped_slow, responses, accepted, refused } =
-            gauges;
+        let Gauges {
+            connections,
+            streams,
+            frames,
+            bytes,
+            heartbeats,
+            dropped_slow,
+            responses,
+            accepted,
+            refused,
+            turned_away,
+            queued,
+        } = gauges;
         store(connections, self.clients.len() as u64);
         store(streams, self.broker.subscribers() as u64);
         store(frames, stats.frames);
@@ -637,21 +824,54 @@ impl Loop {
         }
         store(accepted, self.counters.connections_accepted);
         store(refused, self.acceptor.refused_over_capacity);
+        store(turned_away, self.counters.turned_away);
+        store(queued, self.pinned as u64);
     }
 
-    /// Writes a connection's queued output and applies its socket command.
+    /// Writes a connection's queued output (and the next pieces of its
+    /// replay, while its socket takes them) and applies its socket command.
     fn flush(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let flushed = match client.conn.outbox().flush(&mut client.socket) {
+        let mut flushed = match client.conn.outbox().flush(&mut client.socket) {
             Ok(flushed) => flushed,
             Err(_) => return self.close(key),
         };
-        // The replay sits at the front of the queue, so once fewer bytes than
-        // the grace are queued, that much of the replay has gone out.
-        let queued = u32::try_from(client.conn.outbox().queued_bytes()).unwrap_or(u32::MAX);
-        client.replay_grace = client.replay_grace.min(queued);
+        let mut chunks = 0;
+        while flushed == Flushed::All && client.replaying {
+            if chunks == REPLAY_CHUNKS_PER_FLUSH {
+                self.unfinished_replays.push(key);
+                break;
+            }
+            chunks += 1;
+            let membership = client.membership.map_or(usize::MAX, |m| m as usize);
+            let frames = match self.broker.replay_some(membership, REPLAY_CHUNK_BYTES) {
+                Replay::More(frames) => frames,
+                Replay::Done(frames) => {
+                    client.replaying = false;
+                    let _ = socket2::SockRef::from(&client.socket).set_tcp_notsent_lowat(0);
+                    frames
+                }
+                Replay::Lost => return self.drop_slow(key, "its replay fell out of the history"),
+            };
+            frames.into_iter().for_each(|frame| client.conn.outbox().push(frame));
+            flushed = match client.conn.outbox().flush(&mut client.socket) {
+                Ok(flushed) => flushed,
+                Err(_) => return self.close(key),
+            };
+        }
+        self.account(key);
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if client.ending && flushed == Flushed::All && client.conn.is_streaming() {
+            // Its last words are out. It closes at once rather than lingering
+            // for the peer's close, so that its slot is free for the
+            // newcomers it was turned away for: a stream reads (and drops)
+            // its peer's input as it comes, so no unread bytes make the
+            // close a reset (and an EventSource comes back even after one).
+            let _ = client.socket.shutdown(Shutdown::Write);
+            return self.close(key);
+        }
         let wants_writable = flushed == Flushed::Partly;
         if wants_writable != client.wants_writable {
             let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
@@ -693,22 +913,16 @@ impl Loop {
     /// asks for writable readiness, drops the too slow, closes the failed.
     fn follow_up(&mut self, mut follow_ups: Vec<(usize, Delivery)>) {
         for &(key, delivery) in &follow_ups {
+            if delivery == Delivery::Queued {
+                self.account(key);
+            }
             let Some(client) = self.clients.get_mut(key) else { continue };
             match delivery {
                 Delivery::Done => {}
                 // Too far behind: drop it rather than buffer without bound. It
                 // can reconnect with Last-Event-ID and replay what it missed.
-                Delivery::Queued
-                    if client.conn.outbox().queued_bytes()
-                        > self.max_buffered_bytes.saturating_add(client.replay_grace as usize) =>
-                {
-                    self.counters.dropped_slow += 1;
-                    log::info!(
-                        "{}: dropped, {} bytes behind",
-                        peer(&client.socket),
-                        client.conn.outbox().queued_bytes()
-                    );
-                    self.close(key);
+                Delivery::Queued if client.pinned as usize > self.max_buffered_bytes => {
+                    self.drop_slow(key, "over --max-buffered-bytes");
                 }
                 // Registers WRITABLE interest; the rest goes out when the
                 // socket drains.
@@ -719,6 +933,51 @@ impl Loop {
         }
         follow_ups.clear();
         self.follow_ups = follow_ups;
+    }
+
+    /// Drops a subscriber that fell too far behind, saying why.
+    fn drop_slow(&mut self, key: usize, why: &str) {
+        let Some(client) = self.clients.get(key) else { return };
+        self.counters.dropped_slow += 1;
+        log::info!("{}: dropped, {} bytes behind: {why}", peer(&client.socket), client.pinned);
+        self.close(key);
+    }
+
+    /// Brings a connection's share of [`Loop::pinned`] up to date; call
+    /// whenever a stream's outbox may have changed.
+    fn account(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let pinned = match client.conn.is_streaming() {
+            true => u32::try_from(client.conn.outbox().pinned_bytes()).unwrap_or(u32::MAX),
+            false => 0,
+        };
+        self.pinned = self.pinned - client.pinned as usize + pinned as usize;
+        client.pinned = pinned;
+    }
+
+    /// Keeps the bytes queued to subscribers, on all loops together, within
+    /// `--max-queued-bytes`: when they are over it, this loop drops its
+    /// streams furthest behind until it has given up its part of the excess
+    /// (in proportion to what it holds, so that loops dropping at once do
+    /// not drop more than needed). Other loops' totals are as of their last
+    /// turn, so the bound can be passed by a turn's fan-out, no more.
+    fn keep_within_budget(&mut self) {
+        let total = self.hub.queued_elsewhere(self.index) + self.pinned;
+        if total <= self.max_queued_bytes {
+            return;
+        }
+        let excess = (total - self.max_queued_bytes) as u128;
+        let mut to_free = (excess * self.pinned as u128).div_ceil(total as u128) as usize;
+        let mut behind: Vec<(u32, usize)> =
+            self.clients.iter().filter(|(_, client)| client.pinned > 0).map(|(key, c)| (c.pinned, key)).collect();
+        behind.sort_unstable_by(|a, b| b.cmp(a));
+        for (pinned, key) in behind {
+            if to_free == 0 {
+                break;
+            }
+            to_free = to_free.saturating_sub(pinned as usize);
+            self.drop_slow(key, "the server's queues are over --max-queued-bytes");
+        }
     }
 
     /// Counts a connection's answers and logs its refusal, if any.
@@ -740,6 +999,7 @@ impl Loop {
     /// from the poll set).
     fn close(&mut self, key: usize) {
         let Some(client) = self.clients.try_remove(key) else { return };
+        self.pinned -= client.pinned as usize;
         self.hub.disconnected();
         if let Some(membership) = client.membership.map(|m| m as usize) {
             self.hub.stream_closed(self.broker.topics_of(membership));
