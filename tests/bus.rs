@@ -475,3 +475,56 @@ fn a_command_error_fails_each_publish_in_bounded_time_and_the_bus_carries_on() {
     let id = submit_ok(&bus, Publish::message("after"));
     assert_eq!(recorder.exactly(1), [event(id, "after")]);
 }
+
+#[test]
+fn a_publish_refused_as_unavailable_never_reaches_the_stream() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t12:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // Sent to a frozen Redis: the socket takes the XADDs, nothing answers.
+    // Once Redis thaws it runs them, so they must not count as refused.
+    redis.signal("-STOP");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let send = |message: String| {
+        let tx = tx.clone();
+        bus.submit(Publish::message(message.clone()), Box::new(move |result| tx.send((message, result)).unwrap()));
+    };
+    for i in 0..5 {
+        send(format!("in flight {i}"));
+    }
+    let mut answers: Vec<(String, Result<EventId, BusError>)> =
+        (0..5).map(|_| rx.recv_timeout(WAIT).expect("an answer")).collect();
+    // The writer knows Redis is gone now: these are never sent.
+    wait_up(&bus, false);
+    for i in 0..5 {
+        send(format!("refused {i}"));
+    }
+    answers.extend((0..5).map(|_| rx.recv_timeout(WAIT).expect("an answer")));
+    redis.signal("-CONT");
+
+    wait_up(&bus, true);
+    let marker = submit_ok(&bus, Publish::message("marker"));
+    recorder.wait_for("the marker is delivered", |s| s.delivered.iter().any(|e| e.id == marker));
+    // Everything Redis holds has been read: the marker is the newest entry,
+    // or the thawed XADDs came after it and are read too.
+    let length = redis.command(&["XLEN", "t12:events"]);
+    let length: usize = length.trim_start_matches(':').parse().expect("XLEN");
+    let delivered = recorder.delivered(length);
+    let published: Vec<&str> = messages(&delivered);
+    for (message, answer) in &answers {
+        match answer {
+            Err(BusError::Unavailable(why)) => {
+                assert!(
+                    !published.contains(&message.as_str()),
+                    "{message:?} answered unavailable ({why}) yet published"
+                )
+            }
+            Ok(id) => assert!(delivered.iter().any(|e| e.id == *id), "{message:?} answered {id}, not delivered"),
+            // May or may not be published: here Redis ran them once thawed.
+            Err(BusError::Unanswered(_)) => assert!(published.contains(&message.as_str()), "{message:?}"),
+        }
+    }
+    let unanswered = answers.iter().filter(|(_, answer)| matches!(answer, Err(BusError::Unanswered(_)))).count();
+    assert_eq!(unanswered, 5, "the XADDs in flight, and only those: {answers:?}");
+}

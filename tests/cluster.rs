@@ -217,3 +217,38 @@ fn pipelined_publishes_on_a_node_are_each_answered_in_order() {
     let expected: Vec<(String, String)> = ids.into_iter().enumerate().map(|(i, id)| (id, format!("p{i}"))).collect();
     assert_eq!(events(&mut stream, 5), expected);
 }
+
+#[test]
+fn a_publish_redis_may_have_taken_is_answered_504_and_a_503_is_never_published() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    wait_until("the node reaches redis", || health(&a) == "ok\n");
+    let mut stream = subscribe(&a, "/events");
+    // Frozen: the XADD goes into the socket and no answer comes. Redis
+    // runs it once thawed, so the publisher must not be told "not published".
+    redis.signal("-STOP");
+    let response = a.connect().publish("in flight");
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(response.json()["error"].as_str().unwrap().contains("redis"), "{response:?}");
+    // Once the node knows Redis is gone, publishes are refused unsent.
+    let mut refused = Vec::new();
+    wait_until("publishes are refused", || {
+        let message = format!("refused {}", refused.len());
+        let status = a.connect().publish(&message).status;
+        assert!(status == 503 || status == 504, "{status}");
+        refused.push((message, status));
+        status == 503
+    });
+    redis.signal("-CONT");
+    wait_until("the node reaches redis again", || health(&a) == "ok\n");
+    let after = publish(&a, "after");
+    let mut seen = Vec::new();
+    while seen.last().and_then(|e: &support::Event| e.id.as_ref()) != Some(&after) {
+        seen.push(stream.next_event());
+    }
+    let seen: Vec<&str> = seen.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(seen.first(), Some(&"in flight"), "Redis ran the XADD once thawed: {seen:?}");
+    for (message, status) in &refused {
+        assert!(*status == 504 || !seen.contains(&message.as_str()), "{message:?} answered 503 yet published");
+    }
+}

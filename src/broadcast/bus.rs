@@ -36,6 +36,12 @@
 //! Redis lost its data (restarted empty), the reader reads on: new ids are
 //! time-based, so they are still greater than the last one it delivered.
 //!
+//! **What a failed publish means.** [`BusError::Unavailable`]: the event is
+//! not in the stream and never will be (the `XADD` was not sent, or Redis
+//! refused it), so a retry is safe. [`BusError::Unanswered`]: the `XADD` went
+//! out and no answer came in time; Redis may have run it, now or once it
+//! thaws, so the event may be delivered, and a retry may deliver it twice.
+//!
 //! **Nothing from Redis is trusted**: an entry that is not a valid publish
 //! (see [`Publish::validate`]) is skipped with a warning, and a reply of an
 //! unexpected shape is an error that drops the connection, never a panic.
@@ -91,17 +97,27 @@ pub trait BusSink: Send + Sync + 'static {
 /// What [`Bus::submit`] calls with the stream id of the event, or why not.
 pub type Reply = Box<dyn FnOnce(Result<EventId, BusError>) + Send>;
 
-/// Why a publish did not reach the stream.
+/// Why a publish got no stream id: either certainly not published, or
+/// perhaps published. A publisher may retry the first; retrying the second
+/// may publish the event twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusError {
-    /// Redis is not reachable, failed the command, or the bus is stopped.
+    /// Not published: the `XADD` was never sent (Redis not reachable, too
+    /// many publishes waiting, the bus stopped), or Redis refused it (say
+    /// `WRONGTYPE`). The event is not in the stream and never will be.
     Unavailable(String),
+    /// Sent, and no answer came: the connection failed or timed out first.
+    /// Redis may have run the `XADD` (a frozen Redis runs what its socket
+    /// holds once it thaws), so the event may be in the stream and be
+    /// delivered everywhere.
+    Unanswered(String),
 }
 
 impl std::fmt::Display for BusError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+            BusError::Unanswered(why) => write!(f, "redis did not answer ({why}): the event may have been published"),
         }
     }
 }
@@ -222,8 +238,14 @@ impl Job {
         }
     }
 
+    /// Not published (see [`BusError::Unavailable`]).
     fn fail(self, why: String) {
         self.answer(Err(BusError::Unavailable(why)));
+    }
+
+    /// Sent, and perhaps published (see [`BusError::Unanswered`]).
+    fn unanswered(self, why: String) {
+        self.answer(Err(BusError::Unanswered(why)));
     }
 }
 
@@ -534,7 +556,10 @@ impl Shared {
     /// transaction, and answers each job in order with its own reply: a
     /// per-command error (say `WRONGTYPE`) fails that job only. `Err` if the
     /// connection failed: the job whose reply was not read and all after it
-    /// fail with that error, not retried, since Redis may have applied them.
+    /// are answered [`BusError::Unanswered`], not retried, since Redis may
+    /// have applied them. So is every job of a pipeline whose sending
+    /// failed: part of it may have gone out, and Redis runs every whole
+    /// command it received.
     ///
     /// The replies are read one by one rather than with `Pipeline::query`:
     /// that one reads every reply even after a read timed out, each read
@@ -549,24 +574,26 @@ impl Shared {
         let mut jobs = batch.drain(..);
         let sent = con.send_packed_command(&pipe.get_packed_pipeline());
         if let Err(e) = sent {
-            jobs.for_each(|job| job.fail(reason(&e)));
+            jobs.for_each(|job| job.unanswered(reason(&e)));
             return Err(e);
         }
         let mut worked = false;
         while let Some(job) = jobs.next() {
             match recv_reply(con) {
                 Ok(Value::ServerError(e)) => job.fail(reason(&e.into())),
+                // Something came back, just not an id: Redis may still have
+                // added the entry.
                 Ok(value) => {
                     job.answer(
                         text(&value)
                             .and_then(EventId::parse)
-                            .ok_or_else(|| BusError::Unavailable(reason(&malformed("XADD")))),
+                            .ok_or_else(|| BusError::Unanswered(reason(&malformed("XADD")))),
                     );
                     worked = true;
                 }
                 Err(e) => {
-                    job.fail(reason(&e));
-                    jobs.for_each(|job| job.fail(reason(&e)));
+                    job.unanswered(reason(&e));
+                    jobs.for_each(|job| job.unanswered(reason(&e)));
                     return Err(e);
                 }
             }
