@@ -528,3 +528,52 @@ fn a_publish_refused_as_unavailable_never_reaches_the_stream() {
     let unanswered = answers.iter().filter(|(_, answer)| matches!(answer, Err(BusError::Unanswered(_)))).count();
     assert_eq!(unanswered, 5, "the XADDs in flight, and only those: {answers:?}");
 }
+
+/// The greatest id below `id` (the floor just under it).
+fn before(id: EventId) -> EventId {
+    match id.seq {
+        0 => EventId { ms: id.ms - 1, seq: u64::MAX },
+        seq => EventId { ms: id.ms, seq: seq - 1 },
+    }
+}
+
+#[test]
+fn a_stream_that_restarts_below_the_reader_is_followed_from_its_start() {
+    let mut redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t13:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // An entry far in the future puts the reader's position there ...
+    let far = |seq: u32| {
+        let id = format!("99999999999999-{seq}");
+        EventId::parse(&redis.command_bytes(&[b"XADD", b"t13:events", id.as_bytes(), b"data", b"far", b"topics", b"t"]))
+            .expect("XADD's id")
+    };
+    let far_id = far(1);
+    recorder.delivered(1);
+
+    // ... and the stream is wiped while the bus stays connected: the new
+    // ids are far below it. Each publish answered 200 must be delivered.
+    redis.command(&["FLUSHALL"]);
+    let ids: Vec<EventId> =
+        (0..3).map(|i| submit(&bus, Publish::message(format!("wiped {i}"))).expect("submit")).collect();
+    assert!(ids[2] < far_id);
+    let delivered = recorder.exactly(4);
+    let expected: Vec<BusEvent> = ids.iter().enumerate().map(|(i, &id)| event(id, &format!("wiped {i}"))).collect();
+    assert_eq!(delivered[1..], expected);
+    // The history starts over (a second backfill) before the new events: every
+    // event after the floor, just below the first new one, comes through `deliver`.
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.backfills.len(), 2, "{seen:?}");
+    assert_eq!(seen.backfills[1], (before(ids[0]), vec![]));
+
+    // The same through a reconnect: Redis restarted empty.
+    far(1);
+    recorder.delivered(5);
+    redis.stop();
+    redis.start_again();
+    let id = submit_ok(&bus, Publish::message("restarted"));
+    assert!(id < far_id);
+    assert_eq!(recorder.exactly(6)[5], event(id, "restarted"));
+    assert_eq!(recorder.seen.lock().unwrap().backfills[2], (before(id), vec![]));
+}

@@ -260,3 +260,37 @@ fn a_publish_redis_may_have_taken_is_answered_504_and_a_503_is_never_published()
         assert!(*status == 504 || !seen.contains(&message.as_str()), "{message:?} answered 503 yet published");
     }
 }
+
+#[test]
+fn nodes_follow_a_stream_that_restarts_below_them_and_resuming_from_before_gives_a_gap() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let (mut on_a, mut on_b) = (subscribe(&a, "/events"), subscribe(&b, "/events"));
+    let far = "99999999999999-0";
+    redis.command(&["XADD", "bare-sse:events", far, "data", "far", "topics", "default"]);
+    for stream in [&mut on_a, &mut on_b] {
+        assert_eq!(events(stream, 1), [(far.to_owned(), "far".to_owned())]);
+    }
+    // Redis loses everything (or fails over to one whose clock is behind):
+    // new ids are below every id the nodes have seen, and still delivered.
+    redis.command(&["FLUSHALL"]);
+    let on_new_a = publish(&a, "new on a");
+    let on_new_b = publish(&b, "new on b");
+    let expected = [(on_new_a.clone(), "new on a".to_owned()), (on_new_b.clone(), "new on b".to_owned())];
+    assert!(EventId::parse(&on_new_a).unwrap() < EventId::parse(far).unwrap());
+    assert_eq!(events(&mut on_a, 2), expected);
+    assert_eq!(events(&mut on_b, 2), expected);
+
+    // The history starts over: an id from before the restart is unknown
+    // (a gap, then everything retained); one from after it resumes exactly.
+    let mut from_before = subscribe(&b, &format!("/events?lastEventId={far}"));
+    let gap = from_before.next_event();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert_eq!(gap.data, format!(r#"{{"lastEventId":"{far}","replayFrom":"{on_new_a}"}}"#));
+    assert_eq!(events(&mut from_before, 2), expected);
+    let mut from_after = subscribe(&a, &format!("/events?lastEventId={on_new_a}"));
+    assert_eq!(events(&mut from_after, 1), expected[1..]);
+}

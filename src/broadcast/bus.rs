@@ -34,7 +34,20 @@
 //! resumes from its last id, so entries other nodes added meanwhile still
 //! arrive. If some were trimmed away meanwhile, that is logged as lost. If
 //! Redis lost its data (restarted empty), the reader reads on: new ids are
-//! time-based, so they are still greater than the last one it delivered.
+//! time-based, so they are mostly still greater than the last one it
+//! delivered.
+//!
+//! **When the stream restarts below the reader.** Not always, though: Redis
+//! may fail over to one whose clock is behind, or the last id may have been
+//! far ahead (an `XADD` with an explicit id) before the data was lost. Then
+//! every new entry is below the reader's position, and an `XREAD` after it
+//! would block forever while publishes succeed. So whenever an `XREAD` comes
+//! back empty (at most [`BLOCK_MS`] after the restart, however busy the
+//! stream) and after every reconnect, the reader compares the stream's last
+//! id with its own; if the stream's is lower, the order starts over: a new
+//! history ([`BusSink::backfill`] again, with a floor just below the new
+//! stream's first entry), then the new entries, all delivered, from the
+//! first. Ids go backwards once, on every node alike.
 //!
 //! **What a failed publish means.** [`BusError::Unavailable`]: the event is
 //! not in the stream and never will be (the `XADD` was not sent, or Redis
@@ -76,8 +89,8 @@ pub struct BusEvent {
 
 /// Where the reader thread hands what it reads. Called from the bus's own thread.
 pub trait BusSink: Send + Sync + 'static {
-    /// Called once, after the reader's first successful connection, before
-    /// any [`BusSink::deliver`]: `events` are the newest `max_len` entries of
+    /// Called after the reader's first successful connection, before any
+    /// [`BusSink::deliver`]: `events` are the newest `max_len` entries of
     /// the stream (all of it if it holds no more), oldest first, and `floor`
     /// is the id at or below which events may be missing from `events`:
     /// every event after `floor` is in `events` (up to the last of them;
@@ -88,6 +101,11 @@ pub trait BusSink: Send + Sync + 'static {
     /// not on trimming, so after any removal the floor is also just below
     /// the first retained entry; and if the stream holds entries older than
     /// `events`, just below the first of `events`.
+    ///
+    /// Called again if the stream restarts below the last entry handed on
+    /// (see the module docs): the one order starts over, with ids lower than
+    /// before. Then `events` is empty and the history starts afresh at
+    /// `floor`: every entry after it comes through `deliver`.
     fn backfill(&self, floor: EventId, events: Vec<BusEvent>);
     /// Each new entry after the backfill, in stream order, exactly once,
     /// including this node's own and those added while disconnected.
@@ -377,22 +395,25 @@ impl Shared {
     /// Reads on one connection until it fails (`Err`) or the bus stops (`Ok`).
     fn follow(&self, con: &mut Connection, sink: &dyn BusSink, cursor: &mut Option<EventId>) -> RedisResult<()> {
         let mut last = match *cursor {
-            Some(last) => {
-                self.check_resume(con, last)?;
-                last
-            }
+            Some(last) => self.resume(con, sink, last, true)?,
             None => {
                 let (floor, events, last) = self.backfill(con)?;
                 sink.backfill(floor, events);
-                *cursor = Some(last);
                 last
             }
         };
+        *cursor = Some(last);
         while !self.is_stopped() {
             let args = ("COUNT", PAGE, "BLOCK", BLOCK_MS, "STREAMS", &self.key, last.to_string());
             let reply: Value = redis::cmd("XREAD").arg(args).query(con)?;
             let entries = match &reply {
-                Value::Nil => continue,
+                // Nothing new for a while: the time to check that the stream
+                // did not restart below `last`, which no XREAD would show.
+                Value::Nil => {
+                    last = self.resume(con, sink, last, false)?;
+                    *cursor = Some(last);
+                    continue;
+                }
                 Value::Array(streams) => streams.first().and_then(|s| list(s)?.get(1)),
                 Value::Map(streams) => streams.first().map(|(_, entries)| entries),
                 _ => None,
@@ -454,18 +475,50 @@ impl Shared {
         Ok((floor, events, newest.unwrap_or_default()))
     }
 
-    /// After a reconnect: warns if entries after `last` are gone for good.
-    fn check_resume(&self, con: &mut Connection, last: EventId) -> RedisResult<()> {
+    /// Where to read on from after `last`, the last entry handed on: `last`
+    /// itself, unless the stream restarted below it; then [`Shared::restart`].
+    /// After a reconnect (`reconnected`), also warns if entries after `last`
+    /// are gone for good.
+    fn resume(
+        &self,
+        con: &mut Connection,
+        sink: &dyn BusSink,
+        last: EventId,
+        reconnected: bool,
+    ) -> RedisResult<EventId> {
         let key = &self.key;
         match self.info(con)? {
-            None if last != EventId::default() => log::warn!("redis stream {key} is gone (redis lost its data?)"),
-            Some(info) if info.last_generated < last => log::warn!("redis stream {key} restarted below {last}"),
-            Some(info) if info.floor > last => {
+            Some(info) if info.last_generated < last => return self.restart(con, sink, last),
+            None if reconnected && last != EventId::default() => {
+                log::warn!("redis stream {key} is gone (redis lost its data?)")
+            }
+            Some(info) if reconnected && info.floor > last => {
                 log::warn!("events after {last} up to {} may have been trimmed while disconnected: lost", info.floor)
             }
             _ => {}
         }
-        Ok(())
+        Ok(last)
+    }
+
+    /// The stream restarted below `last` (Redis lost its data and its clock
+    /// is behind, or failed over to one that is, or `last` was far ahead):
+    /// every entry it holds came after the restart, and no `XREAD` after
+    /// `last` would ever return one. So the one order starts over: the sink
+    /// gets a new, empty history whose floor is just below the first of
+    /// them (a second [`BusSink::backfill`]), then the newest `max_len` of
+    /// them as news. Returns the new position.
+    fn restart(&self, con: &mut Connection, sink: &dyn BusSink, last: EventId) -> RedisResult<EventId> {
+        let (floor, events, newest) = self.backfill(con)?;
+        let start = events.first().map_or(newest, |event| before(event.id));
+        log::warn!("redis stream {} restarted below {last}: the order starts over after {start}", self.key);
+        if floor != EventId::default() {
+            log::warn!("events of the restarted stream up to {floor} were removed before they were read: lost");
+        }
+        sink.backfill(floor.max(start), Vec::new());
+        if !events.is_empty() {
+            sink.deliver(events);
+        }
+        Ok(newest)
     }
 
     /// `XINFO STREAM`, or `None` if the stream does not exist.

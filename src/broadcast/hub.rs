@@ -56,7 +56,8 @@ use crate::broadcast::event::{EventId, Published, Receipt};
 pub enum Message {
     /// The next event of the one order.
     Event(Arc<Published>),
-    /// A cluster node's history, once, before any event (see
+    /// A cluster node's history, before any event, and again if the
+    /// cluster's order restarts (see
     /// [`crate::broadcast::broker::Broker::backfill`]).
     Backfill(EventId, Arc<[Arc<Published>]>),
     /// The bus answered a publish made by connection `key` of this loop
