@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bare_sse::broadcast::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
+use bare_sse::broadcast::bus::{ANSWER_WITHIN, Bus, BusConfig, BusError, BusEvent, BusSink};
 use bare_sse::broadcast::event::EventId;
 use bare_sse::broadcast::event::Publish;
 use support::redis::RedisServer;
@@ -576,4 +576,51 @@ fn a_stream_that_restarts_below_the_reader_is_followed_from_its_start() {
     assert!(id < far_id);
     assert_eq!(recorder.exactly(6)[5], event(id, "restarted"));
     assert_eq!(recorder.seen.lock().unwrap().backfills[2], (before(id), vec![]));
+}
+
+/// How long a publish may wait for its answer however Redis hangs: the
+/// bus's bound (1.5 s, which README states), plus slack for a loaded machine.
+const ANSWER_BOUND: Duration = ANSWER_WITHIN.saturating_add(Duration::from_millis(500));
+
+#[test]
+fn a_hung_redis_answers_every_publish_within_the_bound_from_its_submit() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t14:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    redis.signal("-STOP");
+    // The first pipeline goes out and hangs; the rest queue behind it, and
+    // must not wait for it and then for a reconnect on top.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..300 {
+        let (tx, submitted) = (tx.clone(), Instant::now());
+        let reply = Box::new(move |result| tx.send((i, submitted.elapsed(), result)).unwrap());
+        bus.submit(Publish::message(format!("m{i}")), reply);
+    }
+    let answers: Vec<(usize, Duration, Result<EventId, BusError>)> =
+        (0..300).map(|_| rx.recv_timeout(WAIT).expect("an answer")).collect();
+    redis.signal("-CONT");
+    let slowest = answers.iter().max_by_key(|(_, waited, _)| *waited).unwrap();
+    assert!(slowest.1 <= ANSWER_BOUND, "publish {} answered after {:?}: {:?}", slowest.0, slowest.1, slowest.2);
+    let sent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unanswered(_)))).count();
+    let unsent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unavailable(_)))).count();
+    assert_eq!(sent + unsent, 300, "{answers:?}");
+    assert!(sent > 0 && unsent > 0, "one pipeline hung, the rest were never sent: {sent} and {unsent}");
+}
+
+#[test]
+fn connecting_to_a_hung_redis_gives_up_within_the_connect_timeout() {
+    let redis = RedisServer::start();
+    redis.signal("-STOP");
+    // The kernel takes the connections into its backlog; nothing answers
+    // the handshake. Both threads are in their first connection attempt.
+    let (bus, _recorder) = start(config(&redis, "t15:"));
+    wait_until("both threads are connecting", WAIT, || redis.established_connections() >= 2);
+    let started = Instant::now();
+    bus.shutdown();
+    // 1 s to connect (the bus's CONNECT_TIMEOUT, which README states), plus
+    // slack for a loaded machine.
+    let bound = Duration::from_millis(1000 + 500);
+    assert!(started.elapsed() < bound, "shutdown waited {:?} for the connection attempts", started.elapsed());
+    redis.signal("-CONT");
 }

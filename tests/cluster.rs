@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use bare_sse::broadcast::bus::ANSWER_WITHIN;
 use bare_sse::broadcast::event::EventId;
 use support::redis::RedisServer;
 use support::{Client, EventStream, TestServer, WAIT, get, post, wait_for};
@@ -235,8 +236,12 @@ fn a_publish_redis_may_have_taken_is_answered_504_and_a_503_is_never_published()
     // Frozen: the XADD goes into the socket and no answer comes. Redis
     // runs it once thawed, so the publisher must not be told "not published".
     redis.signal("-STOP");
+    let started = Instant::now();
     let response = a.connect().publish("in flight");
     assert_eq!(response.status, 504, "{response:?}");
+    // Within the bus's bound (1.5 s, README), plus slack for a loaded machine.
+    let bound = ANSWER_WITHIN + Duration::from_millis(500);
+    assert!(started.elapsed() < bound, "504 after {:?}", started.elapsed());
     assert!(response.json()["error"].as_str().unwrap().contains("redis"), "{response:?}");
     // Once the node knows Redis is gone, publishes are refused unsent.
     let mut refused = Vec::new();

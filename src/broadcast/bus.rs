@@ -30,7 +30,12 @@
 //! **When Redis is down** both threads retry with backoff (100 ms doubling to
 //! 2 s); the outage is logged once, and so is its end. Meanwhile `submit`
 //! fails at once, so publishers get an error rather than a wait, and
-//! [`Bus::is_up`] says so for `/healthz`. After reconnecting the reader
+//! [`Bus::is_up`] says so for `/healthz`. **When Redis hangs**, every
+//! publish is still answered within [`ANSWER_WITHIN`] of its submit: a
+//! pipeline waits for its replies only until its oldest publish's deadline,
+//! what queued behind a command that failed is refused at once (not after
+//! a reconnect), and a connection attempt, `PING` included, gives up after
+//! `CONNECT_TIMEOUT`. After reconnecting the reader
 //! resumes from its last id, so entries other nodes added meanwhile still
 //! arrive. If some were trimmed away meanwhile, that is logged as lost. If
 //! Redis lost its data (restarted empty), the reader reads on: new ids are
@@ -42,7 +47,7 @@
 //! far ahead (an `XADD` with an explicit id) before the data was lost. Then
 //! every new entry is below the reader's position, and an `XREAD` after it
 //! would block forever while publishes succeed. So whenever an `XREAD` comes
-//! back empty (at most [`BLOCK_MS`] after the restart, however busy the
+//! back empty (at most `BLOCK_MS` after the restart, however busy the
 //! stream) and after every reconnect, the reader compares the stream's last
 //! id with its own; if the stream's is lower, the order starts over: a new
 //! history ([`BusSink::backfill`] again, with a floor just below the new
@@ -64,7 +69,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
-use redis::{Connection, RedisResult, Value};
+use redis::{Connection, IntoConnectionInfo, RedisResult, Value};
 
 use crate::broadcast::event::EventId;
 use crate::broadcast::event::{MercureFields, Publish};
@@ -153,10 +158,24 @@ impl std::error::Error for BusError {}
 const PAGE: usize = 64;
 /// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
 const BLOCK_MS: u64 = 500;
+/// How long one connection attempt may take, handshake and first `PING`
+/// included (with a password or a database number in the URL, add as much
+/// per extra command of redis-rs's handshake, which it waits out per reply).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Socket read and write timeout of the writer, so a hung Redis fails a reply
 /// in bounded time.
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Every publish is answered within this of its [`Bus::submit`] (give or
+/// take `TIMEOUT_SLACK`), whatever Redis does: a pipeline waits for its
+/// replies only until its oldest publish's deadline, and what is queued
+/// behind a command that fails is refused at once, not after a reconnect.
+pub const ANSWER_WITHIN: Duration = IO_TIMEOUT;
+/// A queued publish with less time than this left is not sent: its reply
+/// could hardly come back in time, and "not published" is the better answer.
+const MIN_REPLY_WAIT: Duration = Duration::from_millis(100);
+/// How far the writer's socket timeouts may be from a pipeline's deadline
+/// before they are set again.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 /// The writer pings after this long idle, so [`Bus::is_up`] notices an outage
 /// even when nobody publishes.
 const PING_IDLE: Duration = Duration::from_secs(1);
@@ -185,7 +204,13 @@ impl Bus {
     /// Spawns the threads and returns at once, even if Redis is down (then it
     /// keeps retrying with backoff). Err only for a URL that cannot be parsed.
     pub fn start(config: BusConfig, sink: Arc<dyn BusSink>) -> Result<Bus, String> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("bad redis URL: {e}"))?;
+        let bad_url = |e: redis::RedisError| format!("bad redis URL: {e}");
+        let info = config.url.as_str().into_connection_info().map_err(bad_url)?;
+        // No `CLIENT SETINFO` in the handshake: redis-rs waits out the
+        // timeout once per reply it expects, so a hung Redis would hold a
+        // connection attempt for twice CONNECT_TIMEOUT. `connect` PINGs instead.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_LEN);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
@@ -208,7 +233,7 @@ impl Bus {
 
     /// Queues an `XADD` of `publish`; never blocks. See the module docs.
     pub fn submit(&self, publish: Publish, reply: Reply) {
-        let job = Job { publish, reply: Some(reply) };
+        let job = Job { publish, reply: Some(reply), deadline: Instant::now() + ANSWER_WITHIN };
         if let Some(why) = self.shared.health().writer_down() {
             return job.fail(why);
         }
@@ -225,7 +250,8 @@ impl Bus {
         health.reader && health.writer
     }
 
-    /// Stops the threads; returns within about 2 s even if Redis hangs.
+    /// Stops the threads; returns within about 1.5 s even if Redis hangs
+    /// (a command's socket timeout, or a connection attempt's).
     pub fn shutdown(&self) {
         drop(lock(&self.stop).take());
         for thread in lock(&self.threads).drain(..) {
@@ -247,6 +273,8 @@ impl Drop for Bus {
 struct Job {
     publish: Publish,
     reply: Option<Reply>,
+    /// [`ANSWER_WITHIN`] after the submit.
+    deadline: Instant,
 }
 
 impl Job {
@@ -360,7 +388,13 @@ impl Shared {
                 Role::Reader => Duration::from_millis(BLOCK_MS) + Duration::from_secs(1),
                 Role::Writer => IO_TIMEOUT,
             };
-            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|c| {
+            let started = Instant::now();
+            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|mut c| {
+                // The kernel of a hung Redis completes the TCP handshake;
+                // only an answer shows that Redis itself is there.
+                let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                c.set_read_timeout(Some(left))?;
+                redis::cmd("PING").query::<()>(&mut c)?;
                 c.set_read_timeout(Some(timeout))?;
                 c.set_write_timeout(Some(timeout))?;
                 Ok(c)
@@ -572,30 +606,34 @@ impl Shared {
         };
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(mut con) = self.connect(Role::Writer, pause) {
+            // The socket timeouts, as `connect` set them.
+            let mut timeout = IO_TIMEOUT;
             let failed = loop {
                 select! {
                     recv(self.stopped) -> _ => break None,
                     recv(queue) -> job => if let Ok(job) = job {
-                        // Whatever else is queued already goes in the same pipeline.
-                        let mut bytes = job.publish.message.len();
-                        batch.push(job);
-                        while batch.len() < BATCH && bytes < BATCH_BYTES {
-                            let Ok(job) = queue.try_recv() else { break };
-                            bytes += job.publish.message.len();
-                            batch.push(job);
-                        }
-                        if let Err(e) = self.xadd_all(&mut con, &mut batch) {
+                        gather(job, queue, &mut batch);
+                        if let Err(e) = self.xadd_all(&mut con, &mut batch, &mut timeout) {
                             break Some(e);
                         }
                     },
-                    default(PING_IDLE) => match redis::cmd("PING").query::<()>(&mut con) {
-                        Ok(()) => self.set_up(Role::Writer, Ok(())),
-                        Err(e) => break Some(e),
+                    default(PING_IDLE) => {
+                        let pinged = set_timeouts(&mut con, &mut timeout, IO_TIMEOUT)
+                            .and_then(|()| redis::cmd("PING").query::<()>(&mut con));
+                        match pinged {
+                            Ok(()) => self.set_up(Role::Writer, Ok(())),
+                            Err(e) => break Some(e),
+                        }
                     },
                 }
             };
             let Some(e) = failed else { break };
             self.set_up(Role::Writer, Err(reason(&e)));
+            // What queued up behind the command that failed was never sent:
+            // refused now, not after a reconnect that may take CONNECT_TIMEOUT.
+            while let Ok(job) = queue.try_recv() {
+                job.fail(reason(&e));
+            }
         }
         let mut health = self.health();
         (health.writer, health.last_error) = (false, "bus stopped".to_owned());
@@ -619,7 +657,20 @@ impl Shared {
     /// waiting out the socket timeout again, so a hung Redis would hold a
     /// batch of 64 for 64 timeouts, not one; and it could not answer the
     /// jobs whose replies did arrive.
-    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>) -> RedisResult<()> {
+    ///
+    /// The socket timeouts (`timeout`, as last set) are moved to the oldest
+    /// job's deadline when they are further from it than [`TIMEOUT_SLACK`],
+    /// so that no job waits past its own.
+    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>, timeout: &mut Duration) -> RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let oldest = batch.iter().map(|job| job.deadline).min().unwrap_or_else(Instant::now);
+        let wait = oldest.saturating_duration_since(Instant::now()).max(MIN_REPLY_WAIT);
+        if let Err(e) = set_timeouts(con, timeout, wait) {
+            batch.drain(..).for_each(|job| job.fail(reason(&e)));
+            return Err(e);
+        }
         let mut pipe = redis::pipe();
         for job in batch.iter() {
             pipe.add_command(self.xadd(&job.publish));
@@ -671,6 +722,39 @@ impl Shared {
         }
         cmd
     }
+}
+
+/// Takes `first` and whatever else is queued already, up to a pipeline's
+/// worth ([`BATCH`], [`BATCH_BYTES`]), into `batch`; a job with less than
+/// [`MIN_REPLY_WAIT`] left before its deadline (it waited behind a slow
+/// Redis) is refused unsent instead.
+fn gather(first: Job, queue: &Receiver<Job>, batch: &mut Vec<Job>) {
+    let now = Instant::now();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        if job.deadline.saturating_duration_since(now) < MIN_REPLY_WAIT {
+            job.fail("redis too slow: waited too long to be sent".to_owned());
+        } else {
+            bytes += job.publish.message.len();
+            batch.push(job);
+        }
+        if batch.len() < BATCH && bytes < BATCH_BYTES {
+            next = queue.try_recv().ok();
+        }
+    }
+}
+
+/// Sets the read and write timeouts of `con` to `wait`, unless `timeout`
+/// (what they are now) is within [`TIMEOUT_SLACK`] of it: a system call
+/// each, saved for the usual case of fresh publishes.
+fn set_timeouts(con: &mut Connection, timeout: &mut Duration, wait: Duration) -> RedisResult<()> {
+    if wait.abs_diff(*timeout) > TIMEOUT_SLACK {
+        con.set_read_timeout(Some(wait))?;
+        con.set_write_timeout(Some(wait))?;
+        *timeout = wait;
+    }
+    Ok(())
 }
 
 /// The next reply, skipping any push (RESP3 may interleave them; none is
