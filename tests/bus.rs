@@ -624,3 +624,28 @@ fn connecting_to_a_hung_redis_gives_up_within_the_connect_timeout() {
     assert!(started.elapsed() < bound, "shutdown waited {:?} for the connection attempts", started.elapsed());
     redis.signal("-CONT");
 }
+
+#[test]
+fn the_stream_keeps_at_least_max_len_and_a_late_node_reads_exactly_the_newest_max_len() {
+    let redis = RedisServer::start();
+    let small = || BusConfig { max_len: 100, ..config(&redis, "t16:") };
+    let (bus, recorder) = start(small());
+    recorder.backfill();
+    wait_up(&bus, true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..350 {
+        let tx = tx.clone();
+        bus.submit(Publish::message(format!("m{i}")), Box::new(move |result| tx.send(result).unwrap()));
+    }
+    let mut ids: Vec<EventId> =
+        (0..350).map(|_| rx.recv_timeout(WAIT).expect("an answer").expect("published")).collect();
+    ids.sort();
+    // Trimmed by whole nodes of the stream (MAXLEN ~): never below max_len.
+    let length: usize = redis.command(&["XLEN", "t16:events"]).trim_start_matches(':').parse().expect("XLEN");
+    assert!((100..350).contains(&length), "XLEN {length}");
+    let (_late, late) = start(small());
+    let (floor, events) = late.backfill();
+    let newest: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    assert_eq!(newest, ids[250..], "the newest 100, oldest first");
+    assert_eq!(floor, before(ids[250]), "older entries are left: the floor is just below the first read");
+}

@@ -6,8 +6,8 @@
 //! with ids of the same `<ms>-<seq>` form as [`EventId`], strictly increasing.
 //! So the stream is at once the one order of events (each node delivers in
 //! stream order, with the stream's ids, so `Last-Event-ID` works against any
-//! node), and the shared history (`XADD ... MAXLEN n` keeps the last `n`,
-//! which a node reads at start to fill its replay ring). Pub/sub would lose
+//! node), and the shared history (`XADD ... MAXLEN ~ n` keeps at least the
+//! last `n`, which a node reads at start to fill its replay ring). Pub/sub would lose
 //! events while a node is disconnected; a stream keeps them.
 //!
 //! **Two threads, two connections.** The event loop must never wait on
@@ -81,7 +81,9 @@ pub struct BusConfig {
     pub url: String,
     /// Key namespace, `bare-sse:` by default; the stream key is `{prefix}events`.
     pub prefix: String,
-    /// The exact `MAXLEN` of `XADD`: how many events the stream retains.
+    /// The `MAXLEN` of `XADD`: the stream retains at least this many
+    /// events (Redis trims whole nodes of the stream, so a few more), and
+    /// a node reads the newest this many into its history at start.
     pub max_len: usize,
 }
 
@@ -710,7 +712,9 @@ impl Shared {
 
     fn xadd(&self, publish: &Publish) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.key).arg("MAXLEN").arg(self.max_len).arg("*");
+        // `~`: exact trimming removes entries one by one from inside the
+        // stream's oldest node, which cost Redis 9 µs per XADD against 2.4.
+        cmd.arg(&self.key).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");
         cmd.arg("data").arg(&publish.message);
         match &publish.mercure {
             // Seeds topics cannot contain a comma; Mercure topics can.
