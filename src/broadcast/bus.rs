@@ -160,6 +160,14 @@ impl std::error::Error for BusError {}
 const PAGE: usize = 64;
 /// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
 const BLOCK_MS: u64 = 500;
+/// After a page that was not full, the reader lets entries gather this
+/// long before it reads again. An `XREAD` costs Redis about as much for one
+/// entry as for dozens (it seeks into the stream's node and walks it), and
+/// the reader as much in round trips and hand-offs to the loops, so when
+/// events come faster than round trips this turns one read per event or two
+/// into one per page. The first event after a quiet spell is read at once;
+/// none waits for longer than this in addition.
+const GATHER: Duration = Duration::from_millis(1);
 /// How long one connection attempt may take, handshake and first `PING`
 /// included (with a password or a database number in the URL, add as much
 /// per extra command of redis-rs's handshake, which it waits out per reply).
@@ -454,7 +462,8 @@ impl Shared {
                 Value::Map(streams) => streams.first().map(|(_, entries)| entries),
                 _ => None,
             };
-            let (events, page_last) = decode(list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?);
+            let entries = list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?;
+            let (events, page_last) = decode(entries);
             if let Some(page_last) = page_last {
                 last = page_last.max(last);
             }
@@ -462,6 +471,9 @@ impl Shared {
                 sink.deliver(events);
             }
             *cursor = Some(last);
+            if entries.len() < PAGE && self.stopped.recv_timeout(GATHER).is_err_and(|e| e.is_disconnected()) {
+                break;
+            }
         }
         Ok(())
     }
