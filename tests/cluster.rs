@@ -299,3 +299,27 @@ fn nodes_follow_a_stream_that_restarts_below_them_and_resuming_from_before_gives
     let mut from_after = subscribe(&a, &format!("/events?lastEventId={on_new_a}"));
     assert_eq!(events(&mut from_after, 1), expected[1..]);
 }
+
+#[test]
+fn a_node_that_has_not_taken_in_its_events_yet_resumes_a_client_exactly() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    // B has no stream: its loop is not woken for these, which wait in its inbox.
+    let ids: Vec<String> = (0..20).map(|i| publish(&a, &format!("m{i}"))).collect();
+    let mut resumed = subscribe(&b, &format!("/events?lastEventId={}", ids[9]));
+    let mut fresh = subscribe(&b, "/events");
+    let expected: Vec<(String, String)> = (10..20).map(|i| (ids[i].clone(), format!("m{i}"))).collect();
+    assert_eq!(events(&mut resumed, 10), expected, "exactly what it missed, whether replayed or live");
+    let live = publish(&a, "live");
+    assert_eq!(events(&mut resumed, 1), [(live.clone(), "live".to_owned())]);
+    // A fresh stream starts where the node is: whatever it has not taken in
+    // yet, then the live one, in order, nothing twice.
+    let mut seen = Vec::new();
+    while seen.last().map(|(id, _): &(String, String)| id) != Some(&live) {
+        seen.extend(events(&mut fresh, 1));
+    }
+    assert!(seen.windows(2).all(|w| EventId::parse(&w[0].0) < EventId::parse(&w[1].0)), "{seen:?}");
+}

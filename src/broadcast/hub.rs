@@ -146,8 +146,8 @@ pub enum Origin {
     ///
     /// [`Publisher`]: crate::broadcast::publisher::Publisher
     Thread,
-    /// The cluster bus: every loop is woken, since a node learns of its own
-    /// publishes through the bus too.
+    /// The cluster bus, which reads events in pages: the sender wakes the
+    /// loops once per page ([`Hub::distribute`]), not once per event.
     Bus,
 }
 
@@ -234,13 +234,21 @@ impl Hub {
         }
     }
 
-    /// Sends events that already have their ids (from the cluster bus), in
-    /// order, to every loop.
+    /// Sends events that already have their ids (a page the cluster bus
+    /// read), in order, to every loop, then wakes each loop at most once
+    /// for all of them, by the rule of a publish from another thread.
     pub fn distribute(&self, events: impl IntoIterator<Item = Arc<Published>>) {
         let state = self.lock();
+        let mut sent = false;
         for event in events {
             self.send_to_all(&state, Message::Event, event, Origin::Bus);
             self.events.fetch_add(1, Ordering::Relaxed);
+            sent = true;
+        }
+        if sent {
+            for inbox in self.inboxes.iter().filter(|inbox| self.needs_wake(inbox)) {
+                let _ = inbox.waker.wake();
+            }
         }
     }
 
@@ -249,6 +257,7 @@ impl Hub {
         let state = self.lock();
         let events: Arc<[Arc<Published>]> = events.into();
         self.send_to_all(&state, |events| Message::Backfill(floor, events), events, Origin::Bus);
+        self.wake_all();
     }
 
     /// How many streams, on all loops, an event on `topics` would reach.
@@ -388,7 +397,7 @@ impl Hub {
             if inbox.messages.send(message).is_err() {
                 inbox.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             } else if match origin {
-                Origin::Bus => true,
+                Origin::Bus => false,
                 Origin::Loop(from) if from == index => false,
                 Origin::Loop(_) | Origin::Thread => self.needs_wake(inbox),
             } {
@@ -397,12 +406,14 @@ impl Hub {
         }
     }
 
-    /// Whether loop `index` must be woken for a local publish: not if it has
-    /// no streams (as of its last turn), unless its inbox is filling up. A
-    /// wake-up is a system call here and a context switch there, as much as
-    /// the publish itself when nobody listens. Nothing is lost by waiting: a
-    /// lone server's loop takes its inbox in every turn and before every
-    /// subscribe, so a new stream starts after every event sent so far.
+    /// Whether loop `index` must be woken for a local publish (or a page
+    /// from the cluster bus): not if it has no streams (as of its last
+    /// turn), unless its inbox is filling up. A wake-up is a system call here
+    /// and a context switch there, as much as the publish itself when nobody
+    /// listens. Nothing is lost by waiting: a lone server's loop takes its
+    /// inbox in every turn and before every subscribe, so a new stream
+    /// starts after every event sent so far; a cluster node's new stream
+    /// starts where its broker is, and gets what waits in the inbox live.
     fn needs_wake(&self, inbox: &LoopInbox) -> bool {
         // Pairs with the fence in `Hub::stream_opening`: either this load
         // sees the new stream (and wakes the loop), or the loop's inbox

@@ -547,6 +547,8 @@ impl Loop {
                 None
             }
             Some(_) => {
+                // Bus events wake only loops with streams: from now on this one.
+                self.hub.stream_opening(self.index);
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 Some(EventId { ms: now_ms.saturating_add(AHEAD_OF_CLOCK_MS), seq: u64::MAX })
             }
