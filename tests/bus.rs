@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bare_sse::broadcast::bus::{Bus, BusConfig, BusError, BusEvent, BusSink};
+use bare_sse::broadcast::bus::{ANSWER_WITHIN, Bus, BusConfig, BusError, BusEvent, BusSink};
 use bare_sse::broadcast::event::EventId;
 use bare_sse::broadcast::event::Publish;
 use support::redis::RedisServer;
@@ -474,4 +474,186 @@ fn a_command_error_fails_each_publish_in_bounded_time_and_the_bus_carries_on() {
     redis.command(&["DEL", "t11:events"]);
     let id = submit_ok(&bus, Publish::message("after"));
     assert_eq!(recorder.exactly(1), [event(id, "after")]);
+}
+
+#[test]
+fn a_publish_refused_as_unavailable_never_reaches_the_stream() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t12:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // A publish just before resets the writer's idle timer: no PING (which
+    // would hold the publishes back, unsent) goes out for a second.
+    submit(&bus, Publish::message("warm")).expect("submit");
+    // Sent to a frozen Redis: the socket takes the XADDs, nothing answers.
+    // Once Redis thaws it runs them, so they must not count as refused.
+    redis.signal("-STOP");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let send = |message: String| {
+        let tx = tx.clone();
+        bus.submit(Publish::message(message.clone()), Box::new(move |result| tx.send((message, result)).unwrap()));
+    };
+    for i in 0..5 {
+        send(format!("in flight {i}"));
+    }
+    let mut answers: Vec<(String, Result<EventId, BusError>)> =
+        (0..5).map(|_| rx.recv_timeout(WAIT).expect("an answer")).collect();
+    // The writer knows Redis is gone now: these are never sent.
+    wait_up(&bus, false);
+    for i in 0..5 {
+        send(format!("refused {i}"));
+    }
+    answers.extend((0..5).map(|_| rx.recv_timeout(WAIT).expect("an answer")));
+    redis.signal("-CONT");
+
+    wait_up(&bus, true);
+    let marker = submit_ok(&bus, Publish::message("marker"));
+    recorder.wait_for("the marker is delivered", |s| s.delivered.iter().any(|e| e.id == marker));
+    // Everything Redis holds has been read: the marker is the newest entry,
+    // or the thawed XADDs came after it and are read too.
+    let length = redis.command(&["XLEN", "t12:events"]);
+    let length: usize = length.trim_start_matches(':').parse().expect("XLEN");
+    let delivered = recorder.delivered(length);
+    let published: Vec<&str> = messages(&delivered);
+    for (message, answer) in &answers {
+        match answer {
+            Err(BusError::Unavailable(why)) => {
+                assert!(
+                    !published.contains(&message.as_str()),
+                    "{message:?} answered unavailable ({why}) yet published"
+                )
+            }
+            Ok(id) => assert!(delivered.iter().any(|e| e.id == *id), "{message:?} answered {id}, not delivered"),
+            // May or may not be published: here Redis ran them once thawed.
+            Err(BusError::Unanswered(_)) => assert!(published.contains(&message.as_str()), "{message:?}"),
+        }
+    }
+    let unanswered = answers.iter().filter(|(_, answer)| matches!(answer, Err(BusError::Unanswered(_)))).count();
+    assert_eq!(unanswered, 5, "the XADDs in flight, and only those: {answers:?}");
+}
+
+/// The greatest id below `id` (the floor just under it).
+fn before(id: EventId) -> EventId {
+    match id.seq {
+        0 => EventId { ms: id.ms - 1, seq: u64::MAX },
+        seq => EventId { ms: id.ms, seq: seq - 1 },
+    }
+}
+
+#[test]
+fn a_stream_that_restarts_below_the_reader_is_followed_from_its_start() {
+    let mut redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t13:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // An entry far in the future puts the reader's position there ...
+    let far = |seq: u32| {
+        let id = format!("99999999999999-{seq}");
+        EventId::parse(&redis.command_bytes(&[b"XADD", b"t13:events", id.as_bytes(), b"data", b"far", b"topics", b"t"]))
+            .expect("XADD's id")
+    };
+    let far_id = far(1);
+    recorder.delivered(1);
+
+    // ... and the stream is wiped while the bus stays connected: the new
+    // ids are far below it. Each publish answered 200 must be delivered.
+    redis.command(&["FLUSHALL"]);
+    let ids: Vec<EventId> =
+        (0..3).map(|i| submit(&bus, Publish::message(format!("wiped {i}"))).expect("submit")).collect();
+    assert!(ids[2] < far_id);
+    let delivered = recorder.exactly(4);
+    let expected: Vec<BusEvent> = ids.iter().enumerate().map(|(i, &id)| event(id, &format!("wiped {i}"))).collect();
+    assert_eq!(delivered[1..], expected);
+    // The history starts over (a second backfill) before the new events: every
+    // event after the floor, just below the first new one, comes through `deliver`.
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.backfills.len(), 2, "{seen:?}");
+    assert_eq!(seen.backfills[1], (before(ids[0]), vec![]));
+
+    // The same through a reconnect: Redis restarted empty.
+    far(1);
+    recorder.delivered(5);
+    redis.stop();
+    redis.start_again();
+    let id = submit_ok(&bus, Publish::message("restarted"));
+    assert!(id < far_id);
+    assert_eq!(recorder.exactly(6)[5], event(id, "restarted"));
+    assert_eq!(recorder.seen.lock().unwrap().backfills[2], (before(id), vec![]));
+}
+
+/// How long a publish may wait for its answer however Redis hangs: the
+/// bus's bound (1.5 s, which README states), plus slack for a loaded
+/// machine. Before the bound was kept, publishes queued behind a hung
+/// pipeline waited 3.56 s.
+const ANSWER_BOUND: Duration = ANSWER_WITHIN.saturating_add(Duration::from_secs(1));
+
+#[test]
+fn a_hung_redis_answers_every_publish_within_the_bound_from_its_submit() {
+    let redis = RedisServer::start();
+    let (bus, recorder) = start(config(&redis, "t14:"));
+    recorder.backfill();
+    wait_up(&bus, true);
+    // Resets the writer's idle timer: no PING goes out for a second.
+    submit(&bus, Publish::message("warm")).expect("submit");
+    redis.signal("-STOP");
+    // The first pipeline goes out and hangs; the rest queue behind it, and
+    // must not wait for it and then for a reconnect on top.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..300 {
+        let (tx, submitted) = (tx.clone(), Instant::now());
+        let reply = Box::new(move |result| tx.send((i, submitted.elapsed(), result)).unwrap());
+        bus.submit(Publish::message(format!("m{i}")), reply);
+    }
+    let answers: Vec<(usize, Duration, Result<EventId, BusError>)> =
+        (0..300).map(|_| rx.recv_timeout(WAIT).expect("an answer")).collect();
+    redis.signal("-CONT");
+    let slowest = answers.iter().max_by_key(|(_, waited, _)| *waited).unwrap();
+    assert!(slowest.1 <= ANSWER_BOUND, "publish {} answered after {:?}: {:?}", slowest.0, slowest.1, slowest.2);
+    let sent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unanswered(_)))).count();
+    let unsent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unavailable(_)))).count();
+    assert_eq!(sent + unsent, 300, "{answers:?}");
+    assert!(sent > 0 && unsent > 0, "one pipeline hung, the rest were never sent: {sent} and {unsent}");
+}
+
+#[test]
+fn connecting_to_a_hung_redis_gives_up_within_the_connect_timeout() {
+    let redis = RedisServer::start();
+    redis.signal("-STOP");
+    // The kernel takes the connections into its backlog; nothing answers
+    // the handshake. Both threads are in their first connection attempt.
+    let (bus, _recorder) = start(config(&redis, "t15:"));
+    wait_until("both threads are connecting", WAIT, || redis.established_connections() >= 2);
+    let started = Instant::now();
+    bus.shutdown();
+    // 1 s to connect (the bus's CONNECT_TIMEOUT, which README states), plus
+    // slack for a loaded machine. Before, an attempt took 2 s: redis-rs
+    // waited out the timeout once per reply of its handshake.
+    let bound = Duration::from_millis(1000 + 700);
+    assert!(started.elapsed() < bound, "shutdown waited {:?} for the connection attempts", started.elapsed());
+    redis.signal("-CONT");
+}
+
+#[test]
+fn the_stream_keeps_at_least_max_len_and_a_late_node_reads_exactly_the_newest_max_len() {
+    let redis = RedisServer::start();
+    let small = || BusConfig { max_len: 100, ..config(&redis, "t16:") };
+    let (bus, recorder) = start(small());
+    recorder.backfill();
+    wait_up(&bus, true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..350 {
+        let tx = tx.clone();
+        bus.submit(Publish::message(format!("m{i}")), Box::new(move |result| tx.send(result).unwrap()));
+    }
+    let mut ids: Vec<EventId> =
+        (0..350).map(|_| rx.recv_timeout(WAIT).expect("an answer").expect("published")).collect();
+    ids.sort();
+    // Trimmed by whole nodes of the stream (MAXLEN ~): never below max_len.
+    let length: usize = redis.command(&["XLEN", "t16:events"]).trim_start_matches(':').parse().expect("XLEN");
+    assert!((100..350).contains(&length), "XLEN {length}");
+    let (_late, late) = start(small());
+    let (floor, events) = late.backfill();
+    let newest: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    assert_eq!(newest, ids[250..], "the newest 100, oldest first");
+    assert_eq!(floor, before(ids[250]), "older entries are left: the floor is just below the first read");
 }

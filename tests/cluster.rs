@@ -7,15 +7,24 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use bare_sse::broadcast::bus::ANSWER_WITHIN;
 use bare_sse::broadcast::event::EventId;
 use support::redis::RedisServer;
 use support::{Client, EventStream, TestServer, WAIT, get, post, wait_for};
 
+/// A node without heartbeats, so that a read of an event that never comes
+/// fails after the client's read timeout rather than skipping heartbeats
+/// for ever.
 fn node(redis: &RedisServer) -> TestServer {
+    node_beating(redis, 0)
+}
+
+/// A node that sends a heartbeat every `heartbeat_secs` (0: none).
+fn node_beating(redis: &RedisServer, heartbeat_secs: u64) -> TestServer {
     let url = redis.url();
     TestServer::with(move |config| {
         config.redis = Some(url);
-        config.heartbeat_secs = 1;
+        config.heartbeat_secs = heartbeat_secs;
     })
 }
 
@@ -153,7 +162,7 @@ fn redis_down_at_start_then_up() {
 #[test]
 fn redis_killed_mid_stream_then_back() {
     let mut redis = RedisServer::start();
-    let (a, b) = (node(&redis), node(&redis));
+    let (a, b) = (node(&redis), node_beating(&redis, 1));
     for n in [&a, &b] {
         wait_until("the node reaches redis", || health(n) == "ok\n");
     }
@@ -216,4 +225,104 @@ fn pipelined_publishes_on_a_node_are_each_answered_in_order() {
         .collect();
     let expected: Vec<(String, String)> = ids.into_iter().enumerate().map(|(i, id)| (id, format!("p{i}"))).collect();
     assert_eq!(events(&mut stream, 5), expected);
+}
+
+#[test]
+fn a_publish_redis_may_have_taken_is_answered_504_and_a_503_is_never_published() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    wait_until("the node reaches redis", || health(&a) == "ok\n");
+    let mut stream = subscribe(&a, "/events");
+    // Frozen: the XADD goes into the socket and no answer comes. Redis
+    // runs it once thawed, so the publisher must not be told "not published".
+    // (The publish before resets the bus's idle timer: no PING, which would
+    // hold the next publish back unsent, goes out for a second.)
+    publish(&a, "warm");
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let response = a.connect().publish("in flight");
+    assert_eq!(response.status, 504, "{response:?}");
+    // Within the bus's bound (1.5 s, README), plus slack for a loaded machine.
+    let bound = ANSWER_WITHIN + Duration::from_secs(1);
+    assert!(started.elapsed() < bound, "504 after {:?}", started.elapsed());
+    assert!(response.json()["error"].as_str().unwrap().contains("redis"), "{response:?}");
+    // Once the node knows Redis is gone, publishes are refused unsent.
+    let mut refused = Vec::new();
+    wait_until("publishes are refused", || {
+        let message = format!("refused {}", refused.len());
+        let status = a.connect().publish(&message).status;
+        assert!(status == 503 || status == 504, "{status}");
+        refused.push((message, status));
+        status == 503
+    });
+    redis.signal("-CONT");
+    wait_until("the node reaches redis again", || health(&a) == "ok\n");
+    let after = publish(&a, "after");
+    let mut seen = Vec::new();
+    while seen.last().and_then(|e: &support::Event| e.id.as_ref()) != Some(&after) {
+        seen.push(stream.next_event());
+    }
+    let seen: Vec<&str> = seen.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(seen[..2], ["warm", "in flight"], "Redis ran the XADD once thawed: {seen:?}");
+    for (message, status) in &refused {
+        assert!(*status == 504 || !seen.contains(&message.as_str()), "{message:?} answered 503 yet published");
+    }
+}
+
+#[test]
+fn nodes_follow_a_stream_that_restarts_below_them_and_resuming_from_before_gives_a_gap() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    let (mut on_a, mut on_b) = (subscribe(&a, "/events"), subscribe(&b, "/events"));
+    let far = "99999999999999-0";
+    redis.command(&["XADD", "bare-sse:events", far, "data", "far", "topics", "default"]);
+    for stream in [&mut on_a, &mut on_b] {
+        assert_eq!(events(stream, 1), [(far.to_owned(), "far".to_owned())]);
+    }
+    // Redis loses everything (or fails over to one whose clock is behind):
+    // new ids are below every id the nodes have seen, and still delivered.
+    redis.command(&["FLUSHALL"]);
+    let on_new_a = publish(&a, "new on a");
+    let on_new_b = publish(&b, "new on b");
+    let expected = [(on_new_a.clone(), "new on a".to_owned()), (on_new_b.clone(), "new on b".to_owned())];
+    assert!(EventId::parse(&on_new_a).unwrap() < EventId::parse(far).unwrap());
+    assert_eq!(events(&mut on_a, 2), expected);
+    assert_eq!(events(&mut on_b, 2), expected);
+
+    // The history starts over: an id from before the restart is unknown
+    // (a gap, then everything retained); one from after it resumes exactly.
+    let mut from_before = subscribe(&b, &format!("/events?lastEventId={far}"));
+    let gap = from_before.next_event();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert_eq!(gap.data, format!(r#"{{"lastEventId":"{far}","replayFrom":"{on_new_a}"}}"#));
+    assert_eq!(events(&mut from_before, 2), expected);
+    let mut from_after = subscribe(&a, &format!("/events?lastEventId={on_new_a}"));
+    assert_eq!(events(&mut from_after, 1), expected[1..]);
+}
+
+#[test]
+fn a_node_that_has_not_taken_in_its_events_yet_resumes_a_client_exactly() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    for n in [&a, &b] {
+        wait_until("the node reaches redis", || health(n) == "ok\n");
+    }
+    // B has no stream: its loop is not woken for these, which wait in its inbox.
+    let ids: Vec<String> = (0..20).map(|i| publish(&a, &format!("m{i}"))).collect();
+    let mut resumed = subscribe(&b, &format!("/events?lastEventId={}", ids[9]));
+    let mut fresh = subscribe(&b, "/events");
+    let expected: Vec<(String, String)> = (10..20).map(|i| (ids[i].clone(), format!("m{i}"))).collect();
+    assert_eq!(events(&mut resumed, 10), expected, "exactly what it missed, whether replayed or live");
+    let live = publish(&a, "live");
+    assert_eq!(events(&mut resumed, 1), [(live.clone(), "live".to_owned())]);
+    // A fresh stream starts where the node is: whatever it has not taken in
+    // yet, then the live one, in order, nothing twice.
+    let mut seen = Vec::new();
+    while seen.last().map(|(id, _): &(String, String)| id) != Some(&live) {
+        seen.extend(events(&mut fresh, 1));
+    }
+    assert!(seen.windows(2).all(|w| EventId::parse(&w[0].0) < EventId::parse(&w[1].0)), "{seen:?}");
 }

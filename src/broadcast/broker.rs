@@ -387,8 +387,12 @@ impl Broker {
     /// Sets the history of a broker created with no floor: `events` (oldest
     /// first) are what is retained, and every event after `floor` is among
     /// them. Nothing is fanned out: these events happened before the broker
-    /// could know of them. Ignored once the history is known.
+    /// could know of them. Once the history is known, a backfill restarts
+    /// it (see [`History::backfill`]), and subscribers that resumed from an
+    /// id not read yet are no longer held back to it: that id is from
+    /// before the restart.
     pub fn backfill(&mut self, floor: EventId, events: impl IntoIterator<Item = Arc<Published>>) {
+        self.ahead.clear();
         self.history.backfill(floor, events);
     }
 
@@ -1035,6 +1039,33 @@ mod tests {
         // And a lone server (no `newest`) never takes an id ahead.
         let lone = broker.subscribe(key, &topics, Some("7-4")).backlog;
         assert!(String::from_utf8_lossy(&lone[0]).starts_with("event: gap"));
+    }
+
+    #[test]
+    fn a_second_backfill_restarts_the_order_below_and_ids_from_before_are_unknown() {
+        let (mut broker, mut sinks) = broker_with(0, &["t"]);
+        let topics = ["t".to_owned()];
+        let newest = Some(EventId { ms: 7, seq: 100 });
+        for seq in 10..=12 {
+            broker.push(event(seq, &["t"]));
+        }
+        // This client saw 7-15 on a node further along.
+        let waiting = sinks.insert(Recorder::default());
+        broker.subscribe_up_to(waiting, &topics, Some("7-15"), newest);
+        // The cluster's stream restarts below: the new order is 7-1, 7-2.
+        broker.backfill(START, []);
+        broker.push(event(1, &["t"]));
+        broker.push(event(2, &["t"]));
+        broker.fan_out(&mut sinks, &mut Vec::new());
+        assert_eq!(data(&sinks[waiting].0).concat(), ["m1", "m2"], "not held back to an id from before");
+        let resume = |broker: &mut Broker, id: &str| {
+            let joined = broker.subscribe_up_to(0, &topics, Some(id), newest);
+            first_frames(broker, &joined)
+        };
+        let from_before = resume(&mut broker, "7-11");
+        assert!(from_before[0].starts_with("event: gap"), "an id from before is unknown, not ahead");
+        assert_eq!(data(&[from_before[1..].to_vec()]).concat(), ["m1", "m2"]);
+        assert_eq!(data(&[resume(&mut broker, "7-1")]).concat(), ["m2"], "exact within the new order");
     }
 
     /// Random joins (some resuming), leaves, publishes on random topics and

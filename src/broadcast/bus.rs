@@ -6,8 +6,8 @@
 //! with ids of the same `<ms>-<seq>` form as [`EventId`], strictly increasing.
 //! So the stream is at once the one order of events (each node delivers in
 //! stream order, with the stream's ids, so `Last-Event-ID` works against any
-//! node), and the shared history (`XADD ... MAXLEN n` keeps the last `n`,
-//! which a node reads at start to fill its replay ring). Pub/sub would lose
+//! node), and the shared history (`XADD ... MAXLEN ~ n` keeps at least the
+//! last `n`, which a node reads at start to fill its replay ring). Pub/sub would lose
 //! events while a node is disconnected; a stream keeps them.
 //!
 //! **Two threads, two connections.** The event loop must never wait on
@@ -30,11 +30,35 @@
 //! **When Redis is down** both threads retry with backoff (100 ms doubling to
 //! 2 s); the outage is logged once, and so is its end. Meanwhile `submit`
 //! fails at once, so publishers get an error rather than a wait, and
-//! [`Bus::is_up`] says so for `/healthz`. After reconnecting the reader
+//! [`Bus::is_up`] says so for `/healthz`. **When Redis hangs**, every
+//! publish is still answered within [`ANSWER_WITHIN`] of its submit: a
+//! pipeline waits for its replies only until its oldest publish's deadline,
+//! what queued behind a command that failed is refused at once (not after
+//! a reconnect), and a connection attempt, `PING` included, gives up after
+//! `CONNECT_TIMEOUT`. After reconnecting the reader
 //! resumes from its last id, so entries other nodes added meanwhile still
 //! arrive. If some were trimmed away meanwhile, that is logged as lost. If
 //! Redis lost its data (restarted empty), the reader reads on: new ids are
-//! time-based, so they are still greater than the last one it delivered.
+//! time-based, so they are mostly still greater than the last one it
+//! delivered.
+//!
+//! **When the stream restarts below the reader.** Not always, though: Redis
+//! may fail over to one whose clock is behind, or the last id may have been
+//! far ahead (an `XADD` with an explicit id) before the data was lost. Then
+//! every new entry is below the reader's position, and an `XREAD` after it
+//! would block forever while publishes succeed. So whenever an `XREAD` comes
+//! back empty (at most `BLOCK_MS` after the restart, however busy the
+//! stream) and after every reconnect, the reader compares the stream's last
+//! id with its own; if the stream's is lower, the order starts over: a new
+//! history ([`BusSink::backfill`] again, with a floor just below the new
+//! stream's first entry), then the new entries, all delivered, from the
+//! first. Ids go backwards once, on every node alike.
+//!
+//! **What a failed publish means.** [`BusError::Unavailable`]: the event is
+//! not in the stream and never will be (the `XADD` was not sent, or Redis
+//! refused it), so a retry is safe. [`BusError::Unanswered`]: the `XADD` went
+//! out and no answer came in time; Redis may have run it, now or once it
+//! thaws, so the event may be delivered, and a retry may deliver it twice.
 //!
 //! **Nothing from Redis is trusted**: an entry that is not a valid publish
 //! (see [`Publish::validate`]) is skipped with a warning, and a reply of an
@@ -45,7 +69,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
-use redis::{Connection, RedisResult, Value};
+use redis::{Connection, IntoConnectionInfo, RedisResult, Value};
 
 use crate::broadcast::event::EventId;
 use crate::broadcast::event::{MercureFields, Publish};
@@ -57,7 +81,9 @@ pub struct BusConfig {
     pub url: String,
     /// Key namespace, `bare-sse:` by default; the stream key is `{prefix}events`.
     pub prefix: String,
-    /// The exact `MAXLEN` of `XADD`: how many events the stream retains.
+    /// The `MAXLEN` of `XADD`: the stream retains at least this many
+    /// events (Redis trims whole nodes of the stream, so a few more), and
+    /// a node reads the newest this many into its history at start.
     pub max_len: usize,
 }
 
@@ -70,8 +96,8 @@ pub struct BusEvent {
 
 /// Where the reader thread hands what it reads. Called from the bus's own thread.
 pub trait BusSink: Send + Sync + 'static {
-    /// Called once, after the reader's first successful connection, before
-    /// any [`BusSink::deliver`]: `events` are the newest `max_len` entries of
+    /// Called after the reader's first successful connection, before any
+    /// [`BusSink::deliver`]: `events` are the newest `max_len` entries of
     /// the stream (all of it if it holds no more), oldest first, and `floor`
     /// is the id at or below which events may be missing from `events`:
     /// every event after `floor` is in `events` (up to the last of them;
@@ -82,6 +108,11 @@ pub trait BusSink: Send + Sync + 'static {
     /// not on trimming, so after any removal the floor is also just below
     /// the first retained entry; and if the stream holds entries older than
     /// `events`, just below the first of `events`.
+    ///
+    /// Called again if the stream restarts below the last entry handed on
+    /// (see the module docs): the one order starts over, with ids lower than
+    /// before. Then `events` is empty and the history starts afresh at
+    /// `floor`: every entry after it comes through `deliver`.
     fn backfill(&self, floor: EventId, events: Vec<BusEvent>);
     /// Each new entry after the backfill, in stream order, exactly once,
     /// including this node's own and those added while disconnected.
@@ -91,17 +122,27 @@ pub trait BusSink: Send + Sync + 'static {
 /// What [`Bus::submit`] calls with the stream id of the event, or why not.
 pub type Reply = Box<dyn FnOnce(Result<EventId, BusError>) + Send>;
 
-/// Why a publish did not reach the stream.
+/// Why a publish got no stream id: either certainly not published, or
+/// perhaps published. A publisher may retry the first; retrying the second
+/// may publish the event twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusError {
-    /// Redis is not reachable, failed the command, or the bus is stopped.
+    /// Not published: the `XADD` was never sent (Redis not reachable, too
+    /// many publishes waiting, the bus stopped), or Redis refused it (say
+    /// `WRONGTYPE`). The event is not in the stream and never will be.
     Unavailable(String),
+    /// Sent, and no answer came: the connection failed or timed out first.
+    /// Redis may have run the `XADD` (a frozen Redis runs what its socket
+    /// holds once it thaws), so the event may be in the stream and be
+    /// delivered everywhere.
+    Unanswered(String),
 }
 
 impl std::fmt::Display for BusError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+            BusError::Unanswered(why) => write!(f, "redis did not answer ({why}): the event may have been published"),
         }
     }
 }
@@ -119,10 +160,32 @@ impl std::error::Error for BusError {}
 const PAGE: usize = 64;
 /// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
 const BLOCK_MS: u64 = 500;
+/// After a page that was not full, the reader lets entries gather this
+/// long before it reads again. An `XREAD` costs Redis about as much for one
+/// entry as for dozens (it seeks into the stream's node and walks it), and
+/// the reader as much in round trips and hand-offs to the loops, so when
+/// events come faster than round trips this turns one read per event or two
+/// into one per page. The first event after a quiet spell is read at once;
+/// none waits for longer than this in addition.
+const GATHER: Duration = Duration::from_millis(1);
+/// How long one connection attempt may take, handshake and first `PING`
+/// included (with a password or a database number in the URL, add as much
+/// per extra command of redis-rs's handshake, which it waits out per reply).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Socket read and write timeout of the writer, so a hung Redis fails a reply
 /// in bounded time.
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Every publish is answered within this of its [`Bus::submit`] (give or
+/// take `TIMEOUT_SLACK`), whatever Redis does: a pipeline waits for its
+/// replies only until its oldest publish's deadline, and what is queued
+/// behind a command that fails is refused at once, not after a reconnect.
+pub const ANSWER_WITHIN: Duration = IO_TIMEOUT;
+/// A queued publish with less time than this left is not sent: its reply
+/// could hardly come back in time, and "not published" is the better answer.
+const MIN_REPLY_WAIT: Duration = Duration::from_millis(100);
+/// How far the writer's socket timeouts may be from a pipeline's deadline
+/// before they are set again.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 /// The writer pings after this long idle, so [`Bus::is_up`] notices an outage
 /// even when nobody publishes.
 const PING_IDLE: Duration = Duration::from_secs(1);
@@ -151,7 +214,13 @@ impl Bus {
     /// Spawns the threads and returns at once, even if Redis is down (then it
     /// keeps retrying with backoff). Err only for a URL that cannot be parsed.
     pub fn start(config: BusConfig, sink: Arc<dyn BusSink>) -> Result<Bus, String> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("bad redis URL: {e}"))?;
+        let bad_url = |e: redis::RedisError| format!("bad redis URL: {e}");
+        let info = config.url.as_str().into_connection_info().map_err(bad_url)?;
+        // No `CLIENT SETINFO` in the handshake: redis-rs waits out the
+        // timeout once per reply it expects, so a hung Redis would hold a
+        // connection attempt for twice CONNECT_TIMEOUT. `connect` PINGs instead.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_LEN);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
@@ -174,7 +243,7 @@ impl Bus {
 
     /// Queues an `XADD` of `publish`; never blocks. See the module docs.
     pub fn submit(&self, publish: Publish, reply: Reply) {
-        let job = Job { publish, reply: Some(reply) };
+        let job = Job { publish, reply: Some(reply), deadline: Instant::now() + ANSWER_WITHIN };
         if let Some(why) = self.shared.health().writer_down() {
             return job.fail(why);
         }
@@ -191,7 +260,8 @@ impl Bus {
         health.reader && health.writer
     }
 
-    /// Stops the threads; returns within about 2 s even if Redis hangs.
+    /// Stops the threads; returns within about 1.5 s even if Redis hangs
+    /// (a command's socket timeout, or a connection attempt's).
     pub fn shutdown(&self) {
         drop(lock(&self.stop).take());
         for thread in lock(&self.threads).drain(..) {
@@ -213,6 +283,8 @@ impl Drop for Bus {
 struct Job {
     publish: Publish,
     reply: Option<Reply>,
+    /// [`ANSWER_WITHIN`] after the submit.
+    deadline: Instant,
 }
 
 impl Job {
@@ -222,8 +294,14 @@ impl Job {
         }
     }
 
+    /// Not published (see [`BusError::Unavailable`]).
     fn fail(self, why: String) {
         self.answer(Err(BusError::Unavailable(why)));
+    }
+
+    /// Sent, and perhaps published (see [`BusError::Unanswered`]).
+    fn unanswered(self, why: String) {
+        self.answer(Err(BusError::Unanswered(why)));
     }
 }
 
@@ -320,7 +398,13 @@ impl Shared {
                 Role::Reader => Duration::from_millis(BLOCK_MS) + Duration::from_secs(1),
                 Role::Writer => IO_TIMEOUT,
             };
-            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|c| {
+            let started = Instant::now();
+            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|mut c| {
+                // The kernel of a hung Redis completes the TCP handshake;
+                // only an answer shows that Redis itself is there.
+                let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                c.set_read_timeout(Some(left))?;
+                redis::cmd("PING").query::<()>(&mut c)?;
                 c.set_read_timeout(Some(timeout))?;
                 c.set_write_timeout(Some(timeout))?;
                 Ok(c)
@@ -355,27 +439,31 @@ impl Shared {
     /// Reads on one connection until it fails (`Err`) or the bus stops (`Ok`).
     fn follow(&self, con: &mut Connection, sink: &dyn BusSink, cursor: &mut Option<EventId>) -> RedisResult<()> {
         let mut last = match *cursor {
-            Some(last) => {
-                self.check_resume(con, last)?;
-                last
-            }
+            Some(last) => self.resume(con, sink, last, true)?,
             None => {
                 let (floor, events, last) = self.backfill(con)?;
                 sink.backfill(floor, events);
-                *cursor = Some(last);
                 last
             }
         };
+        *cursor = Some(last);
         while !self.is_stopped() {
             let args = ("COUNT", PAGE, "BLOCK", BLOCK_MS, "STREAMS", &self.key, last.to_string());
             let reply: Value = redis::cmd("XREAD").arg(args).query(con)?;
             let entries = match &reply {
-                Value::Nil => continue,
+                // Nothing new for a while: the time to check that the stream
+                // did not restart below `last`, which no XREAD would show.
+                Value::Nil => {
+                    last = self.resume(con, sink, last, false)?;
+                    *cursor = Some(last);
+                    continue;
+                }
                 Value::Array(streams) => streams.first().and_then(|s| list(s)?.get(1)),
                 Value::Map(streams) => streams.first().map(|(_, entries)| entries),
                 _ => None,
             };
-            let (events, page_last) = decode(list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?);
+            let entries = list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?;
+            let (events, page_last) = decode(entries);
             if let Some(page_last) = page_last {
                 last = page_last.max(last);
             }
@@ -383,6 +471,9 @@ impl Shared {
                 sink.deliver(events);
             }
             *cursor = Some(last);
+            if entries.len() < PAGE && self.stopped.recv_timeout(GATHER).is_err_and(|e| e.is_disconnected()) {
+                break;
+            }
         }
         Ok(())
     }
@@ -432,18 +523,50 @@ impl Shared {
         Ok((floor, events, newest.unwrap_or_default()))
     }
 
-    /// After a reconnect: warns if entries after `last` are gone for good.
-    fn check_resume(&self, con: &mut Connection, last: EventId) -> RedisResult<()> {
+    /// Where to read on from after `last`, the last entry handed on: `last`
+    /// itself, unless the stream restarted below it; then [`Shared::restart`].
+    /// After a reconnect (`reconnected`), also warns if entries after `last`
+    /// are gone for good.
+    fn resume(
+        &self,
+        con: &mut Connection,
+        sink: &dyn BusSink,
+        last: EventId,
+        reconnected: bool,
+    ) -> RedisResult<EventId> {
         let key = &self.key;
         match self.info(con)? {
-            None if last != EventId::default() => log::warn!("redis stream {key} is gone (redis lost its data?)"),
-            Some(info) if info.last_generated < last => log::warn!("redis stream {key} restarted below {last}"),
-            Some(info) if info.floor > last => {
+            Some(info) if info.last_generated < last => return self.restart(con, sink, last),
+            None if reconnected && last != EventId::default() => {
+                log::warn!("redis stream {key} is gone (redis lost its data?)")
+            }
+            Some(info) if reconnected && info.floor > last => {
                 log::warn!("events after {last} up to {} may have been trimmed while disconnected: lost", info.floor)
             }
             _ => {}
         }
-        Ok(())
+        Ok(last)
+    }
+
+    /// The stream restarted below `last` (Redis lost its data and its clock
+    /// is behind, or failed over to one that is, or `last` was far ahead):
+    /// every entry it holds came after the restart, and no `XREAD` after
+    /// `last` would ever return one. So the one order starts over: the sink
+    /// gets a new, empty history whose floor is just below the first of
+    /// them (a second [`BusSink::backfill`]), then the newest `max_len` of
+    /// them as news. Returns the new position.
+    fn restart(&self, con: &mut Connection, sink: &dyn BusSink, last: EventId) -> RedisResult<EventId> {
+        let (floor, events, newest) = self.backfill(con)?;
+        let start = events.first().map_or(newest, |event| before(event.id));
+        log::warn!("redis stream {} restarted below {last}: the order starts over after {start}", self.key);
+        if floor != EventId::default() {
+            log::warn!("events of the restarted stream up to {floor} were removed before they were read: lost");
+        }
+        sink.backfill(floor.max(start), Vec::new());
+        if !events.is_empty() {
+            sink.deliver(events);
+        }
+        Ok(newest)
     }
 
     /// `XINFO STREAM`, or `None` if the stream does not exist.
@@ -497,30 +620,34 @@ impl Shared {
         };
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(mut con) = self.connect(Role::Writer, pause) {
+            // The socket timeouts, as `connect` set them.
+            let mut timeout = IO_TIMEOUT;
             let failed = loop {
                 select! {
                     recv(self.stopped) -> _ => break None,
                     recv(queue) -> job => if let Ok(job) = job {
-                        // Whatever else is queued already goes in the same pipeline.
-                        let mut bytes = job.publish.message.len();
-                        batch.push(job);
-                        while batch.len() < BATCH && bytes < BATCH_BYTES {
-                            let Ok(job) = queue.try_recv() else { break };
-                            bytes += job.publish.message.len();
-                            batch.push(job);
-                        }
-                        if let Err(e) = self.xadd_all(&mut con, &mut batch) {
+                        gather(job, queue, &mut batch);
+                        if let Err(e) = self.xadd_all(&mut con, &mut batch, &mut timeout) {
                             break Some(e);
                         }
                     },
-                    default(PING_IDLE) => match redis::cmd("PING").query::<()>(&mut con) {
-                        Ok(()) => self.set_up(Role::Writer, Ok(())),
-                        Err(e) => break Some(e),
+                    default(PING_IDLE) => {
+                        let pinged = set_timeouts(&mut con, &mut timeout, IO_TIMEOUT)
+                            .and_then(|()| redis::cmd("PING").query::<()>(&mut con));
+                        match pinged {
+                            Ok(()) => self.set_up(Role::Writer, Ok(())),
+                            Err(e) => break Some(e),
+                        }
                     },
                 }
             };
             let Some(e) = failed else { break };
             self.set_up(Role::Writer, Err(reason(&e)));
+            // What queued up behind the command that failed was never sent:
+            // refused now, not after a reconnect that may take CONNECT_TIMEOUT.
+            while let Ok(job) = queue.try_recv() {
+                job.fail(reason(&e));
+            }
         }
         let mut health = self.health();
         (health.writer, health.last_error) = (false, "bus stopped".to_owned());
@@ -534,14 +661,30 @@ impl Shared {
     /// transaction, and answers each job in order with its own reply: a
     /// per-command error (say `WRONGTYPE`) fails that job only. `Err` if the
     /// connection failed: the job whose reply was not read and all after it
-    /// fail with that error, not retried, since Redis may have applied them.
+    /// are answered [`BusError::Unanswered`], not retried, since Redis may
+    /// have applied them. So is every job of a pipeline whose sending
+    /// failed: part of it may have gone out, and Redis runs every whole
+    /// command it received.
     ///
     /// The replies are read one by one rather than with `Pipeline::query`:
     /// that one reads every reply even after a read timed out, each read
     /// waiting out the socket timeout again, so a hung Redis would hold a
     /// batch of 64 for 64 timeouts, not one; and it could not answer the
     /// jobs whose replies did arrive.
-    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>) -> RedisResult<()> {
+    ///
+    /// The socket timeouts (`timeout`, as last set) are moved to the oldest
+    /// job's deadline when they are further from it than [`TIMEOUT_SLACK`],
+    /// so that no job waits past its own.
+    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>, timeout: &mut Duration) -> RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let oldest = batch.iter().map(|job| job.deadline).min().unwrap_or_else(Instant::now);
+        let wait = oldest.saturating_duration_since(Instant::now()).max(MIN_REPLY_WAIT);
+        if let Err(e) = set_timeouts(con, timeout, wait) {
+            batch.drain(..).for_each(|job| job.fail(reason(&e)));
+            return Err(e);
+        }
         let mut pipe = redis::pipe();
         for job in batch.iter() {
             pipe.add_command(self.xadd(&job.publish));
@@ -549,24 +692,26 @@ impl Shared {
         let mut jobs = batch.drain(..);
         let sent = con.send_packed_command(&pipe.get_packed_pipeline());
         if let Err(e) = sent {
-            jobs.for_each(|job| job.fail(reason(&e)));
+            jobs.for_each(|job| job.unanswered(reason(&e)));
             return Err(e);
         }
         let mut worked = false;
         while let Some(job) = jobs.next() {
             match recv_reply(con) {
                 Ok(Value::ServerError(e)) => job.fail(reason(&e.into())),
+                // Something came back, just not an id: Redis may still have
+                // added the entry.
                 Ok(value) => {
                     job.answer(
                         text(&value)
                             .and_then(EventId::parse)
-                            .ok_or_else(|| BusError::Unavailable(reason(&malformed("XADD")))),
+                            .ok_or_else(|| BusError::Unanswered(reason(&malformed("XADD")))),
                     );
                     worked = true;
                 }
                 Err(e) => {
-                    job.fail(reason(&e));
-                    jobs.for_each(|job| job.fail(reason(&e)));
+                    job.unanswered(reason(&e));
+                    jobs.for_each(|job| job.unanswered(reason(&e)));
                     return Err(e);
                 }
             }
@@ -579,7 +724,9 @@ impl Shared {
 
     fn xadd(&self, publish: &Publish) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.key).arg("MAXLEN").arg(self.max_len).arg("*");
+        // `~`: exact trimming removes entries one by one from inside the
+        // stream's oldest node, which cost Redis 9 µs per XADD against 2.4.
+        cmd.arg(&self.key).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");
         cmd.arg("data").arg(&publish.message);
         match &publish.mercure {
             // Seeds topics cannot contain a comma; Mercure topics can.
@@ -591,6 +738,39 @@ impl Shared {
         }
         cmd
     }
+}
+
+/// Takes `first` and whatever else is queued already, up to a pipeline's
+/// worth ([`BATCH`], [`BATCH_BYTES`]), into `batch`; a job with less than
+/// [`MIN_REPLY_WAIT`] left before its deadline (it waited behind a slow
+/// Redis) is refused unsent instead.
+fn gather(first: Job, queue: &Receiver<Job>, batch: &mut Vec<Job>) {
+    let now = Instant::now();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        if job.deadline.saturating_duration_since(now) < MIN_REPLY_WAIT {
+            job.fail("redis too slow: waited too long to be sent".to_owned());
+        } else {
+            bytes += job.publish.message.len();
+            batch.push(job);
+        }
+        if batch.len() < BATCH && bytes < BATCH_BYTES {
+            next = queue.try_recv().ok();
+        }
+    }
+}
+
+/// Sets the read and write timeouts of `con` to `wait`, unless `timeout`
+/// (what they are now) is within [`TIMEOUT_SLACK`] of it: a system call
+/// each, saved for the usual case of fresh publishes.
+fn set_timeouts(con: &mut Connection, timeout: &mut Duration, wait: Duration) -> RedisResult<()> {
+    if wait.abs_diff(*timeout) > TIMEOUT_SLACK {
+        con.set_read_timeout(Some(wait))?;
+        con.set_write_timeout(Some(wait))?;
+        *timeout = wait;
+    }
+    Ok(())
 }
 
 /// The next reply, skipping any push (RESP3 may interleave them; none is

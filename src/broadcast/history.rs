@@ -55,6 +55,9 @@ pub struct History {
     floor: Option<EventId>,
     /// The last event pushed, or the floor.
     last: EventId,
+    /// The last event before the order last restarted (see
+    /// [`History::backfill`]), 0-0 if it never did.
+    restarted_below: EventId,
     events: VecDeque<Arc<Published>>,
     bytes: usize,
     limits: HistoryLimits,
@@ -63,7 +66,8 @@ pub struct History {
 impl History {
     /// A history starting at `floor` (`None`: not known yet).
     pub fn new(limits: HistoryLimits, floor: Option<EventId>) -> History {
-        History { floor, last: floor.unwrap_or_default(), events: VecDeque::new(), bytes: 0, limits }
+        let last = floor.unwrap_or_default();
+        History { floor, last, restarted_below: EventId::default(), events: VecDeque::new(), bytes: 0, limits }
     }
 
     /// Whether the floor is known.
@@ -96,10 +100,18 @@ impl History {
 
     /// Sets a history created with no floor: `events` (oldest first) are
     /// what is retained, and every event after `floor` is among them.
-    /// Ignored (returns false) once the history is known.
-    pub fn backfill(&mut self, floor: EventId, events: impl IntoIterator<Item = Arc<Published>>) -> bool {
+    ///
+    /// Once the history is known, restarts it: the cluster's stream
+    /// restarted below the last event (see [`crate::broadcast::bus`]), so the
+    /// one order starts over with lower ids. What was retained goes, and an
+    /// id from before the restart is never taken for one not read yet
+    /// ([`History::is_ahead`]): it may lie above the new events.
+    pub fn backfill(&mut self, floor: EventId, events: impl IntoIterator<Item = Arc<Published>>) {
         if self.floor.is_some() {
-            return false;
+            self.restarted_below = self.restarted_below.max(self.last);
+            self.events.clear();
+            self.bytes = 0;
+            self.last = floor;
         }
         self.floor = Some(floor);
         self.last = self.last.max(floor);
@@ -108,14 +120,13 @@ impl History {
                 self.push(event);
             }
         }
-        true
     }
 
     /// Whether `id` is after the last event here but not after `newest`: an
     /// event this loop or node has not read yet (a cluster node behind the
     /// one the client came from).
     pub fn is_ahead(&self, id: EventId, newest: Option<EventId>) -> bool {
-        self.floor.is_some() && id > self.last && newest.is_some_and(|newest| id <= newest)
+        self.floor.is_some() && id > self.last.max(self.restarted_below) && newest.is_some_and(|newest| id <= newest)
     }
 
     /// Where a Mercure subscriber that resumes after `last_event_id` starts:

@@ -56,7 +56,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use crate::broadcast::bus::{BusEvent, BusSink};
+use crate::broadcast::bus::{BusError, BusEvent, BusSink};
 use crate::broadcast::event::Publish;
 use crate::broadcast::event::{EventId, Published, Receipt};
 
@@ -65,12 +65,13 @@ use crate::broadcast::event::{EventId, Published, Receipt};
 pub enum Message {
     /// The next event of the one order.
     Event(Arc<Published>),
-    /// A cluster node's history, once, before any event (see
+    /// A cluster node's history, before any event, and again if the
+    /// cluster's order restarts (see
     /// [`crate::broadcast::broker::Broker::backfill`]).
     Backfill(EventId, Arc<[Arc<Published>]>),
     /// The bus answered a publish made by connection `key` of this loop
     /// (`serial` tells it apart from a later connection with the same key).
-    Answer { key: usize, serial: u32, answer: Result<Receipt, String> },
+    Answer { key: usize, serial: u32, answer: Result<Receipt, BusError> },
 }
 
 /// A loop's counters, copied in by the loop itself once per turn (plain
@@ -163,8 +164,8 @@ pub enum Origin {
     ///
     /// [`Publisher`]: crate::broadcast::publisher::Publisher
     Thread,
-    /// The cluster bus: every loop is woken, since a node learns of its own
-    /// publishes through the bus too.
+    /// The cluster bus, which reads events in pages: the sender wakes the
+    /// loops once per page ([`Hub::distribute`]), not once per event.
     Bus,
 }
 
@@ -268,13 +269,21 @@ impl Hub {
         }
     }
 
-    /// Sends events that already have their ids (from the cluster bus), in
-    /// order, to every loop.
+    /// Sends events that already have their ids (a page the cluster bus
+    /// read), in order, to every loop, then wakes each loop at most once
+    /// for all of them, by the rule of a publish from another thread.
     pub fn distribute(&self, events: impl IntoIterator<Item = Arc<Published>>) {
         let state = self.lock();
+        let mut sent = false;
         for event in events {
             self.send_to_all(&state, Message::Event, event, Origin::Bus);
             self.events.fetch_add(1, Ordering::Relaxed);
+            sent = true;
+        }
+        if sent {
+            for inbox in self.inboxes.iter().filter(|inbox| self.needs_wake(inbox)) {
+                let _ = inbox.waker.wake();
+            }
         }
     }
 
@@ -283,6 +292,7 @@ impl Hub {
         let state = self.lock();
         let events: Arc<[Arc<Published>]> = events.into();
         self.send_to_all(&state, |events| Message::Backfill(floor, events), events, Origin::Bus);
+        self.wake_all();
     }
 
     /// How many streams, on all loops, an event on `topics` would reach.
@@ -291,7 +301,7 @@ impl Hub {
     }
 
     /// Hands loop `index` the answer to a publish one of its connections made.
-    pub fn answer(&self, index: usize, key: usize, serial: u32, answer: Result<Receipt, String>) {
+    pub fn answer(&self, index: usize, key: usize, serial: u32, answer: Result<Receipt, BusError>) {
         if let Some(inbox) = self.inboxes.get(index) {
             // Fails only once the loop is gone, and then nobody is waiting.
             if inbox.messages.send(Message::Answer { key, serial, answer }).is_ok() {
@@ -437,7 +447,7 @@ impl Hub {
             if inbox.messages.send(message).is_err() {
                 inbox.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             } else if match origin {
-                Origin::Bus => true,
+                Origin::Bus => false,
                 Origin::Loop(from) if from == index => false,
                 Origin::Loop(_) | Origin::Thread => self.needs_wake(inbox),
             } {
@@ -446,12 +456,14 @@ impl Hub {
         }
     }
 
-    /// Whether loop `index` must be woken for a local publish: not if it has
-    /// no streams (as of its last turn), unless its inbox is filling up. A
-    /// wake-up is a system call here and a context switch there, as much as
-    /// the publish itself when nobody listens. Nothing is lost by waiting: a
-    /// lone server's loop takes its inbox in every turn and before every
-    /// subscribe, so a new stream starts after every event sent so far.
+    /// Whether loop `index` must be woken for a local publish (or a page
+    /// from the cluster bus): not if it has no streams (as of its last
+    /// turn), unless its inbox is filling up. A wake-up is a system call here
+    /// and a context switch there, as much as the publish itself when nobody
+    /// listens. Nothing is lost by waiting: a lone server's loop takes its
+    /// inbox in every turn and before every subscribe, so a new stream
+    /// starts after every event sent so far; a cluster node's new stream
+    /// starts where its broker is, and gets what waits in the inbox live.
     fn needs_wake(&self, inbox: &LoopInbox) -> bool {
         // Pairs with the fence in `Hub::stream_opening`: either this load
         // sees the new stream (and wakes the loop), or the loop's inbox

@@ -20,13 +20,13 @@ use super::{Handle, Shared};
 use crate::app::mercure::MercureSubscribe;
 use crate::app::{Action, App, Subscribe};
 use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
-use crate::broadcast::bus::Bus;
+use crate::broadcast::bus::{Bus, BusError};
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
 use crate::config::Config;
-use crate::http::Response;
 use crate::http::conn::{Conn, SocketCommand};
 use crate::http::outbox::Flushed;
+use crate::http::{Response, Status};
 use crate::sse::Frame;
 
 /// Token of the listening socket. Client keys come from the slab, which never
@@ -605,16 +605,11 @@ impl Loop {
                         bus.submit(
                             publish,
                             Box::new(move |result| {
-                                let answer = result
-                                    .map(|id| {
-                                        let count = if kept.mercure.is_some() {
-                                            0
-                                        } else {
-                                            hub.count_subscribers(&kept.topics)
-                                        };
-                                        Receipt::new(id, count, &kept)
-                                    })
-                                    .map_err(|e| e.to_string());
+                                let answer = result.map(|id| {
+                                    let count =
+                                        if kept.mercure.is_some() { 0 } else { hub.count_subscribers(&kept.topics) };
+                                    Receipt::new(id, count, &kept)
+                                });
                                 hub.answer(index, key, serial, answer);
                             }),
                         );
@@ -727,6 +722,8 @@ impl Loop {
                 None
             }
             Some(_) => {
+                // Bus events wake only loops with streams: from now on this one.
+                self.hub.stream_opening(self.index);
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 Some(EventId { ms: now_ms.saturating_add(AHEAD_OF_CLOCK_MS), seq: u64::MAX })
             }
@@ -782,13 +779,18 @@ impl Loop {
 
     /// Answers a publish that waited for the cluster bus, if the connection
     /// that made it is still there.
-    fn answer_publish(&mut self, key: usize, serial: u32, answer: Result<Receipt, String>) {
+    fn answer_publish(&mut self, key: usize, serial: u32, answer: Result<Receipt, BusError>) {
         let Some(client) = self.clients.get_mut(key).filter(|client| client.serial == serial) else { return };
-        let now = Instant::now();
-        match answer {
-            Ok(receipt) => client.conn.respond(self.app.published(&receipt), &self.app.settings.limits, now),
-            Err(why) => client.conn.respond(self.app.unavailable(&why), &self.app.settings.limits, now),
-        }
+        let response = match answer {
+            Ok(receipt) => self.app.published(&receipt),
+            Err(e @ BusError::Unavailable(_)) => self.app.unavailable(&e.to_string()),
+            // 504, not 503: the event may have been published, so a retry
+            // may publish it twice.
+            Err(e @ BusError::Unanswered(_)) => {
+                Response::refusal(Status::GATEWAY_TIMEOUT, "outcome unknown", &e.to_string())
+            }
+        };
+        client.conn.respond(response, &self.app.settings.limits, Instant::now());
         // A pipelined request may be waiting behind this one, in the
         // connection's input or still in the socket, and no readiness event
         // will come for bytes that have already arrived: go on as after a read.

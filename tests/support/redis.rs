@@ -51,6 +51,23 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// TCP connections to the server that are established (the kernel's
+    /// count, from `/proc/net/tcp`: it counts them even while the server is
+    /// frozen and has not accepted them).
+    pub fn established_connections(&self) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let remote_port = format!(":{:04X}", self.port);
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // rem_address is HEX_IP:HEX_PORT; state 01 is ESTABLISHED.
+                fields.get(2).is_some_and(|remote| remote.ends_with(&remote_port)) && fields.get(3) == Some(&"01")
+            })
+            .count()
+    }
+
     /// Starts a fresh, empty server on the same port.
     #[track_caller]
     pub fn start_again(&mut self) {
