@@ -12,6 +12,11 @@
 //!   checked); `jwt_verify/HS256` minus the latter is bare-sse's own checks.
 //! - `publish_body/*`: the body alone: [`parse_update`] of the loadgen's form
 //!   body, and the seeds' [`parse_publish`] of its JSON body.
+//! - `subscribe_query/*`: [`parse_subscription`] of the loadgen's
+//!   subscribe queries, `match=` one topic and `match_urlpattern=` the
+//!   shared pattern: what each new subscriber costs before the broker
+//!   (a URL pattern is compiled for every subscription, even when the
+//!   broker already holds the same one).
 //! - `publish_request/*`: a whole publish request through the connection
 //!   state machine (head parsing, routing, token, body, response), as the
 //!   event loop runs it per POST, for both APIs: their difference is the
@@ -24,6 +29,7 @@ use bare_sse::app::seeds::parse_publish;
 use bare_sse::app::{App, Settings};
 use bare_sse::broadcast::event::{EventId, Receipt};
 use bare_sse::http::conn::Conn;
+use bare_sse::mercure::subscribe::parse_subscription;
 use bare_sse::mercure::token::{Alg, Role, Verifier, VerifierConfig};
 use bare_sse::mercure::update::parse_update;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
@@ -136,6 +142,19 @@ fn publish_body(c: &mut Criterion) {
     group.finish();
 }
 
+fn subscribe_query(c: &mut Criterion) {
+    let hub = hub_url();
+    let mut group = c.benchmark_group("subscribe_query");
+    for (name, query) in [
+        ("exact", &b"match=https%3A%2F%2Fexample.com%2Fitems%2F1"[..]),
+        ("urlpattern", &b"match_urlpattern=https%3A%2F%2Fexample.com%2Fitems%2F%3Aid"[..]),
+    ] {
+        assert_eq!(parse_subscription(query, &hub).unwrap().matchers.len(), 1);
+        group.bench_function(name, |b| b.iter(|| parse_subscription(black_box(query), &hub).unwrap()));
+    }
+    group.finish();
+}
+
 /// The loadgen's requests, byte for byte (but for the seq and nanos).
 fn requests() -> (Vec<u8>, Vec<u8>) {
     let token = mint(Algorithm::HS256, &EncodingKey::from_secret(SECRET).unwrap());
@@ -190,5 +209,5 @@ fn publish_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, jwt_verify, jwt_parts, publish_body, publish_request);
+criterion_group!(benches, jwt_verify, jwt_parts, publish_body, subscribe_query, publish_request);
 criterion_main!(benches);
