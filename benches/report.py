@@ -109,6 +109,7 @@ def combine(rows):
             "connect_ms",
             "bytes_per_idle_subscriber",
             "rss_idle_kb",
+            "rss_before_kb",
             "deliveries_per_s",
             "deliver_ms",
             "cpu_us_per_delivery",
@@ -315,6 +316,28 @@ def mercure_goals(combined):
                 f"| bytes/idle sub ≤ {GOAL_IDLE_BYTES} | {idle} | {s} | {fmt(base)} | {fmt(mine)} "
                 f"| {fmt_ratio(ratio(combined, s, idle, 'bytes_per_idle_subscriber'))} | {verdict(ok)} |"
             )
+    # What each subscriber adds beyond the server's one-time costs (the first
+    # URL pattern, say, pages in code and tables): RSS growth between the
+    # two largest idle workloads, each from its own fresh server.
+    idles = sorted((w for w in workloads if w.startswith("idle-")), key=workload_size)
+    if len(idles) >= 2:
+        small, big = idles[-2], idles[-1]
+
+        def marginal(server):
+            a, b = combined.get((server, small)), combined.get((server, big))
+            if not a or not b or a["rss_idle_kb"] is None or b["rss_idle_kb"] is None:
+                return None
+            subs = (b["subscribers_connected"] or 0) - (a["subscribers_connected"] or 0)
+            return (b["rss_idle_kb"] - a["rss_idle_kb"]) * 1024 / subs if subs > 0 else None
+
+        base = marginal(BASELINE)
+        for s in mercure:
+            mine = marginal(s)
+            r = mine / base if mine is not None and base else None
+            lines.append(
+                f"| marginal bytes/idle sub, {small} to {big} (shown) | {big} | {s} | {fmt(base)} | {fmt(mine)} "
+                f"| {fmt_ratio(r)} | - |"
+            )
     publish = largest(workloads, "publish")
     if publish:
         for s in mercure:
@@ -322,7 +345,7 @@ def mercure_goals(combined):
             m = combined.get((s, publish), {})
             for label, field in (("CPU µs/req", "cpu_us_per_request"), ("core µs/req", "core_us_per_request")):
                 base, mine = b.get(field), m.get(field)
-                extra = f", +{mine - base:.1f} µs per publish" if base is not None and mine is not None else ""
+                extra = f", {mine - base:+.1f} µs per publish" if base is not None and mine is not None else ""
                 lines.append(
                     f"| publish cost reported ({label}{extra}) | {publish} | {s} | {fmt(base, 1)} | {fmt(mine, 1)} "
                     f"| {fmt_ratio(ratio(combined, s, publish, field))} | reported |"
@@ -356,11 +379,12 @@ def panels(combined):
             out.append((f"{w}: server CPU µs per request (lower is better)", "µs", pick(w, "cpu_us_per_request")))
 
     def ratios(workload, field):
-        servers = {s for (s, ww) in combined if ww == workload and s != BASELINE}
+        servers = {s for (s, ww) in combined if ww == workload and s.startswith(MERCURE_PREFIX)}
         values = {s: ratio(combined, s, workload, field) for s in servers}
         return {s: v for s, v in values.items() if v is not None}
 
-    # The Mercure rows against bare-sse's seeds API, run by run.
+    # The Mercure rows against bare-sse's seeds API, workload by workload
+    # (other servers' ratios are in the table).
     if any(s.startswith(MERCURE_PREFIX) for s, _ in combined):
         for w in workloads:
             if any(r["deliveries_per_s"] for (s, ww), r in combined.items() if ww == w):

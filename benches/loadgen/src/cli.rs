@@ -321,9 +321,10 @@ mod tests {
     #[test]
     fn parses_mercure_flags() {
         let secret = "0123456789abcdef0123456789abcdef";
-        let c = parse(args(&format!("--target 127.0.0.1:9 --api mercure --match urlpattern --mercure-secret {secret}")))
-            .expect("ok")
-            .expect("config");
+        let c =
+            parse(args(&format!("--target 127.0.0.1:9 --api mercure --match urlpattern --mercure-secret {secret}")))
+                .expect("ok")
+                .expect("config");
         assert_eq!(c.events_path, "/.well-known/mercure?match_urlpattern=https%3A%2F%2Fexample.com%2Fitems%2F%3Aid");
         assert_eq!(c.send_path, "/.well-known/mercure");
         let Api::Mercure(m) = &c.api else { panic!("not mercure") };

@@ -677,13 +677,7 @@ impl Run {
             if let Some(authorization) = authorization {
                 let _ = write!(p.out, "Authorization: {authorization}\r\n");
             }
-            let _ = write!(
-                p.out,
-                "Content-Type: {}\r\nContent-Length: {}\r\n\r\n{}",
-                content_type,
-                body.len(),
-                body
-            );
+            let _ = write!(p.out, "Content-Type: {}\r\nContent-Length: {}\r\n\r\n{}", content_type, body.len(), body);
             p.inflight.push_back(seq);
         }
         None
