@@ -8,6 +8,13 @@ Standard library only. Used by benches/compare:
 
 When a server ran a workload several times (--rounds), the table and chart
 show the median of each figure and the worst of the error counts.
+
+Below the table, a second one gives every server's figures as ratios to
+bare-sse's (the seeds API) on the same workload of the same results file,
+and, when Mercure rows (bare-sse-mercure*) are present, the issue's goals
+for them: CPU per delivery within 1.2x of bare-sse's, at most 300 bytes per
+idle subscriber, and what a Mercure publish (JWT check, form body) costs
+more than a seeds one.
 """
 
 import json
@@ -16,9 +23,28 @@ import sys
 from html import escape
 
 # Server order in tables and charts; unknown servers follow in name order.
-SERVERS = ["bare-sse", "bare-sse-t2", "bare-sse-t2-2cpu", "bare-sse-cluster", "floor", "axum", "go", "nchan"]
+SERVERS = [
+    "bare-sse",
+    "bare-sse-mercure",
+    "bare-sse-mercure-pattern",
+    "bare-sse-t2",
+    "bare-sse-t2-2cpu",
+    "bare-sse-cluster",
+    "floor",
+    "axum",
+    "go",
+    "nchan",
+]
+# The row every ratio is taken against: bare-sse's own (seeds) API.
+BASELINE = "bare-sse"
+# The issue's goals for the Mercure rows.
+MERCURE_PREFIX = "bare-sse-mercure"
+GOAL_CPU_RATIO = 1.2
+GOAL_IDLE_BYTES = 300
 COLORS = {
     "bare-sse": "#d9480f",
+    "bare-sse-mercure": "#f59f00",
+    "bare-sse-mercure-pattern": "#e67700",
     "floor": "#868e96",
     "axum": "#1c7ed6",
     "go": "#0ca678",
@@ -83,6 +109,7 @@ def combine(rows):
             "connect_ms",
             "bytes_per_idle_subscriber",
             "rss_idle_kb",
+            "rss_before_kb",
             "deliveries_per_s",
             "deliver_ms",
             "cpu_us_per_delivery",
@@ -182,6 +209,150 @@ def table(combined):
     return "\n".join(lines) + "\n"
 
 
+# (column title, field, whether the figure is a rate, i.e. higher is better)
+RATIO_FIELDS = [
+    ("CPU µs/delivery", "cpu_us_per_delivery"),
+    ("core µs/delivery", "core_us_per_delivery"),
+    ("deliveries/s", "deliveries_per_s"),
+    ("bytes/idle sub", "bytes_per_idle_subscriber"),
+    ("p50", "latency_p50_us"),
+    ("p99", "latency_p99_us"),
+    ("publish req/s", "publish_rps"),
+    ("CPU µs/req", "cpu_us_per_request"),
+    ("core µs/req", "core_us_per_request"),
+]
+
+
+def ratio(combined, server, workload, field):
+    """`field` of `server` over the baseline's on the same workload."""
+    r = combined.get((server, workload))
+    b = combined.get((BASELINE, workload))
+    if r is None or b is None:
+        return None
+    if field in ("publish_rps", "cpu_us_per_request", "core_us_per_request") and r["deliveries_per_s"] is not None:
+        return None  # request figures only mean something without subscribers
+    v, base = r.get(field), b.get(field)
+    if v is None or not base:
+        return None
+    return v / base
+
+
+def fmt_ratio(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def ratio_table(combined):
+    """Every server's figures over bare-sse's on the same workload."""
+    workloads = []
+    for _, w in combined:
+        if w not in workloads:
+            workloads.append(w)
+    servers = [s for s in server_order({s for s, _ in combined}) if s != BASELINE]
+    head = "| workload | server / " + BASELINE + " | " + " | ".join(t for t, _ in RATIO_FIELDS) + " | runs began busy |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for w in workloads:
+        if (BASELINE, w) not in combined:
+            continue
+        for s in servers:
+            if (s, w) not in combined:
+                continue
+            cells = [fmt_ratio(ratio(combined, s, w, f)) for _, f in RATIO_FIELDS]
+            if all(c == "-" for c in cells):
+                continue
+            busy = max(combined[(s, w)]["busy"], combined[(BASELINE, w)]["busy"])
+            note = f"{busy:.0f}%" if busy > 10 else ""
+            lines.append(f"| {w} | {s} | " + " | ".join(cells) + f" | {note} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def workload_size(name):
+    """The subscriber count in a workload's name: idle-10k -> 10000."""
+    tail = name.rsplit("-", 1)[-1]
+    try:
+        return float(tail[:-1]) * 1000 if tail.endswith("k") else float(tail)
+    except ValueError:
+        return 0.0
+
+
+def largest(workloads, prefix):
+    named = [w for w in workloads if w.startswith(prefix + "-")]
+    return max(named, key=workload_size) if named else None
+
+
+def mercure_goals(combined):
+    """The issue's goals for each Mercure row, met or not."""
+    workloads = []
+    for _, w in combined:
+        if w not in workloads:
+            workloads.append(w)
+    mercure = [s for s in server_order({s for s, _ in combined}) if s.startswith(MERCURE_PREFIX)]
+    if not mercure:
+        return ""
+    lines = ["| goal | workload | server | " + BASELINE + " | Mercure | ratio | met |", "|---|---|---|---|---|---|---|"]
+
+    def verdict(ok):
+        return "-" if ok is None else ("yes" if ok else "**no**")
+
+    fanout = largest(workloads, "fanout")
+    for w in [fanout] + [x for x in (largest(workloads, "burst"), largest(workloads, "paced")) if x]:
+        if w is None:
+            continue
+        for s in mercure:
+            base = combined.get((BASELINE, w), {}).get("cpu_us_per_delivery")
+            mine = combined.get((s, w), {}).get("cpu_us_per_delivery")
+            r = ratio(combined, s, w, "cpu_us_per_delivery")
+            goal = f"CPU µs/delivery ≤ {GOAL_CPU_RATIO}x" + ("" if w == fanout else " (shown, goal is on fanout)")
+            ok = None if r is None or w != fanout else r <= GOAL_CPU_RATIO
+            lines.append(
+                f"| {goal} | {w} | {s} | {fmt(base, 2)} | {fmt(mine, 2)} | {fmt_ratio(r)} | {verdict(ok)} |"
+            )
+    idle = largest(workloads, "idle")
+    if idle:
+        for s in mercure:
+            base = combined.get((BASELINE, idle), {}).get("bytes_per_idle_subscriber")
+            mine = combined.get((s, idle), {}).get("bytes_per_idle_subscriber")
+            ok = None if mine is None else mine <= GOAL_IDLE_BYTES
+            lines.append(
+                f"| bytes/idle sub ≤ {GOAL_IDLE_BYTES} | {idle} | {s} | {fmt(base)} | {fmt(mine)} "
+                f"| {fmt_ratio(ratio(combined, s, idle, 'bytes_per_idle_subscriber'))} | {verdict(ok)} |"
+            )
+    # What each subscriber adds beyond the server's one-time costs (the first
+    # URL pattern, say, pages in code and tables): RSS growth between the
+    # two largest idle workloads, each from its own fresh server.
+    idles = sorted((w for w in workloads if w.startswith("idle-")), key=workload_size)
+    if len(idles) >= 2:
+        small, big = idles[-2], idles[-1]
+
+        def marginal(server):
+            a, b = combined.get((server, small)), combined.get((server, big))
+            if not a or not b or a["rss_idle_kb"] is None or b["rss_idle_kb"] is None:
+                return None
+            subs = (b["subscribers_connected"] or 0) - (a["subscribers_connected"] or 0)
+            return (b["rss_idle_kb"] - a["rss_idle_kb"]) * 1024 / subs if subs > 0 else None
+
+        base = marginal(BASELINE)
+        for s in mercure:
+            mine = marginal(s)
+            r = mine / base if mine is not None and base else None
+            lines.append(
+                f"| marginal bytes/idle sub, {small} to {big} (shown) | {big} | {s} | {fmt(base)} | {fmt(mine)} "
+                f"| {fmt_ratio(r)} | - |"
+            )
+    publish = largest(workloads, "publish")
+    if publish:
+        for s in mercure:
+            b = combined.get((BASELINE, publish), {})
+            m = combined.get((s, publish), {})
+            for label, field in (("CPU µs/req", "cpu_us_per_request"), ("core µs/req", "core_us_per_request")):
+                base, mine = b.get(field), m.get(field)
+                extra = f", {mine - base:+.1f} µs per publish" if base is not None and mine is not None else ""
+                lines.append(
+                    f"| publish cost reported ({label}{extra}) | {publish} | {s} | {fmt(base, 1)} | {fmt(mine, 1)} "
+                    f"| {fmt_ratio(ratio(combined, s, publish, field))} | reported |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def panels(combined):
     """(title, unit, {server: value}) for each chart panel, in order."""
     workloads = []
@@ -205,11 +376,32 @@ def panels(combined):
     for w in workloads:
         if w.startswith("publish"):
             out.append((f"{w}: publish requests per second (higher is better)", "/s", pick(w, "publish_rps")))
+            out.append((f"{w}: server CPU µs per request (lower is better)", "µs", pick(w, "cpu_us_per_request")))
+
+    def ratios(workload, field):
+        servers = {s for (s, ww) in combined if ww == workload and s.startswith(MERCURE_PREFIX)}
+        values = {s: ratio(combined, s, workload, field) for s in servers}
+        return {s: v for s, v in values.items() if v is not None}
+
+    # The Mercure rows against bare-sse's seeds API, workload by workload
+    # (other servers' ratios are in the table).
+    if any(s.startswith(MERCURE_PREFIX) for s, _ in combined):
+        for w in workloads:
+            if any(r["deliveries_per_s"] for (s, ww), r in combined.items() if ww == w):
+                out.append(
+                    (
+                        f"{w}: CPU µs per delivery ÷ {BASELINE}'s (goal for Mercure ≤ {GOAL_CPU_RATIO})",
+                        "x",
+                        ratios(w, "cpu_us_per_delivery"),
+                    )
+                )
+            elif w.startswith("publish"):
+                out.append((f"{w}: CPU µs per request ÷ {BASELINE}'s", "x", ratios(w, "cpu_us_per_request")))
     return out
 
 
 def svg(combined, title):
-    width, bar_h, gap, label_w, value_w = 790, 18, 4, 120, 110
+    width, bar_h, gap, label_w, value_w = 840, 18, 4, 170, 110
     chart_w = width - label_w - value_w - 20
     parts = []
     y = 40
@@ -244,6 +436,12 @@ def render(results, out_md, out_svg):
     rows = load(results)
     combined = combine(rows)
     text = table(combined)
+    ratios = ratio_table(combined)
+    if ratios:
+        text += f"\nRatios to {BASELINE} (seeds API) on the same workload, same results:\n\n" + ratios
+    goals = mercure_goals(combined)
+    if goals:
+        text += "\nMercure goals:\n\n" + goals
     with open(out_md, "w") as f:
         f.write(text)
     modes = sorted({r.get("mode", "") for r in rows} - {""})

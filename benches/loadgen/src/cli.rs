@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::mercure::{self, MatchKind};
+
 pub const USAGE: &str = "\
 loadgen: SSE fan-out load generator (one thread, mio)
 
@@ -19,8 +21,27 @@ usage: loadgen --target HOST:PORT [options]
   --depth D              requests in flight per publisher with --burst (default 32)
   --raw-body             send the message text as the POST body instead of
                          {\"message\":\"...\"} (nchan publishes the raw body)
-  --events-path P        subscribe path (default /events)
-  --send-path P          publish path (default /send-event)
+  --events-path P        subscribe path (default /events; with --api
+                         mercure /.well-known/mercure)
+  --send-path P          publish path (default /send-event; with --api
+                         mercure /.well-known/mercure)
+  --api seeds|mercure    seeds (default): GET /events, POST /send-event
+                         with JSON; mercure: subscribe with a topic
+                         matcher, publish form bodies with a bearer JWT
+  --match exact|urlpattern  Mercure subscribers' matcher (default exact):
+                         match=TOPIC, or match_urlpattern=PATTERN (one
+                         pattern shared by every subscriber)
+  --topic URL            Mercure topic published on (and subscribed to with
+                         exact) (default https://example.com/items/1)
+  --pattern P            Mercure URL pattern (default
+                         https://example.com/items/:id)
+  --mercure-token JWT    the publishers' bearer token, as it is
+  --mercure-secret S     or: mint an HS256 token at start with this secret
+                         (at least 32 bytes) ...
+  --mercure-issuer ISS   ... this iss (default https://example.com) ...
+  --mercure-audience A   ... and this aud (default
+                         http://TARGET/.well-known/mercure, as bare-sse
+                         derives it from Host)
   --timeout SECS         bound of the connect phase and of the publish phase (default 30)
   --settle-ms MS         wait after subscribing before the idle reading (default 500)
   --connect-concurrency C  subscribers connecting at once (default 100, under
@@ -47,6 +68,25 @@ pub enum Pacing {
     Rate { per_s: f64 },
 }
 
+/// Which API the server is spoken to in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Api {
+    /// `GET /events`, `POST /send-event` with `{"message": ...}` (or the raw
+    /// body).
+    Seeds,
+    /// Mercure: subscribe with one matcher, publish form bodies with a JWT.
+    Mercure(MercureApi),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MercureApi {
+    pub matching: MatchKind,
+    pub topic: String,
+    pub pattern: String,
+    /// The `Authorization` header's value: `Bearer <JWT>`.
+    pub authorization: String,
+}
+
 /// A server to connect to: its address and the `Host` header that names it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -63,6 +103,8 @@ pub struct Config {
     pub publishers: usize,
     pub pacing: Pacing,
     pub raw_body: bool,
+    pub api: Api,
+    /// The subscribe request target (path and query).
     pub events_path: String,
     pub send_path: String,
     pub timeout: Duration,
@@ -86,8 +128,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     let mut burst = false;
     let mut depth = 32;
     let mut raw_body = false;
-    let mut events_path = "/events".to_string();
-    let mut send_path = "/send-event".to_string();
     let mut timeout_s = 30.0;
     let mut settle_ms = 500;
     let mut connect_concurrency = 100;
@@ -95,6 +135,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     let mut server_core = None;
     let mut source_ips: u8 = 8;
     let mut labels = Vec::new();
+    let mut api = "seeds".to_string();
+    let mut matching = None;
+    let mut topic = mercure::DEFAULT_TOPIC.to_string();
+    let mut pattern = mercure::DEFAULT_PATTERN.to_string();
+    let mut token = None;
+    let mut secret = None;
+    let mut issuer = "https://example.com".to_string();
+    let mut audience = None;
+    let mut events_path = None;
+    let mut send_path = None;
 
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -109,8 +159,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--burst" => burst = true,
             "--depth" => depth = number(&flag, &value()?)?,
             "--raw-body" => raw_body = true,
-            "--events-path" => events_path = value()?,
-            "--send-path" => send_path = value()?,
+            "--events-path" => events_path = Some(value()?),
+            "--send-path" => send_path = Some(value()?),
+            "--api" => api = value()?,
+            "--match" => matching = Some(value()?),
+            "--topic" => topic = value()?,
+            "--pattern" => pattern = value()?,
+            "--mercure-token" => token = Some(value()?),
+            "--mercure-secret" => secret = Some(value()?),
+            "--mercure-issuer" => issuer = value()?,
+            "--mercure-audience" => audience = Some(value()?),
             "--timeout" => timeout_s = number(&flag, &value()?)?,
             "--settle-ms" => settle_ms = number(&flag, &value()?)?,
             "--connect-concurrency" => connect_concurrency = number(&flag, &value()?)?,
@@ -157,6 +215,52 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     } else {
         Vec::new()
     };
+    let api = match api.as_str() {
+        "seeds" => {
+            if matching.is_some() || token.is_some() || secret.is_some() {
+                return Err("--match, --mercure-token and --mercure-secret need --api mercure".into());
+            }
+            Api::Seeds
+        }
+        "mercure" => {
+            if raw_body {
+                return Err("--raw-body is for the seeds API".into());
+            }
+            let matching = match matching.as_deref() {
+                None | Some("exact") => MatchKind::Exact,
+                Some("urlpattern") => MatchKind::UrlPattern,
+                Some(other) => return Err(format!("--match {other:?}: exact or urlpattern")),
+            };
+            let token = match (token, secret) {
+                (Some(_), Some(_)) => return Err("--mercure-token and --mercure-secret exclude each other".into()),
+                (Some(token), None) => token,
+                (None, Some(secret)) => {
+                    if secret.len() < 32 {
+                        return Err("--mercure-secret: an HS256 secret has at least 32 bytes".into());
+                    }
+                    let audience = audience.unwrap_or_else(|| mercure::default_audience(&targets[0].host));
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_err(|e| format!("clock: {e}"))?
+                        .as_secs();
+                    mercure::publisher_token(secret.as_bytes(), &issuer, &audience, now)
+                }
+                (None, None) => return Err("--api mercure needs --mercure-token or --mercure-secret".into()),
+            };
+            Api::Mercure(MercureApi { matching, topic, pattern, authorization: format!("Bearer {token}") })
+        }
+        other => return Err(format!("--api {other:?}: seeds or mercure")),
+    };
+    let (default_events, default_send) = match &api {
+        Api::Seeds => ("/events".to_string(), "/send-event".to_string()),
+        Api::Mercure(_) => (mercure::HUB_PATH.to_string(), mercure::HUB_PATH.to_string()),
+    };
+    let events_path = events_path.unwrap_or(default_events);
+    let events_path = match &api {
+        Api::Seeds => events_path,
+        Api::Mercure(m) => mercure::subscribe_target(&events_path, m.matching, &m.topic, &m.pattern),
+    };
+    let send_path = send_path.unwrap_or(default_send);
     Ok(Some(Config {
         targets,
         subscribers,
@@ -164,6 +268,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         publishers,
         pacing,
         raw_body,
+        api,
         events_path,
         send_path,
         timeout: Duration::from_secs_f64(timeout_s),
@@ -208,5 +313,32 @@ mod tests {
         assert!(parse(args("--target 127.0.0.1:9 --rate 5 --burst")).is_err());
         assert!(parse(args("--target 127.0.0.1:9 --timeout 0")).is_err());
         assert!(matches!(parse(args("-h")), Ok(None)));
+        assert_eq!(c.api, Api::Seeds);
+        assert_eq!(c.events_path, "/events");
+        assert_eq!(c.send_path, "/send-event");
+    }
+
+    #[test]
+    fn parses_mercure_flags() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c =
+            parse(args(&format!("--target 127.0.0.1:9 --api mercure --match urlpattern --mercure-secret {secret}")))
+                .expect("ok")
+                .expect("config");
+        assert_eq!(c.events_path, "/.well-known/mercure?match_urlpattern=https%3A%2F%2Fexample.com%2Fitems%2F%3Aid");
+        assert_eq!(c.send_path, "/.well-known/mercure");
+        let Api::Mercure(m) = &c.api else { panic!("not mercure") };
+        assert_eq!(m.matching, MatchKind::UrlPattern);
+        assert!(m.authorization.starts_with("Bearer ey"));
+        let c = parse(args("--target 127.0.0.1:9 --api mercure --mercure-token a.b.c")).expect("ok").expect("config");
+        assert_eq!(c.events_path, "/.well-known/mercure?match=https%3A%2F%2Fexample.com%2Fitems%2F1");
+        let Api::Mercure(m) = &c.api else { panic!("not mercure") };
+        assert_eq!(m.authorization, "Bearer a.b.c");
+        assert!(parse(args("--target 127.0.0.1:9 --api mercure")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --api mercure --mercure-secret short")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --api mercure --mercure-token t --raw-body")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --api mercure --mercure-token t --match regex")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --match exact")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --api nope")).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! - `sse`: pure event-stream parser, as `EventSource` reads a stream;
 //! - `procstat`: RSS and CPU time of the server's processes from `/proc`;
 //! - `sys`: the few libc calls (open-file limit, own CPU time, SO_LINGER);
+//! - `mercure`: the Mercure subscribe URL, publish body and JWT (`--api mercure`);
 //! - `cli`: the command line;
 //! - `run`: the mio loop, its subscribers and publishers, and the phases.
 //!
@@ -16,6 +17,7 @@
 
 mod chunked;
 mod cli;
+mod mercure;
 mod procstat;
 mod run;
 mod sse;
@@ -122,6 +124,14 @@ fn main() -> ExitCode {
             cli::Pacing::Rate { per_s } => format!("rate:{per_s}"),
         },
         "raw_body": cfg.raw_body,
+        "api": match &cfg.api {
+            cli::Api::Seeds => "seeds",
+            cli::Api::Mercure(_) => "mercure",
+        },
+        "match": match &cfg.api {
+            cli::Api::Seeds => None,
+            cli::Api::Mercure(m) => Some(m.matching.name()),
+        },
         "published_ok": o.published_ok,
         "publish_errors": o.publish_errors,
         "unsent": o.unsent,

@@ -12,8 +12,9 @@
 //!             acknowledged message
 //! ```
 //!
-//! Each message is `"<seq> <publisher> <nanos>"`: a global sequence number,
-//! the publisher connection that sent it, and nanoseconds since loadgen
+//! Each message is `"<seq> <publisher> <nanos>"` (with `--api mercure`, the
+//! `data` field of a form-encoded update): a global sequence number, the
+//! publisher connection that sent it, and nanoseconds since loadgen
 //! started, taken just before the request is queued. A subscriber parses its
 //! stream as `EventSource` does (chunked coding first if the response used
 //! it), and checks each message against a bitset of the sequence numbers it
@@ -29,7 +30,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::chunked;
-use crate::cli::{Config, Pacing};
+use crate::cli::{Api, Config, Pacing};
+use crate::mercure;
 use crate::sse;
 use crate::sys;
 
@@ -146,6 +148,8 @@ pub struct Run {
     buf: Vec<u8>,
     /// The `GET` request for each target (they differ by `Host`).
     sub_requests: Vec<Vec<u8>>,
+    /// With `--api mercure`: the topic, form-encoded once.
+    encoded_topic: String,
     subs: Vec<Sub>,
     pubs: Vec<Pub>,
     tally: Tally,
@@ -182,6 +186,10 @@ impl Run {
             epoch: Instant::now(),
             buf: vec![0; READ_BUF_BYTES],
             sub_requests,
+            encoded_topic: match &cfg.api {
+                Api::Mercure(m) => mercure::form_encode(&m.topic),
+                Api::Seeds => String::new(),
+            },
             subs: Vec::new(),
             pubs: Vec::new(),
             tally: Tally {
@@ -655,21 +663,21 @@ impl Run {
             self.next_seq += 1;
             let nanos = self.epoch.elapsed().as_nanos();
             let text = format!("{seq} {i} {nanos}");
-            let (body, content_type) = if self.cfg.raw_body {
-                (text, "text/plain")
-            } else {
-                (serde_json::json!({ "message": text }).to_string(), "application/json")
+            let (body, content_type, authorization) = match &self.cfg.api {
+                Api::Mercure(m) => (
+                    mercure::publish_body(&self.encoded_topic, &text),
+                    "application/x-www-form-urlencoded",
+                    Some(m.authorization.as_str()),
+                ),
+                Api::Seeds if self.cfg.raw_body => (text, "text/plain", None),
+                Api::Seeds => (serde_json::json!({ "message": text }).to_string(), "application/json", None),
             };
             let p = &mut self.pubs[i];
-            let _ = write!(
-                p.out,
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{}",
-                self.cfg.send_path,
-                self.cfg.targets[0].host,
-                content_type,
-                body.len(),
-                body
-            );
+            let _ = write!(p.out, "POST {} HTTP/1.1\r\nHost: {}\r\n", self.cfg.send_path, self.cfg.targets[0].host);
+            if let Some(authorization) = authorization {
+                let _ = write!(p.out, "Authorization: {authorization}\r\n");
+            }
+            let _ = write!(p.out, "Content-Type: {}\r\nContent-Length: {}\r\n\r\n{}", content_type, body.len(), body);
             p.inflight.push_back(seq);
         }
         None
