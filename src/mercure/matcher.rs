@@ -164,10 +164,7 @@ impl Matcher {
         } else {
             match kind {
                 MatcherType::Exact => Compiled::Exact,
-                MatcherType::UrlPattern => Compiled::Pattern(Arc::new(HubPattern {
-                    pattern: compile_pattern(text, hub_url)?,
-                    hub_url: hub_url.clone(),
-                })),
+                MatcherType::UrlPattern => Compiled::Pattern(compiled_pattern(text, hub_url)?),
                 MatcherType::UriTemplate => Compiled::Template(Arc::new(compile_template(text)?)),
             }
         };
@@ -257,6 +254,40 @@ fn compile_template(text: &str) -> Result<regex::Regex, MatcherError> {
     expression.push_str(&regex::escape(rest));
     expression.push('$');
     regex::Regex::new(&expression).map_err(|_| MatcherError::InvalidTemplate)
+}
+
+/// Most compiled patterns remembered per thread before the forgotten ones
+/// (no matcher holds them any more) are swept out.
+const PATTERN_CACHE_SWEEP: usize = 1024;
+
+/// The compiled URL pattern `text` (relative to `hub_url`): the one already
+/// held by a live matcher on this thread if there is one, else newly
+/// compiled. Compiling a pattern costs some 250 µs (the `regex` compiler),
+/// and many subscribers of a hub often send the same pattern (from the same
+/// page): they share one compiled pattern instead of compiling it each.
+/// The cache holds weak references, so it keeps nothing alive.
+fn compiled_pattern(text: &str, hub_url: &Url) -> Result<Arc<HubPattern>, MatcherError> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Weak;
+    /// (pattern, hub URL) to the pattern compiled for them.
+    type Cache = HashMap<(Box<str>, Box<str>), Weak<HubPattern>>;
+    thread_local! {
+        static CACHE: RefCell<Cache> = RefCell::new(HashMap::new());
+    }
+    let key = (Box::from(text), Box::from(hub_url.as_str()));
+    if let Some(pattern) = CACHE.with(|cache| cache.borrow().get(&key).and_then(Weak::upgrade)) {
+        return Ok(pattern);
+    }
+    let pattern = Arc::new(HubPattern { pattern: compile_pattern(text, hub_url)?, hub_url: hub_url.clone() });
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= PATTERN_CACHE_SWEEP {
+            cache.retain(|_, pattern| pattern.strong_count() > 0);
+        }
+        cache.insert(key, Arc::downgrade(&pattern));
+    });
+    Ok(pattern)
 }
 
 fn compile_pattern(text: &str, hub_url: &Url) -> Result<UrlPattern<regex::Regex>, MatcherError> {
@@ -662,5 +693,20 @@ mod tests {
             }
         }
         assert!(agreed_matches >= patterns.len(), "the table should exercise matches too");
+    }
+
+    #[test]
+    fn identical_patterns_share_one_compiled_pattern_while_one_is_alive() {
+        let hub = Url::parse("https://hub.example/.well-known/mercure").unwrap();
+        let compiled = |m: &Matcher| match &m.compiled {
+            Compiled::Pattern(pattern) => Arc::as_ptr(pattern),
+            _ => panic!("a pattern"),
+        };
+        let first = Matcher::new(MatcherType::UrlPattern, "https://example.com/shared/:id", &hub).unwrap();
+        let second = Matcher::new(MatcherType::UrlPattern, "https://example.com/shared/:id", &hub).unwrap();
+        assert_eq!(compiled(&first), compiled(&second), "compiled once");
+        let other = Matcher::new(MatcherType::UrlPattern, "https://example.com/other/:id", &hub).unwrap();
+        assert_ne!(compiled(&first), compiled(&other));
+        assert!(second.matches("https://example.com/shared/7") && !other.matches("https://example.com/shared/7"));
     }
 }
