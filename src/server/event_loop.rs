@@ -505,8 +505,13 @@ impl Loop {
     fn take_signals(&mut self) {
         if let Some(signals) = &mut self.signals {
             for signal in signals.pending() {
-                log::info!("signal {signal}: shutting down gracefully");
-                self.handle.shutdown();
+                let name = signal_hook::low_level::signal_name(signal).unwrap_or("unknown");
+                if super::IGNORED_SIGNALS.contains(&signal) {
+                    log::info!("signal {name} ignored: only SIGTERM, SIGINT and SIGQUIT stop bare-sse (gracefully)");
+                } else {
+                    log::info!("signal {name}: shutting down gracefully");
+                    self.handle.shutdown();
+                }
             }
         }
     }
