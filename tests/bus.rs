@@ -528,8 +528,16 @@ fn a_publish_refused_as_unavailable_never_reaches_the_stream() {
             Err(BusError::Unanswered(_)) => assert!(published.contains(&message.as_str()), "{message:?}"),
         }
     }
-    let unanswered = answers.iter().filter(|(_, answer)| matches!(answer, Err(BusError::Unanswered(_)))).count();
-    assert_eq!(unanswered, 5, "the XADDs in flight, and only those: {answers:?}");
+    // How many of the first five went out before the first timed out
+    // depends on scheduling (on a loaded machine the writer may send the
+    // first alone; the rest then wait unsent and are refused): at least the
+    // first went out, and none sent after the outage was noticed did.
+    let unanswered = |prefix: &str| {
+        let of = answers.iter().filter(|(message, _)| message.starts_with(prefix));
+        of.filter(|(_, answer)| matches!(answer, Err(BusError::Unanswered(_)))).count()
+    };
+    assert!(unanswered("in flight") >= 1, "an XADD in flight has no answer, not a refusal: {answers:?}");
+    assert_eq!(unanswered("refused"), 0, "nothing is sent once Redis is known to be gone: {answers:?}");
 }
 
 /// The greatest id below `id` (the floor just under it).

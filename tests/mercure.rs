@@ -606,3 +606,14 @@ fn a_pattern_the_url_pattern_crate_chokes_on_is_a_400_not_a_crash() {
     publish(&server, &[("topic", "t"), ("data", "still serving")]);
     assert_eq!(stream.next_data(), "still serving");
 }
+
+#[test]
+fn a_host_that_makes_no_url_gets_a_challenge_without_resource_metadata() {
+    // Found by the request fuzz target: the metadata URL was built from the
+    // Host as it came, into the challenge's quoted string.
+    let server = hub();
+    let request = "POST /.well-known/mercure HTTP/1.1\r\nHost: t: \"x\r\nContent-Length: 7\r\n\r\ntopic=t";
+    let response = server.connect().request(request);
+    assert_eq!(response.status, 401, "{response:?}");
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+}
