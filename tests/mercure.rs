@@ -612,8 +612,10 @@ fn a_host_that_makes_no_url_gets_a_challenge_without_resource_metadata() {
     // Found by the request fuzz target: the metadata URL was built from the
     // Host as it came, into the challenge's quoted string.
     let server = hub();
-    let request = "POST /.well-known/mercure HTTP/1.1\r\nHost: t: \"x\r\nContent-Length: 7\r\n\r\ntopic=t";
-    let response = server.connect().request(request);
-    assert_eq!(response.status, 401, "{response:?}");
-    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+    for host in ["t: \"x", "x/.well-known", "u@x", "x?y"] {
+        let request = format!("POST /.well-known/mercure HTTP/1.1\r\nHost: {host}\r\nContent-Length: 7\r\n\r\ntopic=t");
+        let response = server.connect().request(request);
+        assert_eq!(response.status, 401, "{host}: {response:?}");
+        assert_eq!(response.header("www-authenticate"), Some("Bearer"), "{host}");
+    }
 }

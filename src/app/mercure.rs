@@ -173,6 +173,16 @@ impl Hub {
     /// quoted string unchecked). Found by the request fuzz target.
     fn metadata_url(&self, head: &RequestHead) -> Option<String> {
         let url = Url::parse(&self.resource(head)).ok()?;
+        // From the Host, the URL must be just an origin and the hub's path:
+        // a Host with a path, user or query in it is not one.
+        let odd = url.path() != PATH
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some();
+        if self.settings.resource.is_none() && odd {
+            return None;
+        }
         let origin = url.origin();
         if !origin.is_tuple() {
             return None;
