@@ -350,6 +350,12 @@ pub const FLAGS: &[Flag] = &[
         apply: |c, v| switch(v).map(|on| c.settings.mercure.require_subscriber_token = on),
     },
     Flag {
+        name: "mercure-subscriptions",
+        value: "",
+        help: "Mercure: active subscriptions: a private `mercure` event when a subscription starts or ends, and the subscription API at /.well-known/mercure/subscriptions",
+        apply: |c, v| switch(v).map(|on| c.settings.mercure.subscriptions = on),
+    },
+    Flag {
         name: "mercure-compat",
         value: "VERSION",
         help: "Mercure: also take what 0.x clients send (`topic=` selectors, URI templates, the `mercure` token claim, the mercureAuthorization cookie); VERSION is 0",

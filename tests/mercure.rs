@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use support::redis::RedisServer;
-use support::{Client, EventStream, Response, TestServer};
+use support::{Client, EventStream, Response, TestServer, wait_until};
 
 const SECRET: &str = "a secret of at least thirty-two bytes, for HS256";
 const ISSUER: &str = "https://app.example";
@@ -618,4 +618,241 @@ fn a_host_that_makes_no_url_gets_a_challenge_without_resource_metadata() {
         assert_eq!(response.status, 401, "{host}: {response:?}");
         assert_eq!(response.header("www-authenticate"), Some("Bearer"), "{host}");
     }
+}
+
+// ---- active subscriptions (--mercure-subscriptions) ----
+
+/// Where subscription events and the API live.
+const SUBSCRIPTIONS: &str = "/.well-known/mercure/subscriptions";
+
+/// A relative URL pattern for every subscription event of the hub.
+const EVERY_SUBSCRIPTION: &str = "/.well-known/mercure/subscriptions/:type/:match/:subscriber";
+
+fn presence_hub(adjust: impl FnOnce(&mut bare_sse::config::Config)) -> TestServer {
+    hub_with(|config| {
+        config.settings.mercure.subscriptions = true;
+        adjust(config);
+    })
+}
+
+/// A token that may read every subscription event and the whole API.
+fn watcher_token() -> String {
+    sign(&claims(json!([grant(
+        &["subscribe"],
+        &[
+            (EVERY_SUBSCRIPTION, "urlpattern"),
+            (SUBSCRIPTIONS, "exact"),
+            ("/.well-known/mercure/subscriptions/:type/:match", "urlpattern")
+        ]
+    )])))
+}
+
+/// A subscriber's token that may read `topic` and carries `payload` for it.
+fn token_with_payload(topic: &str, payload: Value) -> String {
+    let mut detail = grant(&["subscribe"], &[(topic, "exact")]);
+    detail["payload"] = payload;
+    sign(&claims(json!([detail])))
+}
+
+/// A subscription event: checks it is one (SSE type `mercure`, JSON whose
+/// `id` is the event's topic form), and returns its document.
+#[track_caller]
+fn subscription_event(stream: &mut EventStream) -> Value {
+    let event = stream.next_event();
+    assert_eq!(event.event.as_deref(), Some("mercure"), "{event:?}");
+    let document: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(document["type"], "subscription", "{document}");
+    let id = document["id"].as_str().unwrap();
+    let expected = format!(
+        "{SUBSCRIPTIONS}/{}/{}/{}",
+        document["match_type"].as_str().unwrap(),
+        encode(document["match"].as_str().unwrap()),
+        encode(document["subscriber"].as_str().unwrap())
+    );
+    assert_eq!(id, expected, "the id is the topic, each variable percent-encoded once");
+    document
+}
+
+/// RFC 6570 simple expansion of one value: all but unreserved characters
+/// percent-encoded (written here independently of the server's code).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET path` on the subscription API with `headers`; reads a body of no
+/// stated length to the close that ends it.
+#[track_caller]
+fn api_get(server: &TestServer, path: &str, headers: &str) -> Response {
+    let mut client = server.connect();
+    let mut response = client.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"));
+    if response.header("content-length").is_none() {
+        assert_eq!(response.header("connection"), Some("close"), "a body without a length ends with the connection");
+        response.body = client.read_to_end();
+    }
+    response
+}
+
+/// The `last-event-id` of the answer's `rel="mercure"` link, checking the
+/// link's other attributes.
+#[track_caller]
+fn link_cursor(response: &Response) -> String {
+    let link = response.header("link").unwrap_or_else(|| panic!("no Link: {response:?}"));
+    assert!(link.starts_with("<http://test/.well-known/mercure>; rel=\"mercure\"; last-event-id=\""), "{link}");
+    assert!(link.ends_with("; type=\"mercure\"; content-type=\"application/json\""), "{link}");
+    let cursor = link.split("last-event-id=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert_eq!(response.header("etag"), Some(format!("\"{cursor}\"").as_str()));
+    cursor
+}
+
+#[test]
+fn each_subscription_that_starts_or_ends_is_announced_privately() {
+    let server = presence_hub(|_| {});
+    let pattern = form(&[("match_urlpattern", EVERY_SUBSCRIPTION), ("match", "marker")]);
+    let mut watcher = subscribe(&server, &pattern, &bearer(&watcher_token()));
+    let mut anonymous = subscribe(&server, &pattern, "");
+    // The watcher's own subscriptions come first: it is registered before
+    // it is announced.
+    let own: Vec<Value> = (0..2).map(|_| subscription_event(&mut watcher)).collect();
+    assert_eq!(own[0]["subscriber"], own[1]["subscriber"], "one connection, one subscriber id");
+    assert_eq!(
+        (own[0]["match_type"].as_str(), own[0]["match"].as_str()),
+        (Some("urlpattern"), Some(EVERY_SUBSCRIPTION))
+    );
+    assert_eq!((own[1]["match_type"].as_str(), own[1]["match"].as_str()), (Some("exact"), Some("marker")));
+    let theirs: Vec<Value> = (0..2).map(|_| subscription_event(&mut watcher)).collect();
+    assert_ne!(theirs[0]["subscriber"], own[0]["subscriber"], "another connection, another id");
+
+    let topic = "https://example.com/doc/1?x=a%2Fb";
+    let token = token_with_payload(topic, json!({"name": "alice"}));
+    let query = form(&[("match", topic), ("match_urlpattern", "https://example.com/doc/:id")]);
+    let alice = subscribe(&server, &query, &bearer(&token));
+    let started: Vec<Value> = (0..2).map(|_| subscription_event(&mut watcher)).collect();
+    let subscriber = started[0]["subscriber"].as_str().unwrap().to_owned();
+    assert!(subscriber.starts_with("urn:uuid:") && subscriber != own[0]["subscriber"], "{subscriber}");
+    assert_eq!(started[0]["match"], topic);
+    assert_eq!(started[0]["active"], true);
+    assert_eq!(started[0]["payload"], json!({"name": "alice"}), "the first detail that matches the matcher");
+    assert_eq!(
+        (started[1]["match_type"].as_str(), started[1]["subscriber"].as_str()),
+        (Some("urlpattern"), Some(&*subscriber))
+    );
+    assert!(started[1].get("payload").is_none(), "no detail matches the pattern as a topic: {}", started[1]);
+    // A client-supplied id changes nothing.
+    let forged = format!("{query}&subscriber=urn:forged");
+    let forger = subscribe(&server, &forged, "");
+    let forged_event = subscription_event(&mut watcher);
+    assert_ne!(forged_event["subscriber"], "urn:forged");
+    assert!(forged_event.get("payload").is_none(), "an anonymous subscriber has no payload");
+    let _ = subscription_event(&mut watcher);
+
+    drop(alice);
+    let ended: Vec<Value> = (0..2).map(|_| subscription_event(&mut watcher)).collect();
+    for (end, start) in ended.iter().zip(&started) {
+        assert_eq!(end["active"], false);
+        assert_eq!((&end["id"], &end["payload"]), (&start["id"], &start["payload"]));
+    }
+    drop(forger);
+    let _ = (subscription_event(&mut watcher), subscription_event(&mut watcher));
+    // None of it reached the anonymous subscriber: the next thing it gets
+    // is the public marker published after.
+    publish(&server, &[("topic", "marker"), ("data", "after")]);
+    assert_eq!(anonymous.next_data(), "after");
+    assert_eq!(watcher.next_data(), "after");
+}
+
+#[test]
+fn without_active_subscriptions_nothing_is_announced_or_listed() {
+    let server = hub();
+    let pattern = form(&[("match_urlpattern", EVERY_SUBSCRIPTION), ("match", "marker")]);
+    let mut watcher = subscribe(&server, &pattern, &bearer(&watcher_token()));
+    let _other = subscribe(&server, "match=x", "");
+    publish(&server, &[("topic", "marker"), ("data", "first")]);
+    assert_eq!(watcher.next_data(), "first", "no subscription event came before");
+    let response = api_get(&server, SUBSCRIPTIONS, &bearer(&watcher_token()));
+    assert_eq!(response.status, 404, "{response:?}");
+    let metadata = server.connect().request(support::get("/.well-known/oauth-protected-resource/.well-known/mercure"));
+    assert_eq!(metadata.json()["mercure_subscriptions"], false);
+    let on = presence_hub(|_| {});
+    let metadata = on.connect().request(support::get("/.well-known/oauth-protected-resource/.well-known/mercure"));
+    assert_eq!(metadata.json()["mercure_subscriptions"], true);
+}
+
+#[test]
+fn the_subscription_api_lists_every_loop_and_resumes_without_loss() {
+    let server = presence_hub(|config| config.threads = 2);
+    let watcher = bearer(&watcher_token());
+    // Enough subscribers for the collection to be written in many pieces.
+    let count = 300;
+    let subscribers: Vec<EventStream> = (0..count)
+        .map(|i| {
+            let topic = format!("https://example.com/room/{}", i % 3);
+            let token = token_with_payload(&topic, json!({"n": i}));
+            subscribe(&server, &form(&[("match", &topic)]), &bearer(&token))
+        })
+        .collect();
+    let response = api_get(&server, SUBSCRIPTIONS, &watcher);
+    assert_eq!(response.status, 200, "{response:?} {}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.header("cache-control"), Some("must-revalidate"));
+    let cursor = link_cursor(&response);
+    let all = response.json();
+    assert_eq!((all["id"].as_str(), all["type"].as_str()), (Some(SUBSCRIPTIONS), Some("subscriptions")));
+    assert_eq!(all["lastEventID"], cursor.as_str());
+    let listed = all["subscriptions"].as_array().unwrap();
+    assert_eq!(listed.len(), count);
+    let mut numbers: Vec<u64> = listed.iter().map(|s| s["payload"]["n"].as_u64().unwrap()).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..count as u64).collect::<Vec<_>>(), "each subscriber once, with its payload");
+
+    // One matcher's collection, and one subscription.
+    let room = format!("{SUBSCRIPTIONS}/exact/{}", encode("https://example.com/room/1"));
+    let response = api_get(&server, &room, &watcher);
+    let in_room = response.json();
+    assert_eq!(in_room["id"], room.as_str());
+    let in_room = in_room["subscriptions"].as_array().unwrap();
+    assert_eq!(in_room.len(), count / 3);
+    let one = in_room[0].clone();
+    let response = api_get(&server, one["id"].as_str().unwrap(), &watcher);
+    assert_eq!(response.status, 200, "{response:?}");
+    link_cursor(&response);
+    assert_eq!(response.json(), one, "the same document as the event's");
+    let unknown = format!("{room}/{}", encode("urn:uuid:00000000-0000-8000-8000-000000000000"));
+    assert_eq!(api_get(&server, &unknown, &watcher).status, 404);
+    assert_eq!(api_get(&server, &format!("{SUBSCRIPTIONS}/nonsense"), &watcher).status, 404);
+
+    // Authorized like a subscription to the path as a topic.
+    refused(&api_get(&server, SUBSCRIPTIONS, ""), 401, None);
+    let elsewhere = bearer(&sign(&claims(json!([grant(&["subscribe"], &[("https://example.com/room/1", "exact")])]))));
+    refused(&api_get(&server, SUBSCRIPTIONS, &elsewhere), 403, Some("insufficient_scope"));
+    let only_room = bearer(&sign(&claims(json!([grant(&["subscribe"], &[(&room, "exact")])]))));
+    assert_eq!(api_get(&server, &room, &only_room).status, 200);
+    refused(&api_get(&server, SUBSCRIPTIONS, &only_room), 403, Some("insufficient_scope"));
+
+    // Resuming the events from the listing's cursor misses nothing: the
+    // subscriber that leaves and the one that comes after the listing.
+    let cursor = link_cursor(&api_get(&server, SUBSCRIPTIONS, &watcher));
+    let mut subscribers = subscribers;
+    drop(subscribers.swap_remove(0)); // the one with payload {"n": 0}
+    let _late = subscribe(&server, "match=late", "");
+    let query = form(&[("match_urlpattern", EVERY_SUBSCRIPTION), ("last_event_id", &cursor)]);
+    let mut events = subscribe(&server, &query, &watcher);
+    assert_eq!(events.response.header("mercure-last-event-id"), Some(cursor.as_str()));
+    let mut seen = Vec::new();
+    while !seen.iter().any(|d: &Value| d["match"] == "late") {
+        seen.push(subscription_event(&mut events));
+    }
+    let ended: Vec<&Value> = seen.iter().filter(|d| d["active"] == false).collect();
+    assert_eq!(ended.len(), 1, "{seen:?}");
+    assert_eq!(ended[0]["payload"], json!({"n": 0}));
+    // And the listing follows.
+    wait_until("the listing loses the one that left", std::time::Duration::from_secs(10), || {
+        let listed = api_get(&server, SUBSCRIPTIONS, &watcher).json();
+        listed["subscriptions"].as_array().unwrap().len() == count - 1 + 2
+    });
 }

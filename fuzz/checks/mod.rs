@@ -55,7 +55,9 @@ use std::time::Instant;
 
 use bare_sse::app::{self, Action, App, Settings, seeds};
 use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Replay, Subscriber};
+use bare_sse::app::mercure::Listing;
 use bare_sse::broadcast::event::{self, EventId, Publish, Published, Receipt};
+use bare_sse::broadcast::presence::Presence;
 use bare_sse::http::conn::{self, Conn, Limits, SocketCommand};
 use bare_sse::http::{self, BodyFraming, ChunkedDecoder, Method};
 use bare_sse::mercure::subscribe::MAX_MATCHERS;
@@ -165,6 +167,8 @@ impl<'a> Plan<'a> {
             settings.mercure.publisher_key = Some(mercure::TOKEN_SECRET.to_vec());
         }
         settings.mercure.require_subscriber_token = options & 16 != 0;
+        settings.mercure.subscriptions = options & 32 != 0;
+        settings.mercure.compat_0x = options & 64 != 0;
         Plan {
             settings,
             eof: flags & 16 != 0,
@@ -289,6 +293,8 @@ struct Harness<'p, 'a> {
     conn: Conn,
     app: App,
     broker: Broker,
+    /// Who subscribed (`--mercure-subscriptions`), for the subscription API.
+    presence: Presence,
     sink: Sink<'a>,
     now: Instant,
     /// What the peer has sent that the connection has not read yet.
@@ -313,6 +319,7 @@ impl<'p, 'a> Harness<'p, 'a> {
             conn: Conn::new(&plan.settings.limits, now),
             app,
             broker: Broker::new(HistoryLimits::default(), Some(EventId { ms: EPOCH, seq: 0 })),
+            presence: Presence::new(1),
             sink: Sink { taken: Vec::new(), schedule: plan.writes, next: 0, shut: false },
             now,
             rest: plan.stream,
@@ -402,6 +409,8 @@ impl<'p, 'a> Harness<'p, 'a> {
                         assert!(interest.audience.is_some(), "subscribed without the token required");
                     }
                     self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
+                    assert_eq!(subscribe.joining.is_empty(), !settings.mercure.subscriptions, "joining iff the feature is on");
+                    self.presence.join(0, 0, &subscribe.joining);
                     let interest = subscribe.interest.clone();
                     let joined = self.broker.subscribe_mercure(0, interest, subscribe.last_event_id.as_deref(), None);
                     let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
@@ -413,6 +422,23 @@ impl<'p, 'a> Harness<'p, 'a> {
                     if joined.replaying {
                         self.replay(joined.membership);
                     }
+                }
+                Action::ListSubscriptions(request) => {
+                    assert!(settings.mercure.subscriptions, "a listing with the feature off");
+                    // As the server does, with the pieces gathered into one
+                    // body so that the response has a length.
+                    let mut listing = Listing::new((**request).clone(), self.broker.mercure_cursor());
+                    let response = if listing.is_single() {
+                        listing.single(&self.presence)
+                    } else {
+                        let mut body = Vec::new();
+                        while let Some(piece) = listing.next_piece(&self.presence) {
+                            body.extend(piece);
+                        }
+                        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "a listing is JSON");
+                        http::Response { body: Some(body.into()), ..listing.head(http::Status::OK) }
+                    };
+                    self.conn.respond(response, &settings.limits, self.now);
                 }
             }
             assert!(

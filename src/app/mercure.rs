@@ -6,6 +6,7 @@
 //! | `GET /.well-known/mercure?match=...` | subscribe: a `text/event-stream` of the updates whose topics match |
 //! | `POST /.well-known/mercure`          | publish a form-encoded update; the answer is its id, `text/plain` |
 //! | `OPTIONS /.well-known/mercure`       | CORS preflight |
+//! | `GET /.well-known/mercure/subscriptions[/{type}/{match}[/{subscriber}]]` | the active subscriptions (`--mercure-subscriptions`) |
 //!
 //! The protocol's rules live in [`crate::mercure`] (forms, matchers, tokens,
 //! requests); this module decides, per request, what they mean here: which
@@ -26,9 +27,11 @@ use url::Url;
 use super::{Action, App, Cors};
 use crate::broadcast::broker::{Audience, MercureInterest, TopicPattern};
 use crate::broadcast::event::{MercureFields, Publish};
+use crate::broadcast::presence::{Cursor, Joining, Kind, Presence, Seen};
 use crate::http::conn::{Handled, Request};
 use crate::http::{Method, RequestHead, Response, Status};
 use crate::mercure::matcher::{Matcher, MatcherType};
+use crate::mercure::subscriptions::{self, Form, Query, Subscription};
 use crate::mercure::token::{self, Alg, Grants, Role, Verifier, VerifierConfig};
 use crate::mercure::{legacy, subscribe, update};
 
@@ -64,6 +67,10 @@ pub struct MercureSettings {
     /// Also take what pre-standardization (0.x) clients send
     /// (`--mercure-compat 0`: see [`crate::mercure::legacy`]).
     pub compat_0x: bool,
+    /// Active subscriptions (`--mercure-subscriptions`): an event when one
+    /// starts or ends, and the subscription API. Off, nothing of it is
+    /// made or kept.
+    pub subscriptions: bool,
 }
 
 impl Default for MercureSettings {
@@ -77,6 +84,7 @@ impl Default for MercureSettings {
             require_subscriber_token: false,
             cookie_name: token::DEFAULT_COOKIE_NAME.to_owned(),
             compat_0x: false,
+            subscriptions: false,
         }
     }
 }
@@ -117,6 +125,20 @@ pub struct MercureSubscribe {
     pub last_event_id: Option<String>,
     /// When the token expires (Unix seconds): the stream must end by then.
     pub expires_at: Option<u64>,
+    /// With `--mercure-subscriptions`, each subscription with its token's
+    /// payload, to register and announce; empty otherwise.
+    pub joining: Vec<Joining>,
+}
+
+/// A subscription API request the server must answer: with the document of
+/// one subscription, or a collection it writes as it reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListSubscriptions {
+    pub query: Query,
+    /// The requested path: the collection's `id`.
+    pub path: String,
+    /// The hub's URL, for the `Link` header that carries the cursor.
+    pub hub_url: String,
 }
 
 impl PartialEq for MercureSubscribe {
@@ -128,6 +150,7 @@ impl PartialEq for MercureSubscribe {
             && self.interest.audience.is_some() == other.interest.audience.is_some()
             && self.last_event_id == other.last_event_id
             && self.expires_at == other.expires_at
+            && self.joining == other.joining
     }
 }
 
@@ -213,6 +236,7 @@ impl Hub {
             "bearer_methods_supported": ["header"],
             "mercure_cookie": self.settings.cookie_name,
             "mercure_matcher_types_supported": ["exact", "urlpattern"],
+            "mercure_subscriptions": self.settings.subscriptions,
         });
         Response::new(Status::OK, "application/json", body.to_string().into_bytes())
     }
@@ -263,7 +287,8 @@ impl Hub {
     fn subscribe(&self, head: &RequestHead, now: u64) -> Result<Action, Response> {
         let token = self.presented(head)?;
         let query = head.query.as_bytes();
-        let request = if self.settings.compat_0x && legacy::is_legacy_query(query) {
+        let is_legacy = self.settings.compat_0x && legacy::is_legacy_query(query);
+        let request = if is_legacy {
             legacy::parse_subscription(query, &self.hub_url())
         } else {
             subscribe::parse_subscription(query, &self.hub_url())
@@ -278,6 +303,19 @@ impl Hub {
         };
         if head.method == Method::Head {
             return Err(App::event_stream_head());
+        }
+        let mut joining = Vec::new();
+        if self.settings.subscriptions {
+            for matcher in &request.matchers {
+                let kind = match matcher.kind() {
+                    _ if is_legacy => Kind::Legacy,
+                    MatcherType::Exact => Kind::Exact,
+                    _ => Kind::UrlPattern,
+                };
+                let payload = grants.as_ref().and_then(|grants| grants.payload_for(matcher.text()));
+                let payload = payload.map(subscriptions::payload_text);
+                joining.push(Joining { kind, matcher: matcher.text().to_owned(), payload });
+            }
         }
         let mut interest = MercureInterest::default();
         for matcher in request.matchers {
@@ -295,7 +333,53 @@ impl Hub {
         // request to resume (the broker answers where the stream starts).
         let header = head.last_event_id.clone();
         let last_event_id = header.clone().filter(|id| !id.is_empty()).or(request.last_event_id).or(header);
-        Ok(Action::SubscribeMercure(Box::new(MercureSubscribe { interest, last_event_id, expires_at })))
+        Ok(Action::SubscribeMercure(Box::new(MercureSubscribe { interest, last_event_id, expires_at, joining })))
+    }
+
+    /// Handles a request to the subscription API (under
+    /// [`subscriptions::COLLECTION_PATH`]).
+    pub(super) fn handle_subscriptions(&self, app: &App, head: &RequestHead, cors: Cors) -> Handled<Action> {
+        let outcome = match head.method {
+            _ if !self.settings.subscriptions => Err(Response::error(Status::NOT_FOUND, "not found")),
+            Method::Options => Err(App::no_content()
+                .header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+                .header("Access-Control-Allow-Headers", "Authorization, Cache-Control")
+                .header("Access-Control-Max-Age", "600")
+                .header("Allow", "GET, HEAD, OPTIONS")),
+            _ => self.list_subscriptions(head, (app.clock)()),
+        };
+        // The cursor is in the `Link` header, which a script must be let read.
+        let mut headers = cors.headers();
+        if headers.iter().any(|(name, _)| *name == "Access-Control-Allow-Origin") {
+            headers.push(("Access-Control-Expose-Headers", "Link".to_owned()));
+        }
+        match outcome {
+            Ok(action) => Handled::Defer { action, headers },
+            Err(response) => Handled::Respond(response.with_headers(headers)),
+        }
+    }
+
+    /// A subscription API request, authorized like a subscription to the
+    /// requested path as a topic (the form of subscription events'
+    /// topics): a token is required, and one of its `subscribe` grants
+    /// must match the path.
+    fn list_subscriptions(&self, head: &RequestHead, now: u64) -> Result<Action, Response> {
+        let query = subscriptions::parse_path(&head.path, self.settings.compat_0x)
+            .ok_or_else(|| Response::error(Status::NOT_FOUND, "no such subscription collection"))?;
+        let Some(token) = self.presented(head)? else {
+            return Err(self.challenge(head, Status::UNAUTHORIZED, "a token is required", None));
+        };
+        let grants = self.grants(Role::Subscriber, token, head, now)?;
+        if !grants.can_subscribe_any(&[head.path.as_str()]) {
+            return Err(self.challenge(
+                head,
+                Status::FORBIDDEN,
+                "not allowed to read these subscriptions",
+                Some("insufficient_scope"),
+            ));
+        }
+        let listing = ListSubscriptions { query, path: head.path.clone(), hub_url: self.resource(head) };
+        Ok(Action::ListSubscriptions(Box::new(listing)))
     }
 
     fn publish(&self, head: &RequestHead, body: &[u8], now: u64) -> Result<Action, Response> {
@@ -350,5 +434,128 @@ struct Reader(Grants);
 impl Audience for Reader {
     fn may_read(&self, topics: &[Box<str>]) -> bool {
         self.0.can_subscribe_any(topics)
+    }
+}
+
+/// The update announcing that `seen` started (`active`) or ended: private
+/// (only tokens that may read its topic get it), of the reserved type
+/// `mercure`, on the subscription's own topic.
+pub fn subscription_event(seen: Seen<'_>, active: bool) -> Publish {
+    let subscription = subscription_of(seen, active);
+    Publish {
+        message: subscription.document(),
+        topics: vec![subscription.topic()],
+        event: Some(SUBSCRIPTION_EVENT_TYPE.to_owned()),
+        mercure: Some(MercureFields { private: true, id: None, retry: None }),
+    }
+}
+
+/// The SSE `event` of subscription events, which publishers cannot use.
+pub const SUBSCRIPTION_EVENT_TYPE: &str = "mercure";
+
+fn subscription_of(seen: Seen<'_>, active: bool) -> Subscription<'_> {
+    Subscription {
+        form: if seen.kind == Kind::Legacy { Form::Legacy } else { Form::Standard },
+        match_type: seen.kind.match_type(),
+        matcher: seen.matcher,
+        subscriber: seen.subscriber,
+        active,
+        payload: seen.payload,
+    }
+}
+
+/// Subscribers per piece of a listing: each piece is one lock of a loop's
+/// registry and one write, some tens of kilobytes.
+const LISTING_SUBSCRIBERS_PER_PIECE: usize = 128;
+
+/// A subscription API answer under way. A collection is written as it is
+/// read, a piece each time the socket has taken the last one, so that a
+/// listing of any size holds one piece in memory.
+#[derive(Debug)]
+pub struct Listing {
+    request: ListSubscriptions,
+    cursor: Cursor,
+    /// The reconciliation cursor, taken before the walk begins: whatever
+    /// changes during the walk comes after it, in events a client resuming
+    /// from it gets.
+    last_event_id: String,
+    started: bool,
+    any: bool,
+    done: bool,
+}
+
+impl Listing {
+    /// A listing of what `request` asks for, as of the event `last_event_id`.
+    pub fn new(request: ListSubscriptions, last_event_id: String) -> Listing {
+        Listing { request, cursor: Cursor::default(), last_event_id, started: false, any: false, done: false }
+    }
+
+    /// Whether the answer is one subscription (then [`Listing::single`]).
+    pub fn is_single(&self) -> bool {
+        self.request.query.is_single()
+    }
+
+    /// The head of the answer: JSON (JSON-LD for a 0.x path), with the
+    /// cursor on the `rel="mercure"` link, and as the `ETag`, since the
+    /// answer changes with it.
+    pub fn head(&self, status: Status) -> Response {
+        let legacy = self.request.query.is_legacy();
+        let link = format!(
+            "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; content-type=\"application/json\"",
+            self.request.hub_url, self.last_event_id
+        );
+        let content_type = if legacy { "application/ld+json" } else { "application/json" };
+        Response::new(status, content_type, Vec::new())
+            .header("Link", link)
+            .header("ETag", format!("\"{}\"", self.last_event_id))
+            .header("Cache-Control", "must-revalidate")
+    }
+
+    /// The answer for one subscription: its document, or 404.
+    pub fn single(&mut self, presence: &Presence) -> Response {
+        let mut found = None;
+        while found.is_none()
+            && !presence.walk(&mut self.cursor, usize::MAX, |seen| {
+                let subscription = subscription_of(seen, true);
+                if found.is_none() && self.request.query.wants(&subscription) {
+                    found = Some(subscription.document());
+                }
+            })
+        {}
+        match found {
+            Some(document) => {
+                let head = self.head(Status::OK);
+                Response { body: Some(document.into_bytes().into()), ..head }
+            }
+            None => Response::error(Status::NOT_FOUND, "no such subscription"),
+        }
+    }
+
+    /// The next piece of a collection, `None` once it is all written.
+    pub fn next_piece(&mut self, presence: &Presence) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let mut out = String::new();
+        if !self.started {
+            self.started = true;
+            let legacy = self.request.query.is_legacy();
+            out = subscriptions::collection_start(&self.request.path, &self.last_event_id, legacy);
+        }
+        let (query, any) = (&self.request.query, &mut self.any);
+        self.done = presence.walk(&mut self.cursor, LISTING_SUBSCRIBERS_PER_PIECE, |seen| {
+            let subscription = subscription_of(seen, true);
+            if query.wants(&subscription) {
+                if *any {
+                    out.push(',');
+                }
+                *any = true;
+                subscription.write_document(&mut out);
+            }
+        });
+        if self.done {
+            out.push_str(subscriptions::COLLECTION_END);
+        }
+        Some(out.into_bytes())
     }
 }

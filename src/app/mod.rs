@@ -85,6 +85,9 @@ pub enum Action {
     /// [`App::stream_opening`], followed by what the broker says to send
     /// first; the stream must end when its token expires.
     SubscribeMercure(Box<mercure::MercureSubscribe>),
+    /// Answer a subscription API request: the server has the
+    /// subscriptions ([`crate::broadcast::presence`]) and the cursor.
+    ListSubscriptions(Box<mercure::ListSubscriptions>),
     /// Render the metrics and answer with [`App::metrics`].
     Metrics,
     /// Say whether the server is healthy, with [`App::health`].
@@ -118,6 +121,8 @@ pub enum Endpoint {
     Mercure,
     /// The hub's protected resource metadata (RFC 9728).
     MercureMetadata,
+    /// `/.well-known/mercure/subscriptions...`: the subscription API.
+    MercureSubscriptions,
     /// `*` (`OPTIONS *`): the server as a whole (RFC 9110 9.3.7).
     Server,
 }
@@ -134,6 +139,7 @@ impl Endpoint {
             mercure::PATH => Some(Endpoint::Mercure),
             mercure::METADATA_PATH => Some(Endpoint::MercureMetadata),
             "*" => Some(Endpoint::Server),
+            _ if crate::mercure::subscriptions::is_api_path(path) => Some(Endpoint::MercureSubscriptions),
             _ => None,
         }
     }
@@ -142,7 +148,9 @@ impl Endpoint {
     pub fn allows(self, method: Method) -> bool {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => matches!(method, Method::Get | Method::Head),
-            Endpoint::MercureMetadata => matches!(method, Method::Get | Method::Head | Method::Options),
+            Endpoint::MercureMetadata | Endpoint::MercureSubscriptions => {
+                matches!(method, Method::Get | Method::Head | Method::Options)
+            }
             Endpoint::Events => matches!(method, Method::Get | Method::Head | Method::Options),
             Endpoint::Publish => matches!(method, Method::Post | Method::Options),
             Endpoint::Mercure => matches!(method, Method::Get | Method::Head | Method::Post | Method::Options),
@@ -156,7 +164,7 @@ impl Endpoint {
     pub fn allow_header(self) -> &'static str {
         match self {
             Endpoint::Page | Endpoint::Metrics | Endpoint::Health => "GET, HEAD",
-            Endpoint::MercureMetadata => "GET, HEAD, OPTIONS",
+            Endpoint::MercureMetadata | Endpoint::MercureSubscriptions => "GET, HEAD, OPTIONS",
             Endpoint::Events => "GET, HEAD, OPTIONS",
             Endpoint::Publish => "POST, OPTIONS",
             Endpoint::Mercure => mercure::ALLOW,
@@ -292,9 +300,12 @@ impl App {
             // A scraper sets a header (Prometheus: `authorization`), so no
             // `?token=`, which would end up in logs.
             Endpoint::Metrics => self.settings.metrics_token.as_deref(),
-            Endpoint::Page | Endpoint::Health | Endpoint::Mercure | Endpoint::MercureMetadata | Endpoint::Server => {
-                None
-            }
+            Endpoint::Page
+            | Endpoint::Health
+            | Endpoint::Mercure
+            | Endpoint::MercureMetadata
+            | Endpoint::MercureSubscriptions
+            | Endpoint::Server => None,
         };
         let Some(required) = required else {
             return true;
@@ -328,7 +339,8 @@ impl Application for App {
     type Action = Action;
 
     fn screen(&self, head: &RequestHead) -> Result<(), Response> {
-        let mercure = head.path == mercure::PATH;
+        let mercure =
+            matches!(Endpoint::from_path(&head.path), Some(Endpoint::Mercure | Endpoint::MercureSubscriptions));
         let cors = self.cors(head.origin.as_deref(), mercure);
         let refusal = match Endpoint::from_path(&head.path) {
             None => Response::error(Status::NOT_FOUND, "not found"),
@@ -356,18 +368,20 @@ impl Application for App {
         let Some(endpoint) = Endpoint::from_path(&request.head.path) else {
             return Handled::Respond(Response::error(Status::NOT_FOUND, "not found"));
         };
-        let cors = self.cors(request.head.origin.as_deref(), endpoint == Endpoint::Mercure);
+        let credentials = matches!(endpoint, Endpoint::Mercure | Endpoint::MercureSubscriptions);
+        let cors = self.cors(request.head.origin.as_deref(), credentials);
         let defer = |action| Handled::Defer { action, headers: cors.headers() };
         let Request { head, body } = match endpoint {
             // The second front door: its own module.
             Endpoint::Mercure => return self.mercure.handle(self, request, cors),
+            Endpoint::MercureSubscriptions => return self.mercure.handle_subscriptions(self, &request.head, cors),
             _ => request,
         };
         let response = match endpoint {
             // Not a CORS preflight: browsers never send `OPTIONS *`.
             Endpoint::Server => App::no_content().header("Allow", endpoint.allow_header()),
             _ if head.method == Method::Options => self.preflight(endpoint),
-            Endpoint::Mercure => Response::error(Status::NOT_FOUND, "not found"),
+            Endpoint::Mercure | Endpoint::MercureSubscriptions => Response::error(Status::NOT_FOUND, "not found"),
             Endpoint::MercureMetadata => self.mercure.metadata(&head),
             Endpoint::Health => return defer(Action::Health),
             Endpoint::Metrics => return defer(Action::Metrics),
@@ -470,6 +484,9 @@ mod tests {
                 }
                 Action::Health => conn.respond(app.health(None), limits, t0()),
                 Action::Metrics => conn.respond(app.metrics(String::new()), limits, t0()),
+                Action::ListSubscriptions(_) => {
+                    conn.respond(Response::error(Status::NOT_FOUND, "none"), limits, t0());
+                }
             }
             actions.push(action);
         }

@@ -336,6 +336,12 @@ impl Broker {
         self.history.last_id()
     }
 
+    /// Where a Mercure client that has read everything so far resumes:
+    /// the last event's URN, or [`EARLIEST`] before any.
+    pub fn mercure_cursor(&self) -> String {
+        self.history.cursor().map_or_else(|| EARLIEST.to_owned(), |id| id.urn())
+    }
+
     /// How many subscribers there are.
     pub fn subscribers(&self) -> usize {
         self.members.len()

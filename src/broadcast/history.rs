@@ -80,6 +80,13 @@ impl History {
         self.last
     }
 
+    /// The id of the last event as a Mercure cursor, `None` if no event is
+    /// known (then the cursor is `earliest`).
+    pub fn cursor(&self) -> Option<EventId> {
+        let nothing_yet = self.events.is_empty() && self.floor == Some(self.last);
+        (self.is_known() && !nothing_yet).then_some(self.last)
+    }
+
     /// Keeps `event`, the next in the one order, evicting the oldest beyond
     /// the bounds (which raises the floor).
     pub fn push(&mut self, event: Arc<Published>) {

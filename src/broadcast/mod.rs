@@ -11,6 +11,7 @@
 //! | [`history`]   | one loop's recent events, and replay after a `Last-Event-ID` |
 //! | [`broker`]    | one loop's topics, subscribers, and the fan-out of frames to them |
 //! | [`bus`]       | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads |
+//! | [`presence`]  | `--mercure-subscriptions`: who is subscribed, on every loop, with hub-made subscriber ids |
 //! | [`publisher`] | publishing from the embedding program's threads (and `--tick`) |
 
 pub mod broker;
@@ -18,4 +19,5 @@ pub mod bus;
 pub mod event;
 pub mod history;
 pub mod hub;
+pub mod presence;
 pub mod publisher;

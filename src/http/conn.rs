@@ -470,6 +470,30 @@ impl Conn {
         }
     }
 
+    /// Answers the request handed to the server as an action with the head
+    /// of a body whose length is not known yet (a long listing, written as
+    /// it is read): the server queues the body in the outbox, piece by
+    /// piece, and ends it by closing the connection, which is what ends a
+    /// body without a length (RFC 9112 6.3, rule 8), so the head says
+    /// `Connection: close`. The connection closes at `ends_at` whatever is
+    /// left, so a peer that stops reading cannot hold it. Returns whether a
+    /// body follows: a HEAD request gets the head alone, and the server
+    /// closes at once.
+    pub fn open_body(&mut self, head: Response, ends_at: Instant) -> bool {
+        let State::Waiting(deferred) = &mut self.state else { return false };
+        let head_only = deferred.head_only;
+        let headers = std::mem::take(&mut deferred.headers);
+        let head = head.with_headers(headers);
+        let mut out = Vec::with_capacity(256);
+        super::write_head(&mut out, head.status, &head.headers, None, true);
+        self.outbox.push(out.into());
+        self.count(head.status, head.refusal);
+        // Like a stream: what the peer sends from now on is read and dropped.
+        self.set_state(State::Streaming);
+        (self.timer, self.deadline) = (Timer::StreamEnd, ends_at);
+        !head_only
+    }
+
     /// What the server should do with the socket now. Call after polling and
     /// after each flush of the outbox.
     pub fn socket_command(&self) -> SocketCommand {

@@ -10,6 +10,7 @@
 //! | [`subscribe`] | the subscription query (or body): matchers and `last_event_id`. |
 //! | [`update`]    | the publish body: topics, data, privacy, id, type, retry. |
 //! | [`legacy`]    | the pre-standardization (0.x) protocol, for `--mercure-compat 0`. |
+//! | [`subscriptions`] | active subscriptions: event topics and documents, the subscription API's paths and collections. |
 //! | [`token`]     | access tokens: presentation, JWT validation, authorization details, grants. |
 //!
 //! The server wires these into its endpoints; nothing here answers HTTP, but
@@ -19,5 +20,6 @@ pub mod form;
 pub mod legacy;
 pub mod matcher;
 pub mod subscribe;
+pub mod subscriptions;
 pub mod token;
 pub mod update;

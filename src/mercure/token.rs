@@ -282,7 +282,7 @@ impl Verifier {
         };
         let (publish, subscribe) =
             parse_authorization_details(claims.get("authorization_details"), &self.hub_url).map_err(invalid)?;
-        Ok(Grants { expires_at, subject, publish, subscribe })
+        Ok(Grants { expires_at, subject, publish, subscribe, legacy: false })
     }
 }
 
@@ -339,7 +339,7 @@ impl Verifier {
         let publish = selectors("publish")?;
         let payload = mercure.get("payload").cloned();
         let subscribe = vec![SubscribeGrant { topics: selectors("subscribe")?, payload }];
-        Ok(Grants { expires_at, subject, publish, subscribe })
+        Ok(Grants { expires_at, subject, publish, subscribe, legacy: true })
     }
 }
 
@@ -413,6 +413,9 @@ pub struct Grants {
     pub subject: Option<String>,
     publish: Vec<Matcher>,
     subscribe: Vec<SubscribeGrant>,
+    /// A 0.x token ([`Verifier::verify_legacy`]): its one payload goes with
+    /// every subscription.
+    legacy: bool,
 }
 
 /// One Mercure authorization detail with the `subscribe` action. Kept per
@@ -460,6 +463,10 @@ impl Grants {
     /// type). `None` if no detail matches, or the first that does has no
     /// payload.
     pub fn payload_for(&self, subscription_matcher_text: &str) -> Option<&Value> {
+        if self.legacy {
+            // 0.x: `mercure.payload`, whatever the topic.
+            return self.subscribe.first().and_then(|grant| grant.payload.as_ref());
+        }
         let as_topic = Topic::new(subscription_matcher_text);
         self.subscribe
             .iter()

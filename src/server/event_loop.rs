@@ -3,7 +3,7 @@
 //! follows one publish through it.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -17,12 +17,13 @@ use slab::Slab;
 
 use super::accept::Acceptor;
 use super::{Handle, Shared};
-use crate::app::mercure::MercureSubscribe;
+use crate::app::mercure::{self, Listing, MercureSubscribe};
 use crate::app::{Action, App, Subscribe};
 use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
 use crate::broadcast::bus::{Bus, BusError};
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
+use crate::broadcast::presence::{Presence, Seen};
 use crate::config::Config;
 use crate::http::conn::{Conn, SocketCommand};
 use crate::http::outbox::Flushed;
@@ -67,6 +68,10 @@ const FAN_OUT_PER_TURN: usize = 256;
 /// Most bytes of a replay handed to a connection at a time: the next piece
 /// is taken from the history once the socket has taken this one.
 const REPLAY_CHUNK_BYTES: usize = 32 * 1024;
+
+/// How long a subscription listing may take to write: a client that stops
+/// reading is closed then, rather than holding its connection.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Pieces of a replay written per flush of a connection whose socket keeps
 /// taking them (a fast reader); then it waits for the next turn, so that one
@@ -156,6 +161,11 @@ pub(super) struct Loop {
     /// How long a graceful shutdown may take to flush and finish requests.
     shutdown_timeout: Duration,
     counters: Counters,
+    /// Who is subscribed, on every loop (`--mercure-subscriptions`).
+    presence: Option<Arc<Presence>>,
+    /// Subscription API answers being written, by connection: each goes
+    /// out a piece at a time as the socket takes it (like a replay).
+    listings: HashMap<usize, Listing>,
 }
 
 /// A connection as the loop sees it: the socket and its state machine.
@@ -270,6 +280,8 @@ impl Loop {
             signals: None,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             counters: Counters::default(),
+            presence: shared.presence.clone(),
+            listings: HashMap::new(),
         }
     }
 
@@ -633,6 +645,18 @@ impl Loop {
                     self.subscribe_mercure(key, *subscribe);
                     continue;
                 }
+                Action::ListSubscriptions(request) => match &self.presence {
+                    None => Response::error(Status::NOT_FOUND, "not found"),
+                    Some(presence) => {
+                        let mut listing = Listing::new(*request, self.broker.mercure_cursor());
+                        if listing.is_single() {
+                            listing.single(presence)
+                        } else {
+                            self.list(key, listing);
+                            continue;
+                        }
+                    }
+                },
                 Action::Metrics => {
                     self.store_gauges();
                     let redis_up = self.bus.as_ref().map(|bus| bus.is_up());
@@ -666,7 +690,7 @@ impl Loop {
             return self.turn_away(key, self.app.mercure_stream_head(None));
         }
         let newest = self.prepare_stream();
-        let MercureSubscribe { interest, last_event_id, expires_at } = subscribe;
+        let MercureSubscribe { interest, last_event_id, expires_at, joining } = subscribe;
         let joined = self.broker.subscribe_mercure(key, interest, last_event_id.as_deref(), newest);
         let head = self.app.mercure_stream_head(joined.resumed_after.as_deref());
         // A token's `exp` is the client's number: one too far ahead to be an
@@ -676,6 +700,50 @@ impl Loop {
             Instant::now().checked_add(Duration::from_secs(left))
         });
         self.open_stream(key, joined, head, ends_at);
+        // Registered before it is announced: a listing that starts after
+        // the announcement's id is in the history shows it.
+        if let Some(presence) = self.presence.as_ref().filter(|_| !joining.is_empty() && self.clients.contains(key)) {
+            let subscriber = presence.join(self.index, key, &joining);
+            for joined in &joining {
+                let seen = Seen {
+                    kind: joined.kind,
+                    matcher: &joined.matcher,
+                    payload: joined.payload.as_deref(),
+                    subscriber: &subscriber,
+                };
+                self.announce(mercure::subscription_event(seen, true));
+            }
+        }
+    }
+
+    /// Publishes a subscription event (see [`crate::broadcast::presence`]).
+    /// Nobody waits for it: one the hub refuses (the server is stopping, or
+    /// a loop is far behind) is dropped, with a line in the log.
+    fn announce(&self, publish: Publish) {
+        match &self.bus {
+            None => {
+                if self.hub.publish(&publish, Origin::Loop(self.index)).is_err() && !self.hub.is_closed() {
+                    log::warn!("a subscription event was dropped: subscribers are behind");
+                }
+            }
+            Some(bus) => bus.submit(publish, Box::new(|_| {})),
+        }
+    }
+
+    /// Starts writing a subscription collection to connection `key`: its
+    /// head now, its pieces as the socket takes them (see [`Loop::flush`]),
+    /// within `LISTING_TIMEOUT`.
+    fn list(&mut self, key: usize, listing: Listing) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let head = listing.head(Status::OK);
+        if client.conn.open_body(head, Instant::now() + LISTING_TIMEOUT) {
+            self.listings.insert(key, listing);
+            client.replaying = true;
+        } else {
+            client.ending = true;
+        }
+        self.schedule(key);
+        self.flush(key);
     }
 
     /// Whether a stream on `topics` may open: not while shutting down, nor
@@ -853,7 +921,20 @@ impl Loop {
             }
             chunks += 1;
             let membership = client.membership.map_or(usize::MAX, |m| m as usize);
-            let frames = match self.broker.replay_some(membership, REPLAY_CHUNK_BYTES) {
+            let listing = self.listings.get_mut(&key).zip(self.presence.as_deref());
+            let replay = match listing {
+                Some((listing, presence)) => match listing.next_piece(presence) {
+                    Some(piece) => Replay::More(vec![piece.into()]),
+                    None => {
+                        // Written: it ends as a turned-away stream does.
+                        self.listings.remove(&key);
+                        client.ending = true;
+                        Replay::Done(Vec::new())
+                    }
+                },
+                None => self.broker.replay_some(membership, REPLAY_CHUNK_BYTES),
+            };
+            let frames = match replay {
                 Replay::More(frames) => frames,
                 Replay::Done(frames) => {
                     client.replaying = false;
@@ -1008,9 +1089,17 @@ impl Loop {
         let Some(client) = self.clients.try_remove(key) else { return };
         self.pinned -= client.pinned as usize;
         self.hub.disconnected();
+        self.listings.remove(&key);
         if let Some(membership) = client.membership.map(|m| m as usize) {
             self.hub.stream_closed(self.broker.topics_of(membership));
             self.broker.unsubscribe(membership);
+            if let Some(presence) = &self.presence {
+                let mut ended = Vec::new();
+                presence.leave(self.index, key, |seen| ended.push(mercure::subscription_event(seen, false)));
+                for publish in ended {
+                    self.announce(publish);
+                }
+            }
         }
     }
 }

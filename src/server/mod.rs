@@ -60,6 +60,7 @@ use mio::{Interest, Poll, Waker};
 use crate::broadcast::bus::{Bus, BusConfig};
 use crate::broadcast::event::EventId;
 use crate::broadcast::hub::Hub;
+use crate::broadcast::presence::Presence;
 use crate::broadcast::publisher::Publisher;
 use crate::config::Config;
 use event_loop::{LISTENER, Loop, WAKER};
@@ -108,6 +109,8 @@ struct Shared {
     /// Where a lone server's history starts; `None` on a cluster node,
     /// which learns it from Redis (`Message::Backfill`).
     floor: Option<EventId>,
+    /// Who is subscribed (`--mercure-subscriptions`); `None` when off.
+    presence: Option<Arc<Presence>>,
 }
 
 /// Lets other threads stop a running server. Cheap to clone.
@@ -168,7 +171,8 @@ impl Server {
             }
         };
         let floor = if bus.is_some() { None } else { Some(hub.local_floor()) };
-        let shared = Shared { hub: hub.clone(), bus: bus.clone(), handle: handle.clone(), floor };
+        let presence = config.settings.mercure.subscriptions.then(|| Arc::new(Presence::new(polls.len())));
+        let shared = Shared { hub: hub.clone(), bus: bus.clone(), handle: handle.clone(), floor, presence };
         let loops = polls
             .into_iter()
             .zip(listeners)

@@ -1,0 +1,355 @@
+//! Who is subscribed, for Mercure's active subscriptions
+//! (`--mercure-subscriptions`): every open Mercure subscription with its
+//! hub-made subscriber id and its token's payload, on all loops, so that
+//! any loop can list them (the subscription API) and each loop can say
+//! what ended when a connection closes (the `active: false` events).
+//!
+//! **Why a shard per loop.** A loop adds and removes only its own
+//! connections, under its own lock, which no other loop takes except to
+//! list: subscribing costs one uncontended lock. A listing walks the shards
+//! a few hundred entries per lock ([`Presence::walk`]), so it neither holds
+//! a loop up nor needs a copy of the whole set: what it has read is written
+//! out before it reads more.
+//!
+//! **Why it is this small.** The bound is 64 bytes per subscriber
+//! on top of a subscriber's cost without the feature. An entry is indexed
+//! by the loop's connection key (dense, so a `Vec`); its first subscription
+//! is inline (most subscribers have one); matchers and payloads are
+//! interned per shard, so ten thousand subscribers of one topic share its
+//! text. An entry is 56 bytes.
+//!
+//! **Subscriber ids** are made here, never taken from a client (the spec's
+//! MUST): `urn:uuid:` of a version 8 UUID holding a random node number
+//! (fixed when the server starts, so two nodes of a cluster, or two runs,
+//! differ), the loop, and the loop's count of subscribers so far. Distinct
+//! connections get distinct ids; one connection's subscriptions share one.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How a subscription was made, which decides how it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 1.0 `match` / `match_exact`.
+    Exact,
+    /// 1.0 `match_urlpattern`.
+    UrlPattern,
+    /// A 0.x `topic=` selector (`--mercure-compat 0`).
+    Legacy,
+}
+
+impl Kind {
+    /// The canonical matcher type name (a 0.x selector's is not written).
+    pub fn match_type(self) -> &'static str {
+        match self {
+            Kind::Exact | Kind::Legacy => "exact",
+            Kind::UrlPattern => "urlpattern",
+        }
+    }
+}
+
+/// A subscription as a loop registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joining {
+    pub kind: Kind,
+    pub matcher: String,
+    /// The token's payload for it, as JSON text.
+    pub payload: Option<String>,
+}
+
+/// A registered subscription, as [`Presence::walk`] and [`Presence::leave`]
+/// show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub kind: Kind,
+    pub matcher: &'a str,
+    pub payload: Option<&'a str>,
+    pub subscriber: &'a SubscriberId,
+}
+
+/// A subscriber id: the UUID's text, made once per subscriber.
+pub type SubscriberId = str;
+
+/// One subscription, interned.
+#[derive(Debug)]
+struct Held {
+    kind: Kind,
+    matcher: Arc<str>,
+    payload: Option<Arc<str>>,
+}
+
+/// One subscriber's subscriptions.
+#[derive(Debug)]
+struct Entry {
+    /// Its number on its loop (the id is made from it when shown).
+    serial: u64,
+    first: Held,
+    /// A thin pointer: almost every subscriber has one subscription.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<Held>>>,
+}
+
+impl Entry {
+    fn held(&self) -> impl Iterator<Item = &Held> {
+        std::iter::once(&self.first).chain(self.more.iter().flat_map(|more| more.iter()))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// By connection key.
+    entries: Vec<Option<Entry>>,
+    /// Matchers and payloads in use, shared by the entries.
+    strings: HashSet<Arc<str>>,
+    /// Subscribers registered so far (the next serial).
+    serials: u64,
+    /// Subscribers registered now.
+    present: usize,
+}
+
+impl Shard {
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(held) = self.strings.get(text) {
+            return held.clone();
+        }
+        let held: Arc<str> = Arc::from(text);
+        self.strings.insert(held.clone());
+        held
+    }
+
+    /// Drops `text` from the interned strings if `held` is the last user.
+    fn release(&mut self, held: Arc<str>) {
+        // The set holds one reference and `held` another.
+        if Arc::strong_count(&held) == 2 {
+            self.strings.remove(&*held);
+        }
+    }
+}
+
+/// Where a walk over every subscription is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    shard: usize,
+    entry: usize,
+}
+
+/// The registry: one shard per loop.
+#[derive(Debug)]
+pub struct Presence {
+    /// 48 random bits, fixed for the server's life.
+    node: u64,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Presence {
+    /// A registry for `loops` loops, with a new random node number.
+    pub fn new(loops: usize) -> Presence {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher
+            .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        hasher.write_u32(std::process::id());
+        let node = hasher.finish() & 0xFFFF_FFFF_FFFF;
+        Presence { node, shards: (0..loops).map(|_| Mutex::new(Shard::default())).collect() }
+    }
+
+    /// Registers connection `key` of loop `index` with its subscriptions;
+    /// returns its subscriber id. A key registered already is replaced.
+    pub fn join(&self, index: usize, key: usize, subscriptions: &[Joining]) -> String {
+        let mut shard = self.shard(index);
+        let serial = shard.serials;
+        shard.serials += 1;
+        let mut held = Vec::with_capacity(subscriptions.len());
+        for joining in subscriptions {
+            let matcher = shard.intern(&joining.matcher);
+            let payload = joining.payload.as_deref().map(|p| shard.intern(p));
+            held.push(Held { kind: joining.kind, matcher, payload });
+        }
+        let mut held = held.into_iter();
+        let Some(first) = held.next() else {
+            return self.id(index, serial);
+        };
+        let rest: Vec<Held> = held.collect();
+        let entry = Entry { serial, first, more: (!rest.is_empty()).then(|| Box::new(rest)) };
+        if shard.entries.len() <= key {
+            shard.entries.resize_with(key + 1, || None);
+        }
+        if let Some(old) = shard.entries.get_mut(key).and_then(|slot| slot.replace(entry)) {
+            shard.drop_entry(old);
+        } else {
+            shard.present += 1;
+        }
+        self.id(index, serial)
+    }
+
+    /// Unregisters connection `key` of loop `index`, and calls `ended` with
+    /// each of its subscriptions (for the `active: false` events).
+    pub fn leave(&self, index: usize, key: usize, mut ended: impl FnMut(Seen<'_>)) {
+        let mut shard = self.shard(index);
+        let Some(entry) = shard.entries.get_mut(key).and_then(Option::take) else { return };
+        shard.present -= 1;
+        let id = self.id(index, entry.serial);
+        for held in entry.held() {
+            ended(Seen { kind: held.kind, matcher: &held.matcher, payload: held.payload.as_deref(), subscriber: &id });
+        }
+        shard.drop_entry(entry);
+        // A burst of connections leaves a long tail of empty slots.
+        while shard.entries.last().is_some_and(Option::is_none) {
+            shard.entries.pop();
+        }
+        let (len, capacity) = (shard.entries.len(), shard.entries.capacity());
+        if capacity > 64 && len < capacity / 4 {
+            shard.entries.shrink_to(len * 2);
+        }
+    }
+
+    /// Subscribers registered now, on all loops.
+    pub fn subscribers(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).present).sum()
+    }
+
+    /// Shows `f` the subscriptions of at most `most` subscribers, from
+    /// `cursor` on, and moves the cursor past them; returns whether the
+    /// walk has reached the end. A subscriber that comes or goes during a
+    /// walk may be shown or not; one present throughout is shown once.
+    pub fn walk(&self, cursor: &mut Cursor, most: usize, mut f: impl FnMut(Seen<'_>)) -> bool {
+        let mut left = most;
+        while let Some(shard) = self.shards.get(cursor.shard) {
+            let shard = lock(shard);
+            while let Some(slot) = shard.entries.get(cursor.entry) {
+                if left == 0 {
+                    return false;
+                }
+                cursor.entry += 1;
+                let Some(entry) = slot else { continue };
+                left -= 1;
+                let id = self.id(cursor.shard, entry.serial);
+                for held in entry.held() {
+                    f(Seen {
+                        kind: held.kind,
+                        matcher: &held.matcher,
+                        payload: held.payload.as_deref(),
+                        subscriber: &id,
+                    });
+                }
+            }
+            *cursor = Cursor { shard: cursor.shard + 1, entry: 0 };
+        }
+        true
+    }
+
+    /// The id of subscriber `serial` of loop `index`: a version 8 UUID of
+    /// the node number (48 bits), the loop (12 bits) and the serial (62).
+    fn id(&self, index: usize, serial: u64) -> String {
+        let high = (self.node << 16) | 0x8000 | (index as u64 & 0xFFF);
+        let low = (serial & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+        format!(
+            "urn:uuid:{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            high >> 32,
+            (high >> 16) & 0xFFFF,
+            high & 0xFFFF,
+            low >> 48,
+            low & 0xFFFF_FFFF_FFFF
+        )
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+        // A server has one shard per loop; an index beyond is a bug, and
+        // the last shard still keeps the entry rather than losing it.
+        let at = index.min(self.shards.len().saturating_sub(1));
+        lock(&self.shards[at])
+    }
+}
+
+impl Shard {
+    fn drop_entry(&mut self, entry: Entry) {
+        let Entry { first, more, .. } = entry;
+        for held in std::iter::once(first).chain(more.into_iter().flat_map(|more| *more)) {
+            self.release(held.matcher);
+            if let Some(payload) = held.payload {
+                self.release(payload);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A loop that panicked holding the lock left the registry as it was;
+    // the rest still read it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joining(kind: Kind, matcher: &str, payload: Option<&str>) -> Joining {
+        Joining { kind, matcher: matcher.to_owned(), payload: payload.map(str::to_owned) }
+    }
+
+    fn all(presence: &Presence, most: usize) -> Vec<(String, String)> {
+        let mut cursor = Cursor::default();
+        let mut seen = Vec::new();
+        while !presence.walk(&mut cursor, most, |s| seen.push((s.matcher.to_owned(), s.subscriber.to_owned()))) {}
+        seen
+    }
+
+    #[test]
+    fn ids_are_uuids_distinct_per_connection() {
+        let presence = Presence::new(2);
+        let a = presence.join(0, 0, &[joining(Kind::Exact, "t", None)]);
+        let b = presence.join(0, 1, &[joining(Kind::Exact, "t", None)]);
+        let c = presence.join(1, 0, &[joining(Kind::Exact, "t", None)]);
+        assert!(a != b && b != c && a != c);
+        let uuid = a.strip_prefix("urn:uuid:").unwrap();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "8", "version 8");
+        assert!(matches!(&uuid[19..20], "8" | "9" | "a" | "b"), "RFC 9562 variant");
+        assert_ne!(Presence::new(1).join(0, 0, &[joining(Kind::Exact, "t", None)]), a, "another node");
+    }
+
+    #[test]
+    fn a_walk_in_small_steps_sees_everyone_once() {
+        let presence = Presence::new(3);
+        for key in 0..50 {
+            let subscriptions = [joining(Kind::Exact, "a", None), joining(Kind::UrlPattern, "/b/:x", Some("{}"))];
+            presence.join(key % 3, key, &subscriptions[..1 + key % 2]);
+        }
+        presence.leave(1, 4, |_| {});
+        let seen = all(&presence, 7);
+        assert_eq!(seen.len(), 49 + 25, "49 subscribers, the 25 odd keys with two subscriptions");
+        assert_eq!(presence.subscribers(), 49);
+        let mut ids: Vec<_> = seen.iter().filter(|(m, _)| m == "a").map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 49);
+    }
+
+    #[test]
+    fn leaving_shows_what_ended_and_frees_the_strings() {
+        let presence = Presence::new(1);
+        let id =
+            presence.join(0, 3, &[joining(Kind::Exact, "a", Some("{\"x\":1}")), joining(Kind::Legacy, "b/{c}", None)]);
+        presence.join(0, 5, &[joining(Kind::Exact, "a", None)]);
+        let mut ended = Vec::new();
+        presence.leave(0, 3, |s| {
+            ended.push((s.kind, s.matcher.to_owned(), s.payload.map(str::to_owned), s.subscriber.to_owned()))
+        });
+        assert_eq!(
+            ended,
+            [
+                (Kind::Exact, "a".to_owned(), Some("{\"x\":1}".to_owned()), id.clone()),
+                (Kind::Legacy, "b/{c}".to_owned(), None, id)
+            ]
+        );
+        presence.leave(0, 3, |_| panic!("gone already"));
+        let shard = presence.shard(0);
+        assert_eq!(shard.strings.len(), 1, "only `a` is still in use");
+        assert_eq!(shard.present, 1);
+    }
+
+    #[test]
+    fn an_entry_is_small() {
+        assert!(std::mem::size_of::<Option<Entry>>() <= 56, "{}", std::mem::size_of::<Option<Entry>>());
+    }
+}
