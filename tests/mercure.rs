@@ -856,3 +856,53 @@ fn the_subscription_api_lists_every_loop_and_resumes_without_loss() {
         listed["subscriptions"].as_array().unwrap().len() == count - 1 + 2
     });
 }
+
+#[test]
+fn metrics_count_mercure_subscriptions_by_matcher_type() {
+    let server = hub_with(|config| config.settings.mercure.compat_0x = true);
+    let series = |kind: &str| format!("bare_sse_mercure_subscriptions{{match_type=\"{kind}\"}}");
+    let both = subscribe(&server, &form(&[("match", "a"), ("match_urlpattern", "/items/:id"), ("match", "*")]), "");
+    let old = subscribe(&server, &form(&[("topic", "https://example.com/books/{id}")]), "");
+    let counts = || ["exact", "urlpattern", "uritemplate"].map(|kind| server.metric(&series(kind)));
+    wait_until("the subscriptions are counted", std::time::Duration::from_secs(10), || counts() == [2, 1, 1]);
+    drop((both, old));
+    wait_until("and uncounted when they end", std::time::Duration::from_secs(10), || counts() == [0, 0, 0]);
+}
+
+#[test]
+fn with_compat_0x_subscriptions_of_old_clients_are_announced_and_listed_in_the_old_form() {
+    let server = presence_hub(|config| config.settings.mercure.compat_0x = true);
+    let watch = "/.well-known/mercure/subscriptions/{topic}/{subscriber}";
+    let reader = sign_with(
+        &json!({"mercure": {"subscribe": [watch, "/.well-known/mercure/subscriptions/{topic}"]}}),
+        SECRET,
+        None,
+    );
+    let mut watcher = subscribe(&server, &form(&[("topic", watch)]), &bearer(&reader));
+    let own = watcher.next_event();
+    assert_eq!(own.event.as_deref(), Some("mercure"));
+    let template = "https://example.com/books/{id}";
+    let token = sign_with(&json!({"mercure": {"subscribe": [template], "payload": {"name": "bob"}}}), SECRET, None);
+    let _bob = subscribe(&server, &form(&[("topic", template)]), &bearer(&token));
+    let event = watcher.next_event();
+    assert_eq!(event.event.as_deref(), Some("mercure"));
+    let document: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(document["@context"], "https://mercure.rocks/");
+    assert_eq!(document["type"], "Subscription");
+    assert_eq!(document["topic"], template);
+    assert_eq!(document["payload"], json!({"name": "bob"}), "0.x: the token's one payload");
+    let subscriber = document["subscriber"].as_str().unwrap();
+    assert_eq!(document["id"], format!("{SUBSCRIPTIONS}/{}/{}", encode(template), encode(subscriber)).as_str());
+    // The 0.x API path for a topic selector: JSON-LD, with lastEventID.
+    let path = format!("{SUBSCRIPTIONS}/{}", encode(template));
+    let response = api_get(&server, &path, &bearer(&reader));
+    assert_eq!(response.status, 200, "{response:?} {}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/ld+json"));
+    let listed = response.json();
+    assert_eq!(
+        (listed["type"].as_str(), listed["@context"].as_str()),
+        (Some("Subscriptions"), Some("https://mercure.rocks/"))
+    );
+    assert_eq!(listed["subscriptions"], json!([document]));
+    assert_eq!(listed["lastEventID"], link_cursor(&response).as_str());
+}

@@ -53,9 +53,9 @@ use std::io::{self, IoSlice, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bare_sse::app::mercure::Listing;
 use bare_sse::app::{self, Action, App, Settings, seeds};
 use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Replay, Subscriber};
-use bare_sse::app::mercure::Listing;
 use bare_sse::broadcast::event::{self, EventId, Publish, Published, Receipt};
 use bare_sse::broadcast::presence::Presence;
 use bare_sse::http::conn::{self, Conn, Limits, SocketCommand};
@@ -409,7 +409,11 @@ impl<'p, 'a> Harness<'p, 'a> {
                         assert!(interest.audience.is_some(), "subscribed without the token required");
                     }
                     self.broker.fan_out(&mut Slab::<NoOne>::new(), &mut Vec::new());
-                    assert_eq!(subscribe.joining.is_empty(), !settings.mercure.subscriptions, "joining iff the feature is on");
+                    assert_eq!(
+                        subscribe.joining.is_empty(),
+                        !settings.mercure.subscriptions,
+                        "joining iff the feature is on"
+                    );
                     self.presence.join(0, 0, &subscribe.joining);
                     let interest = subscribe.interest.clone();
                     let joined = self.broker.subscribe_mercure(0, interest, subscribe.last_event_id.as_deref(), None);

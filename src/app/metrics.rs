@@ -4,6 +4,7 @@
 //! It names the largest topics, which clients name: `--metrics-token` keeps
 //! it from anyone who can reach the port (checked in [`crate::app`]).
 
+use crate::broadcast::broker::MATCHER_TYPES;
 use crate::broadcast::hub::Hub;
 
 /// The content type of the Prometheus text exposition format.
@@ -71,6 +72,17 @@ pub fn render(hub: &Hub, redis_up: Option<bool>) -> String {
         "gauge",
         "Bytes queued to subscribers, frames and queue entries, counted per subscriber (--max-queued-bytes).",
         &one(totals.queued),
+    );
+    let by_type: Vec<(String, u64)> = MATCHER_TYPES
+        .iter()
+        .zip(totals.mercure_subscriptions)
+        .map(|(kind, n)| (format!("{{match_type=\"{kind}\"}}"), n))
+        .collect();
+    metric(
+        "bare_sse_mercure_subscriptions",
+        "gauge",
+        "Open Mercure subscriptions (one per matcher of a stream), by matcher type (uritemplate: 0.x topic selectors).",
+        &by_type,
     );
     let per_loop = hub.per_loop();
     let by_loop = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, u64)> {

@@ -92,6 +92,28 @@ pub struct Stats {
     pub bytes: u64,
     /// Heartbeat comments sent.
     pub heartbeats: u64,
+    /// Open Mercure subscriptions (one per matcher of a stream) by matcher
+    /// type, in the order of [`MATCHER_TYPES`]: a gauge.
+    pub mercure_subscriptions: [u64; 3],
+}
+
+/// The matcher types [`Stats::mercure_subscriptions`] counts, by name.
+pub const MATCHER_TYPES: [&str; 3] = ["exact", "urlpattern", "uritemplate"];
+
+impl Topic {
+    /// Where a subscription to this topic counts in
+    /// [`Stats::mercure_subscriptions`]: an exact topic, or a pattern by the
+    /// type its key starts with (see [`MercureInterest::patterns`]).
+    fn matcher_type(&self) -> Option<usize> {
+        match self.kind {
+            TopicKind::Seeds => None,
+            TopicKind::Mercure => Some(0),
+            TopicKind::Pattern => {
+                let name = self.name.split_once(' ').map_or(&*self.name, |(kind, _)| kind);
+                MATCHER_TYPES.iter().position(|&kind| kind == name)
+            }
+        }
+    }
 }
 
 /// Topics, subscribers, history and the batch of frames not yet sent.
@@ -558,6 +580,9 @@ impl Broker {
         let mut slots: Vec<(u32, u32)> = Vec::with_capacity(keys.len());
         for &topic_key in keys {
             let Some(topic) = self.topic_members.get_mut(topic_key) else { continue };
+            if let Some(kind) = topic.matcher_type() {
+                self.stats.mercure_subscriptions[kind] += 1;
+            }
             let slot = topic.members.insert(membership as u32);
             topic.slots = topic.slots.max(slot + 1);
             slots.push((topic_key as u32, slot as u32));
@@ -586,6 +611,9 @@ impl Broker {
             let Some(topic) = self.topic_members.get_mut(topic_key) else {
                 continue;
             };
+            if let Some(kind) = topic.matcher_type() {
+                self.stats.mercure_subscriptions[kind] -= 1;
+            }
             topic.members.try_remove(slot);
             if topic.members.is_empty() {
                 let topic = self.topic_members.remove(topic_key);

@@ -95,6 +95,9 @@ pub struct Gauges {
     /// Bytes queued to this loop's subscribers (frames and queue entries,
     /// per subscriber), checked against `--max-queued-bytes`.
     pub queued: AtomicU64,
+    /// Open Mercure subscriptions by matcher type (see
+    /// [`crate::broadcast::broker::MATCHER_TYPES`]).
+    pub mercure_subscriptions: [AtomicU64; 3],
 }
 
 /// The sum of every loop's [`Gauges`].
@@ -109,6 +112,7 @@ pub struct Totals {
     pub refused: u64,
     pub turned_away: u64,
     pub queued: u64,
+    pub mercure_subscriptions: [u64; 3],
 }
 
 /// Most bytes of event frames waiting in one loop's inbox. While any loop is
@@ -426,6 +430,9 @@ impl Hub {
             totals.refused += load(&gauges.refused);
             totals.turned_away += load(&gauges.turned_away);
             totals.queued += load(&gauges.queued);
+            for (total, n) in totals.mercure_subscriptions.iter_mut().zip(&gauges.mercure_subscriptions) {
+                *total += load(n);
+            }
         }
         totals
     }

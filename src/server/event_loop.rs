@@ -887,6 +887,7 @@ impl Loop {
             refused,
             turned_away,
             queued,
+            mercure_subscriptions,
         } = gauges;
         store(connections, self.clients.len() as u64);
         store(streams, self.broker.subscribers() as u64);
@@ -901,6 +902,9 @@ impl Loop {
         store(refused, self.acceptor.refused_over_capacity);
         store(turned_away, self.counters.turned_away);
         store(queued, self.pinned as u64);
+        for (gauge, &value) in mercure_subscriptions.iter().zip(&stats.mercure_subscriptions) {
+            store(gauge, value);
+        }
     }
 
     /// Writes a connection's queued output (and the next pieces of its
