@@ -906,3 +906,81 @@ fn with_compat_0x_subscriptions_of_old_clients_are_announced_and_listed_in_the_o
     assert_eq!(listed["subscriptions"], json!([document]));
     assert_eq!(listed["lastEventID"], link_cursor(&response).as_str());
 }
+
+/// Opens a stream on the server at `addr` and waits for it to be open.
+#[track_caller]
+fn subscribe_at(addr: std::net::SocketAddr, query: &str, headers: &str) -> EventStream {
+    let mut client = Client::connect(addr);
+    let response = client.request(format!("GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"));
+    assert_eq!(response.status, 200, "{response:?} {}", response.text());
+    support::mercure::stream_after(client, response)
+}
+
+/// The subscription documents the API of the server at `addr` lists.
+#[track_caller]
+fn listed_at(addr: std::net::SocketAddr, path: &str) -> Vec<Value> {
+    let mut client = Client::connect(addr);
+    let response = client.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{}\r\n", bearer(&watcher_token())));
+    assert_eq!(response.status, 200, "{response:?}");
+    let body = client.read_to_end();
+    let document: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    document["subscriptions"].as_array().unwrap().clone()
+}
+
+#[test]
+fn a_cluster_lists_every_nodes_subscriptions_and_forgets_a_killed_node() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = presence_hub(|config| config.redis = Some(url.clone()));
+    let mut b = support::Binary::start(&[
+        "--redis",
+        &url,
+        "--mercure-subscriptions",
+        "--mercure-issuer",
+        ISSUER,
+        "--mercure-publisher-key",
+        SECRET,
+    ]);
+    let names = |listed: &[Value]| -> Vec<String> {
+        let mut names: Vec<String> =
+            listed.iter().filter_map(|d| d["payload"]["name"].as_str().map(str::to_owned)).collect();
+        names.sort();
+        names
+    };
+    let user = |name: &str| bearer(&token_with_payload("https://example.com/doc", json!({"name": name})));
+    let doc = form(&[("match", "https://example.com/doc")]);
+    let query = form(&[("match_urlpattern", EVERY_SUBSCRIPTION)]);
+    let mut watcher = subscribe(&a, &query, &bearer(&watcher_token()));
+    let _ann = subscribe(&a, &doc, &user("ann"));
+    let _bea = subscribe_at(b.addr, &doc, &user("bea"));
+    let cid = subscribe_at(b.addr, &doc, &user("cid"));
+    // Every node lists every node's subscriptions.
+    let room = format!("{SUBSCRIPTIONS}/exact/{}", encode("https://example.com/doc"));
+    let everyone = ["ann", "bea", "cid"].map(str::to_owned).to_vec();
+    for addr in [a.addr, b.addr] {
+        wait_until("the node lists the cluster", std::time::Duration::from_secs(20), || {
+            names(&listed_at(addr, &room)) == everyone
+        });
+    }
+    assert_eq!(listed_at(a.addr, SUBSCRIPTIONS).len(), 4, "and the watcher's own");
+    // One subscription of another node, by its id.
+    let on_b = listed_at(a.addr, &room).into_iter().find(|d| d["payload"]["name"] == "cid").unwrap();
+    let one = api_get(&a, on_b["id"].as_str().unwrap(), &bearer(&watcher_token()));
+    assert_eq!((one.status, one.json()), (200, on_b.clone()));
+    // A subscription that ends on B is announced on A.
+    let mut ended = None;
+    drop(cid);
+    while ended.is_none() {
+        let event = subscription_event(&mut watcher);
+        if event["active"] == false {
+            ended = Some(event);
+        }
+    }
+    assert_eq!(ended.unwrap()["id"], on_b["id"]);
+    // B dies without a word: within the roster's expiry, its entries go.
+    b.kill();
+    wait_until("the killed node's subscriptions expire", std::time::Duration::from_secs(40), || {
+        names(&listed_at(a.addr, &room)) == ["ann"]
+    });
+}

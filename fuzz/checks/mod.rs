@@ -53,7 +53,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bare_sse::app::mercure::Listing;
+use bare_sse::app::mercure::{Listing, Next};
 use bare_sse::app::{self, Action, App, Settings, seeds};
 use bare_sse::broadcast::broker::{Broker, Delivery, HistoryLimits, Replay, Subscriber};
 use bare_sse::broadcast::event::{self, EventId, Publish, Published, Receipt};
@@ -433,10 +433,10 @@ impl<'p, 'a> Harness<'p, 'a> {
                     // body so that the response has a length.
                     let mut listing = Listing::new((**request).clone(), self.broker.mercure_cursor());
                     let response = if listing.is_single() {
-                        listing.single(&self.presence)
+                        listing.single(&self.presence).expect("the registry answers at once")
                     } else {
                         let mut body = Vec::new();
-                        while let Some(piece) = listing.next_piece(&self.presence) {
+                        while let Next::Piece(piece) = listing.next_piece(&self.presence) {
                             body.extend(piece);
                         }
                         assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "a listing is JSON");

@@ -22,12 +22,14 @@
 
 use std::sync::Arc;
 
+use crossbeam_channel::{Receiver, TryRecvError};
 use url::Url;
 
 use super::{Action, App, Cors};
 use crate::broadcast::broker::{Audience, MercureInterest, TopicPattern};
 use crate::broadcast::event::{MercureFields, Publish};
 use crate::broadcast::presence::{Cursor, Joining, Kind, Presence, Seen};
+use crate::broadcast::roster::Page;
 use crate::http::conn::{Handled, Request};
 use crate::http::{Method, RequestHead, Response, Status};
 use crate::mercure::matcher::{Matcher, MatcherType};
@@ -470,11 +472,13 @@ const LISTING_SUBSCRIBERS_PER_PIECE: usize = 128;
 
 /// A subscription API answer under way. A collection is written as it is
 /// read, a piece each time the socket has taken the last one, so that a
-/// listing of any size holds one piece in memory.
+/// listing of any size holds one piece in memory. The subscriptions come
+/// from this server's registry, or on a cluster from the roster in Redis
+/// ([`crate::broadcast::roster`]), page by page.
 #[derive(Debug)]
 pub struct Listing {
     request: ListSubscriptions,
-    cursor: Cursor,
+    source: Source,
     /// The reconciliation cursor, taken before the walk begins: whatever
     /// changes during the walk comes after it, in events a client resuming
     /// from it gets.
@@ -484,10 +488,52 @@ pub struct Listing {
     done: bool,
 }
 
+#[derive(Debug)]
+enum Source {
+    Local(Cursor),
+    Cluster(Receiver<Page>),
+}
+
+/// What comes next in a collection ([`Listing::next_piece`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// These bytes.
+    Piece(Vec<u8>),
+    /// Nothing yet: the cluster's roster has not sent the next page (the
+    /// loop is woken when it does).
+    Wait,
+    /// The document is complete.
+    Done,
+    /// The roster failed mid-way: the document cannot be completed, and
+    /// closing the connection without its end tells the client so.
+    Failed,
+}
+
 impl Listing {
-    /// A listing of what `request` asks for, as of the event `last_event_id`.
+    /// A listing of what `request` asks for from this server's registry,
+    /// as of the event `last_event_id`.
     pub fn new(request: ListSubscriptions, last_event_id: String) -> Listing {
-        Listing { request, cursor: Cursor::default(), last_event_id, started: false, any: false, done: false }
+        Listing::with_source(request, last_event_id, Source::Local(Cursor::default()))
+    }
+
+    /// A listing whose subscriptions arrive as `pages` from the roster, which
+    /// must be asked for [`Listing::roster_query`].
+    pub fn from_cluster(request: ListSubscriptions, last_event_id: String, pages: Receiver<Page>) -> Listing {
+        Listing::with_source(request, last_event_id, Source::Cluster(pages))
+    }
+
+    fn with_source(request: ListSubscriptions, last_event_id: String, source: Source) -> Listing {
+        Listing { request, source, last_event_id, started: false, any: false, done: false }
+    }
+
+    /// The topic prefix (or topic, `true`) to ask the roster for.
+    pub fn roster_query(&self) -> (String, bool) {
+        self.request.query.topic_prefix()
+    }
+
+    /// Whether the subscriptions come from the cluster's roster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
     }
 
     /// Whether the answer is one subscription (then [`Listing::single`]).
@@ -511,30 +557,45 @@ impl Listing {
             .header("Cache-Control", "must-revalidate")
     }
 
-    /// The answer for one subscription: its document, or 404.
-    pub fn single(&mut self, presence: &Presence) -> Response {
-        let mut found = None;
-        while found.is_none()
-            && !presence.walk(&mut self.cursor, usize::MAX, |seen| {
-                let subscription = subscription_of(seen, true);
-                if found.is_none() && self.request.query.wants(&subscription) {
-                    found = Some(subscription.document());
-                }
-            })
-        {}
-        match found {
-            Some(document) => {
-                let head = self.head(Status::OK);
-                Response { body: Some(document.into_bytes().into()), ..head }
-            }
+    fn found(&self, document: Option<String>) -> Response {
+        match document {
+            Some(document) => Response { body: Some(document.into_bytes().into()), ..self.head(Status::OK) },
             None => Response::error(Status::NOT_FOUND, "no such subscription"),
         }
     }
 
-    /// The next piece of a collection, `None` once it is all written.
-    pub fn next_piece(&mut self, presence: &Presence) -> Option<Vec<u8>> {
+    /// The answer for one subscription: its document, or 404. `None` while
+    /// the roster has not answered.
+    pub fn single(&mut self, presence: &Presence) -> Option<Response> {
+        let document = match &mut self.source {
+            Source::Local(cursor) => {
+                let mut found = None;
+                while found.is_none()
+                    && !presence.walk(cursor, usize::MAX, |seen| {
+                        let subscription = subscription_of(seen, true);
+                        if found.is_none() && self.request.query.wants(&subscription) {
+                            found = Some(subscription.document());
+                        }
+                    })
+                {}
+                found
+            }
+            Source::Cluster(pages) => match pages.try_recv() {
+                Ok(Page::Documents(mut documents)) => documents.pop(),
+                Ok(Page::End) => None,
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    return Some(Response::error(Status::SERVICE_UNAVAILABLE, "the cluster's roster is unavailable"));
+                }
+            },
+        };
+        Some(self.found(document))
+    }
+
+    /// The next piece of a collection.
+    pub fn next_piece(&mut self, presence: &Presence) -> Next {
         if self.done {
-            return None;
+            return Next::Done;
         }
         let mut out = String::new();
         if !self.started {
@@ -543,19 +604,40 @@ impl Listing {
             out = subscriptions::collection_start(&self.request.path, &self.last_event_id, legacy);
         }
         let (query, any) = (&self.request.query, &mut self.any);
-        self.done = presence.walk(&mut self.cursor, LISTING_SUBSCRIBERS_PER_PIECE, |seen| {
-            let subscription = subscription_of(seen, true);
-            if query.wants(&subscription) {
-                if *any {
-                    out.push(',');
-                }
-                *any = true;
-                subscription.write_document(&mut out);
+        let mut add = |document: &str, out: &mut String| {
+            if *any {
+                out.push(',');
             }
-        });
+            *any = true;
+            out.push_str(document);
+        };
+        match &mut self.source {
+            Source::Local(cursor) => {
+                self.done = presence.walk(cursor, LISTING_SUBSCRIBERS_PER_PIECE, |seen| {
+                    let subscription = subscription_of(seen, true);
+                    if query.wants(&subscription) {
+                        add(&subscription.document(), &mut out);
+                    }
+                });
+            }
+            Source::Cluster(pages) => match pages.try_recv() {
+                Ok(Page::Documents(documents)) => documents.iter().for_each(|document| add(document, &mut out)),
+                Ok(Page::End) => self.done = true,
+                Err(TryRecvError::Empty) if out.is_empty() => return Next::Wait,
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Next::Failed,
+            },
+        }
         if self.done {
             out.push_str(subscriptions::COLLECTION_END);
         }
-        Some(out.into_bytes())
+        Next::Piece(out.into_bytes())
     }
+}
+
+/// How a subscription is kept in the cluster's roster: its topic, and its
+/// document while active.
+pub fn describe(seen: Seen<'_>) -> (String, String) {
+    let subscription = subscription_of(seen, true);
+    (subscription.topic(), subscription.document())
 }

@@ -314,6 +314,13 @@ impl Hub {
         }
     }
 
+    /// Wakes loop `index` (for a page of a listing, say).
+    pub fn wake(&self, index: usize) {
+        if let Some(inbox) = self.inboxes.get(index) {
+            let _ = inbox.waker.wake();
+        }
+    }
+
     /// Wakes every loop (to notice a shutdown).
     pub fn wake_all(&self) {
         for inbox in self.inboxes.iter() {

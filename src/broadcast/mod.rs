@@ -12,6 +12,7 @@
 //! | [`broker`]    | one loop's topics, subscribers, and the fan-out of frames to them |
 //! | [`bus`]       | `--redis`: the cluster bus, one Redis stream shared by all nodes, on its own threads |
 //! | [`presence`]  | `--mercure-subscriptions`: who is subscribed, on every loop, with hub-made subscriber ids |
+//! | [`roster`]    | `--redis` with `--mercure-subscriptions`: every node's subscriptions in Redis, listed cluster-wide |
 //! | [`publisher`] | publishing from the embedding program's threads (and `--tick`) |
 
 pub mod broker;
@@ -21,3 +22,4 @@ pub mod history;
 pub mod hub;
 pub mod presence;
 pub mod publisher;
+pub mod roster;

@@ -203,6 +203,11 @@ impl Presence {
         }
     }
 
+    /// This server's random node number (48 bits).
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
     /// Subscribers registered now, on all loops.
     pub fn subscribers(&self) -> usize {
         self.shards.iter().map(|shard| lock(shard).present).sum()

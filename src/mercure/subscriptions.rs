@@ -208,6 +208,44 @@ impl Query {
         matches!(self, Query::One { .. } | Query::LegacyOne { .. })
     }
 
+    /// The canonical topic form of what the query asks for, as the start
+    /// of the topics it wants (`false`), or the one topic (`true`): how a
+    /// store keyed by topic (the cluster's roster) selects them.
+    pub fn topic_prefix(&self) -> (String, bool) {
+        let mut out = String::from(COLLECTION_PATH);
+        out.push('/');
+        let exact = match self {
+            Query::All => false,
+            Query::Matcher { match_type, matcher } => {
+                out.push_str(match_type);
+                out.push('/');
+                encode_into(&mut out, matcher);
+                out.push('/');
+                false
+            }
+            Query::One { match_type, matcher, subscriber } => {
+                out.push_str(match_type);
+                out.push('/');
+                encode_into(&mut out, matcher);
+                out.push('/');
+                encode_into(&mut out, subscriber);
+                true
+            }
+            Query::LegacyTopic { topic } => {
+                encode_into(&mut out, topic);
+                out.push('/');
+                false
+            }
+            Query::LegacyOne { topic, subscriber } => {
+                encode_into(&mut out, topic);
+                out.push('/');
+                encode_into(&mut out, subscriber);
+                true
+            }
+        };
+        (out, exact)
+    }
+
     /// Whether the answer is in the 0.x form (JSON-LD).
     pub fn is_legacy(&self) -> bool {
         matches!(self, Query::LegacyTopic { .. } | Query::LegacyOne { .. })
@@ -356,6 +394,32 @@ mod tests {
         assert!(query.is_legacy() && query.is_single() && query.wants(&legacy) && !query.wants(&one));
         assert_eq!(parse_path(&legacy.topic(), false), None, "0.x shapes need the flag");
         assert!(is_api_path(COLLECTION_PATH) && is_api_path(&one.topic()) && !is_api_path("/.well-known/mercurex"));
+    }
+
+    #[test]
+    fn the_topic_prefix_selects_what_the_query_wants() {
+        let one = sample(Form::Standard, true, None);
+        let legacy = Subscription { form: Form::Legacy, ..one };
+        let queries = [
+            Query::All,
+            Query::Matcher { match_type: "urlpattern".into(), matcher: one.matcher.into() },
+            Query::One {
+                match_type: "urlpattern".into(),
+                matcher: one.matcher.into(),
+                subscriber: one.subscriber.into(),
+            },
+            Query::LegacyTopic { topic: one.matcher.into() },
+            Query::LegacyOne { topic: one.matcher.into(), subscriber: one.subscriber.into() },
+        ];
+        for query in queries {
+            let (prefix, exact) = query.topic_prefix();
+            for subscription in [one, legacy, Subscription { subscriber: "urn:x", ..one }] {
+                let topic = subscription.topic();
+                let selected = if exact { topic == prefix } else { topic.starts_with(&prefix) };
+                assert_eq!(selected, query.wants(&subscription), "{query:?} {topic}");
+            }
+            assert_eq!(exact, query.is_single());
+        }
     }
 
     #[test]

@@ -17,13 +17,14 @@ use slab::Slab;
 
 use super::accept::Acceptor;
 use super::{Handle, Shared};
-use crate::app::mercure::{self, Listing, MercureSubscribe};
+use crate::app::mercure::{self, Listing, MercureSubscribe, Next};
 use crate::app::{Action, App, Subscribe};
 use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
 use crate::broadcast::bus::{Bus, BusError};
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
 use crate::broadcast::presence::{Presence, Seen};
+use crate::broadcast::roster::{Change, ListRequest, Roster};
 use crate::config::Config;
 use crate::http::conn::{Conn, SocketCommand};
 use crate::http::outbox::Flushed;
@@ -163,6 +164,8 @@ pub(super) struct Loop {
     counters: Counters,
     /// Who is subscribed, on every loop (`--mercure-subscriptions`).
     presence: Option<Arc<Presence>>,
+    /// On a cluster node: every node's subscriptions, in Redis.
+    roster: Option<Arc<Roster>>,
     /// Subscription API answers being written, by connection: each goes
     /// out a piece at a time as the socket takes it (like a replay).
     listings: HashMap<usize, Listing>,
@@ -281,6 +284,7 @@ impl Loop {
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             counters: Counters::default(),
             presence: shared.presence.clone(),
+            roster: shared.roster.clone(),
             listings: HashMap::new(),
         }
     }
@@ -352,7 +356,7 @@ impl Loop {
             match event.token() {
                 LISTENER => self.accept(),
                 // Publisher queue and inbox are taken every turn (below).
-                WAKER => {}
+                WAKER => self.pull_listings(),
                 SIGNALS => self.take_signals(),
                 Token(key) => self.drive(key),
             }
@@ -645,16 +649,32 @@ impl Loop {
                     self.subscribe_mercure(key, *subscribe);
                     continue;
                 }
-                Action::ListSubscriptions(request) => match &self.presence {
-                    None => Response::error(Status::NOT_FOUND, "not found"),
-                    Some(presence) => {
+                Action::ListSubscriptions(request) => match (&self.presence, &self.roster) {
+                    (None, _) => Response::error(Status::NOT_FOUND, "not found"),
+                    (Some(presence), None) => {
                         let mut listing = Listing::new(*request, self.broker.mercure_cursor());
-                        if listing.is_single() {
-                            listing.single(presence)
-                        } else {
+                        if !listing.is_single() {
                             self.list(key, listing);
                             continue;
                         }
+                        // From the registry, the answer is there at once.
+                        let missing = || Response::error(Status::NOT_FOUND, "no such subscription");
+                        listing.single(presence).unwrap_or_else(missing)
+                    }
+                    (Some(_), Some(roster)) => {
+                        // The roster's reader answers in pages, waking
+                        // this loop for each (see `Loop::pull_listings`).
+                        let (pages, receiver) = crossbeam_channel::bounded(2);
+                        let listing = Listing::from_cluster(*request, self.broker.mercure_cursor(), receiver);
+                        let (prefix, exact) = listing.roster_query();
+                        let (hub, index) = (self.hub.clone(), self.index);
+                        roster.list(ListRequest { prefix, exact, pages, wake: Box::new(move || hub.wake(index)) });
+                        if listing.is_single() {
+                            self.listings.insert(key, listing);
+                        } else {
+                            self.list(key, listing);
+                        }
+                        continue;
                     }
                 },
                 Action::Metrics => {
@@ -711,15 +731,46 @@ impl Loop {
                     payload: joined.payload.as_deref(),
                     subscriber: &subscriber,
                 };
-                self.announce(mercure::subscription_event(seen, true));
+                self.announce(mercure::subscription_event(seen, true), true);
+            }
+        }
+    }
+
+    /// Goes on with the listings waiting for pages from the cluster's
+    /// roster: a single subscription is answered once its page came, a
+    /// collection writes what came.
+    fn pull_listings(&mut self) {
+        let waiting: Vec<usize> = self.listings.iter().filter(|(_, l)| l.is_cluster()).map(|(&key, _)| key).collect();
+        for key in waiting {
+            let Some(presence) = self.presence.clone() else { return };
+            let single = self.listings.get_mut(&key).filter(|listing| listing.is_single());
+            match single.map(|listing| listing.single(&presence)) {
+                None => self.flush(key),
+                Some(None) => {}
+                Some(Some(response)) => {
+                    self.listings.remove(&key);
+                    if let Some(client) = self.clients.get_mut(key) {
+                        client.conn.respond(response, &self.app.settings.limits, Instant::now());
+                        self.drive(key);
+                    }
+                }
             }
         }
     }
 
     /// Publishes a subscription event (see [`crate::broadcast::presence`]).
     /// Nobody waits for it: one the hub refuses (the server is stopping, or
-    /// a loop is far behind) is dropped, with a line in the log.
-    fn announce(&self, publish: Publish) {
+    /// a loop is far behind) is dropped, with a line in the log. On a
+    /// cluster the roster publishes it, once Redis has the change.
+    fn announce(&self, publish: Publish, active: bool) {
+        if let (Some(roster), Some(field)) = (&self.roster, publish.topics.first()) {
+            let field = field.clone();
+            let change = match active {
+                true => Change::Join { field, document: publish.message.clone(), event: publish },
+                false => Change::Leave { field, event: publish },
+            };
+            return roster.change(change);
+        }
         match &self.bus {
             None => {
                 if self.hub.publish(&publish, Origin::Loop(self.index)).is_err() && !self.hub.is_closed() {
@@ -928,13 +979,16 @@ impl Loop {
             let listing = self.listings.get_mut(&key).zip(self.presence.as_deref());
             let replay = match listing {
                 Some((listing, presence)) => match listing.next_piece(presence) {
-                    Some(piece) => Replay::More(vec![piece.into()]),
-                    None => {
+                    Next::Piece(piece) => Replay::More(vec![piece.into()]),
+                    // The loop is woken when the next page is there.
+                    Next::Wait => break,
+                    Next::Done => {
                         // Written: it ends as a turned-away stream does.
                         self.listings.remove(&key);
                         client.ending = true;
                         Replay::Done(Vec::new())
                     }
+                    Next::Failed => return self.close(key),
                 },
                 None => self.broker.replay_some(membership, REPLAY_CHUNK_BYTES),
             };
@@ -1101,7 +1155,7 @@ impl Loop {
                 let mut ended = Vec::new();
                 presence.leave(self.index, key, |seen| ended.push(mercure::subscription_event(seen, false)));
                 for publish in ended {
-                    self.announce(publish);
+                    self.announce(publish, false);
                 }
             }
         }

@@ -62,6 +62,7 @@ use crate::broadcast::event::EventId;
 use crate::broadcast::hub::Hub;
 use crate::broadcast::presence::Presence;
 use crate::broadcast::publisher::Publisher;
+use crate::broadcast::roster::Roster;
 use crate::config::Config;
 use event_loop::{LISTENER, Loop, WAKER};
 
@@ -96,6 +97,7 @@ pub struct Server {
     loops: Vec<Loop>,
     hub: Arc<Hub>,
     bus: Option<Arc<Bus>>,
+    roster: Option<Arc<Roster>>,
     tick: bool,
     publisher: Publisher,
     handle: Handle,
@@ -111,6 +113,8 @@ struct Shared {
     floor: Option<EventId>,
     /// Who is subscribed (`--mercure-subscriptions`); `None` when off.
     presence: Option<Arc<Presence>>,
+    /// On a cluster node with `--mercure-subscriptions`: the cluster's.
+    roster: Option<Arc<Roster>>,
 }
 
 /// Lets other threads stop a running server. Cheap to clone.
@@ -172,7 +176,22 @@ impl Server {
         };
         let floor = if bus.is_some() { None } else { Some(hub.local_floor()) };
         let presence = config.settings.mercure.subscriptions.then(|| Arc::new(Presence::new(polls.len())));
-        let shared = Shared { hub: hub.clone(), bus: bus.clone(), handle: handle.clone(), floor, presence };
+        let roster = match (&presence, &bus, &config.redis) {
+            (Some(presence), Some(bus), Some(url)) => {
+                let describe = crate::app::mercure::describe;
+                let roster = Roster::start(url, &config.redis_prefix, presence.clone(), describe, bus.clone());
+                Some(Arc::new(roster.map_err(io::Error::other)?))
+            }
+            _ => None,
+        };
+        let shared = Shared {
+            hub: hub.clone(),
+            bus: bus.clone(),
+            handle: handle.clone(),
+            floor,
+            presence,
+            roster: roster.clone(),
+        };
         let loops = polls
             .into_iter()
             .zip(listeners)
@@ -181,7 +200,7 @@ impl Server {
             .map(|(index, ((poll, listener), inbox))| Loop::new(config, index, poll, listener, inbox, &shared))
             .collect();
         let publisher = Publisher::new(hub.clone(), bus.clone(), stop);
-        Ok(Server { loops, hub, bus, tick: config.tick, publisher, handle })
+        Ok(Server { loops, hub, bus, roster, tick: config.tick, publisher, handle })
     }
 
     /// Makes SIGINT, SIGTERM and SIGQUIT stop the server gracefully, and
@@ -251,6 +270,10 @@ impl Server {
         for thread in others {
             let outcome = thread.join().unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
             result = result.and(outcome);
+        }
+        // The roster hands events to the bus: it stops first.
+        if let Some(roster) = &self.roster {
+            roster.shutdown();
         }
         if let Some(bus) = &self.bus {
             bus.shutdown();
