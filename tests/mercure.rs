@@ -984,3 +984,32 @@ fn a_cluster_lists_every_nodes_subscriptions_and_forgets_a_killed_node() {
         names(&listed_at(a.addr, &room)) == ["ann"]
     });
 }
+
+#[test]
+fn curl_reads_a_listing_written_in_pieces_to_its_end() {
+    let server = presence_hub(|_| {});
+    let count = 500; // about four pieces
+    let _subscribers: Vec<EventStream> =
+        (0..count).map(|i| subscribe(&server, &form(&[("match", &format!("https://example.com/{i}"))]), "")).collect();
+    let url = format!("http://{}{SUBSCRIPTIONS}", server.addr);
+    // The token's audience is the hub at `test`.
+    let header = format!("Authorization: Bearer {}", watcher_token());
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "20", "-H", "Host: test", "-H", &header, &url])
+        .output()
+        .expect("curl must be installed");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["subscriptions"].as_array().unwrap().len(), count);
+    // HEAD: the same head, no body.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "20", "-I", "-H", "Host: test", "-H", &header, &url])
+        .output()
+        .expect("curl must be installed");
+    assert!(out.status.success(), "curl -I: {}", String::from_utf8_lossy(&out.stderr));
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("link: <http://") && head.contains("connection: close"),
+        "{head}"
+    );
+}

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 
 use bare_sse::broadcast::event::{EventId, MercureFields, Publish, Published, Receipt};
 use bare_sse::mercure::form::{self, FormError};
-use bare_sse::mercure::matcher::{MAX_MATCHER_BYTES, MatcherType, Topic, WILDCARD};
+use bare_sse::mercure::matcher::{MAX_MATCHER_BYTES, Matcher, MatcherType, Topic, WILDCARD};
 use bare_sse::mercure::subscribe::{self, MAX_MATCHERS, MAX_PARAMETERS};
 use bare_sse::mercure::token::{self, Alg, Role, Verifier, VerifierConfig};
 use bare_sse::mercure::update::{self, MAX_FIELDS, MAX_TOPICS, Update, UpdateError};
@@ -393,6 +393,7 @@ pub fn check_mercure_subscribe(query: &[u8]) {
     }
 
     let values: Vec<String> = pairs.into_iter().map(|(_, value)| value).filter(|value| value.len() <= 512).collect();
+    check_subscription_documents(&request.matchers, &values);
     for matcher in request.matchers.iter().take(8) {
         let topics = candidate_topics(&values, matcher.text());
         let shared: Vec<Topic> = topics.iter().map(|topic| Topic::new(topic)).collect();
@@ -409,6 +410,57 @@ pub fn check_mercure_subscribe(query: &[u8]) {
                 None => topic == matcher.text(),
             };
             assert_eq!(matches, expected, "{matcher:?} matching {topic:?}");
+        }
+    }
+}
+
+/// Active subscriptions: for each matcher (the first eight) and each value
+/// of the query taken as a subscriber id, in both forms, the event's topic
+/// is an API path that names exactly that subscription (every variable
+/// percent-encoded once, so decoding gives back the very strings), its
+/// document is JSON with the spec's properties, and a roster selects it by
+/// the query's topic prefix. Each value is also tried as an API path:
+/// never a panic, and what it names agrees with the prefix.
+fn check_subscription_documents(matchers: &[Matcher], values: &[String]) {
+    use bare_sse::mercure::subscriptions::{self, Form, Subscription};
+    // Hub-made ids are never empty.
+    let subscribers: Vec<&str> =
+        values.iter().map(String::as_str).filter(|v| !v.is_empty()).chain(["urn:uuid:x"]).take(4).collect();
+    for matcher in matchers.iter().take(8) {
+        for &subscriber in &subscribers {
+            for form in [Form::Standard, Form::Legacy] {
+                let subscription = Subscription {
+                    form,
+                    match_type: matcher.kind().name(),
+                    matcher: matcher.text(),
+                    subscriber,
+                    active: true,
+                    payload: Some("{\"a\":[1]}"),
+                };
+                let topic = subscription.topic();
+                let legacy = form == Form::Legacy;
+                let query = subscriptions::parse_path(&topic, legacy);
+                // A 0.x topic that spells a matcher type reads as 1.0.
+                let spells_a_type = legacy && matches!(matcher.text(), "exact" | "urlpattern");
+                if !spells_a_type {
+                    let query = query.unwrap_or_else(|| panic!("{topic:?} is not an API path"));
+                    assert!(query.is_single() && query.wants(&subscription), "{topic:?} names {query:?}");
+                    assert_eq!(query.topic_prefix(), (topic.clone(), true));
+                }
+                let document: serde_json::Value =
+                    serde_json::from_str(&subscription.document()).expect("a subscription document is JSON");
+                assert_eq!(document["id"], topic.as_str());
+                assert_eq!(document["subscriber"], subscriber);
+                assert_eq!(document[if legacy { "topic" } else { "match" }], matcher.text());
+            }
+        }
+    }
+    for value in values.iter().take(4) {
+        for legacy in [false, true] {
+            if let Some(query) = subscriptions::parse_path(value, legacy) {
+                let (prefix, exact) = query.topic_prefix();
+                assert!(prefix.starts_with(subscriptions::COLLECTION_PATH) && exact == query.is_single());
+            }
         }
     }
 }

@@ -277,7 +277,7 @@ pub fn parse_path(path: &str, legacy: bool) -> Option<Query> {
             subscriber: decode(subscriber)?,
         }),
         [topic] if legacy && !topic.is_empty() => Some(Query::LegacyTopic { topic: decode(topic)? }),
-        [topic, subscriber] if legacy && !topic.is_empty() && !subscriber.is_empty() => {
+        [topic, subscriber] if legacy && !subscriber.is_empty() => {
             Some(Query::LegacyOne { topic: decode(topic)?, subscriber: decode(subscriber)? })
         }
         _ => None,

@@ -218,6 +218,8 @@ struct Counters {
     dropped_slow: u64,
     /// Streams turned away over `--max-streams` (or while shutting down).
     turned_away: u64,
+    /// Subscription events the hub refused (see `Loop::announce`).
+    announcements_dropped: u64,
 }
 
 /// A small xorshift generator for jitter; nothing here needs more.
@@ -762,7 +764,7 @@ impl Loop {
     /// Nobody waits for it: one the hub refuses (the server is stopping, or
     /// a loop is far behind) is dropped, with a line in the log. On a
     /// cluster the roster publishes it, once Redis has the change.
-    fn announce(&self, publish: Publish, active: bool) {
+    fn announce(&mut self, publish: Publish, active: bool) {
         if let (Some(roster), Some(field)) = (&self.roster, publish.topics.first()) {
             let field = field.clone();
             let change = match active {
@@ -774,7 +776,13 @@ impl Loop {
         match &self.bus {
             None => {
                 if self.hub.publish(&publish, Origin::Loop(self.index)).is_err() && !self.hub.is_closed() {
-                    log::warn!("a subscription event was dropped: subscribers are behind");
+                    // A burst of connections while subscribers are behind
+                    // would otherwise be a burst of log lines.
+                    if self.counters.announcements_dropped.is_multiple_of(1000) {
+                        let dropped = self.counters.announcements_dropped + 1;
+                        log::warn!("subscription events dropped, subscribers are behind ({dropped} on this loop)");
+                    }
+                    self.counters.announcements_dropped += 1;
                 }
             }
             Some(bus) => bus.submit(publish, Box::new(|_| {})),
