@@ -1,8 +1,9 @@
 //! Real browsers and real clients: runs the Node tests in `tests/browser/`,
 //! which start this build's `bare-sse` binary and drive Debian's headless
-//! Chromium: through the demo page (saving `docs/demo.png`), and through
+//! Chromium: through the demo page (saving `docs/demo.png`), through
 //! EventSource on the Mercure hub while Symfony's Mercure component (PHP)
-//! publishes.
+//! publishes, and through a "who is online" page built on Mercure's active
+//! subscriptions.
 //!
 //! Needs Node.js, `/usr/bin/chromium`, `tests/browser/node_modules` and PHP with
 //! Symfony's Mercure component (`php-symfony-mercure`, `php-symfony-http-client`):
@@ -31,6 +32,18 @@ fn demo_page_in_headless_chromium() {
 #[test]
 fn mercure_with_symfony_and_eventsource_in_chromium() {
     run_node_test("mercure.test.mjs");
+}
+
+/// "Who is online" from Mercure's active subscriptions (issue 16): a page on
+/// another origin lists a topic's subscribers from the subscription API
+/// (token in the hub's cookie, cursor from the CORS-exposed `Link` header),
+/// follows the subscription events from that cursor, and its list in the DOM
+/// must converge to exactly the tabs subscribed as tabs of several users
+/// open and close, including those that come and go between the listing and
+/// the events (replayed from the cursor).
+#[test]
+fn who_is_online_in_chromium_from_the_subscription_api_and_events() {
+    run_node_test("presence.test.mjs");
 }
 
 /// Runs `tests/browser/<file>` with `node --test`, bounded by [`TIMEOUT`].
