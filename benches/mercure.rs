@@ -21,6 +21,11 @@
 //!   state machine (head parsing, routing, token, body, response), as the
 //!   event loop runs it per POST, for both APIs: their difference is the
 //!   Mercure front door's extra cost per publish, without the kernel's.
+//! - `private_read/*`: whether a subscriber's token may read a private
+//!   update ([`Grants::can_subscribe_any`]), as the broker asks for every
+//!   subscriber a private update may reach: a subscription event's topic
+//!   against a relative `urlpattern` grant (what a "who is online" page
+//!   holds), and against an `exact` one.
 
 use std::time::Instant;
 
@@ -29,8 +34,9 @@ use bare_sse::app::seeds::parse_publish;
 use bare_sse::app::{App, Settings};
 use bare_sse::broadcast::event::{EventId, Receipt};
 use bare_sse::http::conn::Conn;
+use bare_sse::mercure::matcher::Topic;
 use bare_sse::mercure::subscribe::parse_subscription;
-use bare_sse::mercure::token::{Alg, Role, Verifier, VerifierConfig};
+use bare_sse::mercure::token::{Alg, Grants, Role, Verifier, VerifierConfig};
 use bare_sse::mercure::update::parse_update;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -209,5 +215,43 @@ fn publish_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, jwt_verify, jwt_parts, publish_body, subscribe_query, publish_request);
+/// A subscriber's grants: `subscribe` on `topic`, of `match_type`.
+fn subscriber_grants(topic: &str, match_type: &str) -> Grants {
+    let mut claims = claims();
+    claims["authorization_details"] = json!([{
+        "type": "https://mercure.rocks/authorization-detail",
+        "actions": ["subscribe"],
+        "topics": [{"match": topic, "match_type": match_type}],
+    }]);
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
+    let hub = hub_url();
+    let config =
+        VerifierConfig { issuer: ISSUER, alg: Alg::HS256, publisher_key: SECRET, subscriber_key: None, hub_url: &hub };
+    Verifier::new(&config).unwrap().verify(Role::Subscriber, &token, RESOURCE, now()).expect("valid grants")
+}
+
+fn private_read(c: &mut Criterion) {
+    let topic = [
+        "/.well-known/mercure/subscriptions/exact/https%3A%2F%2Fexample.com%2Fdoc/urn%3Auuid%3A0195d0c2-8b00-8000-8000-000000000001",
+    ];
+    let cases = [
+        ("urlpattern", subscriber_grants("/.well-known/mercure/subscriptions/:type/:match/:subscriber", "urlpattern")),
+        ("exact", subscriber_grants(topic[0], "exact")),
+    ];
+    let mut group = c.benchmark_group("private_read");
+    for (name, grants) in &cases {
+        assert!(grants.can_subscribe_any(&topic), "{name}");
+        group.bench_function(*name, |b| b.iter(|| grants.can_subscribe_any(black_box(&topic))));
+    }
+    // The topic parsed once for every reader, as the broker can do per event.
+    let prepared = [Topic::new(topic[0])];
+    group.bench_function("urlpattern_topic_prepared", |b| {
+        b.iter(|| cases[0].1.can_subscribe_any_topic(black_box(&prepared)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, jwt_verify, jwt_parts, publish_body, subscribe_query, publish_request, private_read);
 criterion_main!(benches);

@@ -535,7 +535,9 @@ fn on_a_cluster_private_updates_and_replay_by_id_work_on_every_node() {
     let redis = RedisServer::start();
     let node = |redis: &RedisServer| {
         let url = redis.url();
-        hub_with(move |config| config.redis = Some(url))
+        let node = hub_with(move |config| config.redis = Some(url));
+        wait_for_redis(node.addr);
+        node
     };
     let (a, b, c) = (node(&redis), node(&redis), node(&redis));
     let reader = sign(&claims(json!([grant(&["subscribe"], &[("https://example.com/secret", "exact")])])));
@@ -551,6 +553,15 @@ fn on_a_cluster_private_updates_and_replay_by_id_work_on_every_node() {
     let mut resumed = subscribe(&b, "match=https://example.com/secret", "Last-Event-ID: s-1\r\n");
     assert_eq!(resumed.response.header("mercure-last-event-id"), Some("s-1"));
     assert_eq!(resumed.next_data(), "for all");
+}
+
+/// Waits until the node at `addr` reaches Redis: until then it refuses
+/// publishes with 503 (not connected yet).
+#[track_caller]
+fn wait_for_redis(addr: std::net::SocketAddr) {
+    wait_until("the node reaches redis", std::time::Duration::from_secs(20), || {
+        Client::connect(addr).request(support::get("/healthz")).text() == "ok\n"
+    });
 }
 
 // ---- 0.x clients ----
@@ -942,6 +953,8 @@ fn a_cluster_lists_every_nodes_subscriptions_and_forgets_a_killed_node() {
         "--mercure-publisher-key",
         SECRET,
     ]);
+    wait_for_redis(a.addr);
+    wait_for_redis(b.addr);
     let names = |listed: &[Value]| -> Vec<String> {
         let mut names: Vec<String> =
             listed.iter().filter_map(|d| d["payload"]["name"].as_str().map(str::to_owned)).collect();

@@ -21,8 +21,10 @@
 //! **Subscriber ids** are made here, never taken from a client (the spec's
 //! MUST): `urn:uuid:` of a version 8 UUID holding a random node number
 //! (fixed when the server starts, so two nodes of a cluster, or two runs,
-//! differ), the loop, and the loop's count of subscribers so far. Distinct
-//! connections get distinct ids; one connection's subscriptions share one.
+//! differ), the loop, and the loop's count of subscribers so far, scrambled
+//! by a keyed permutation so that an id tells neither how many came before
+//! nor the next one. Distinct connections get distinct ids (the
+//! permutation is one to one); one connection's subscriptions share one.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
@@ -139,6 +141,8 @@ pub struct Cursor {
 pub struct Presence {
     /// 48 random bits, fixed for the server's life.
     node: u64,
+    /// The key of the serials' permutation (see [`scramble`]).
+    key: u64,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -150,7 +154,9 @@ impl Presence {
             .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         hasher.write_u32(std::process::id());
         let node = hasher.finish() & 0xFFFF_FFFF_FFFF;
-        Presence { node, shards: (0..loops).map(|_| Mutex::new(Shard::default())).collect() }
+        hasher.write_u64(node);
+        let key = hasher.finish();
+        Presence { node, key, shards: (0..loops).map(|_| Mutex::new(Shard::default())).collect() }
     }
 
     /// Registers connection `key` of loop `index` with its subscriptions;
@@ -244,10 +250,11 @@ impl Presence {
     }
 
     /// The id of subscriber `serial` of loop `index`: a version 8 UUID of
-    /// the node number (48 bits), the loop (12 bits) and the serial (62).
+    /// the node number (48 bits), the loop (12 bits) and the scrambled
+    /// serial (62).
     fn id(&self, index: usize, serial: u64) -> String {
         let high = (self.node << 16) | 0x8000 | (index as u64 & 0xFFF);
-        let low = (serial & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+        let low = scramble(serial, self.key) | 0x8000_0000_0000_0000;
         format!(
             "urn:uuid:{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             high >> 32,
@@ -276,6 +283,21 @@ impl Shard {
             }
         }
     }
+}
+
+/// A keyed one-to-one map of 62-bit numbers onto themselves: each step
+/// is invertible modulo 2^62 (xor with a constant, multiplication by an
+/// odd number, xor with a right shift of itself), so distinct serials stay
+/// distinct, while consecutive ones come out unrelated to an observer
+/// without the key. Not cryptography: it hides a count, not a secret.
+fn scramble(serial: u64, key: u64) -> u64 {
+    const MASK: u64 = (1 << 62) - 1;
+    let mut x = (serial ^ key) & MASK;
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15) & MASK;
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9) & MASK;
+    x ^= x >> 32;
+    x
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -351,6 +373,17 @@ mod tests {
         let shard = presence.shard(0);
         assert_eq!(shard.strings.len(), 1, "only `a` is still in use");
         assert_eq!(shard.present, 1);
+    }
+
+    #[test]
+    fn scrambled_serials_stay_distinct_and_look_unrelated() {
+        let key = 0x1234_5678_9ABC_DEF0;
+        let mut seen: Vec<u64> = (0..100_000).map(|serial| scramble(serial, key)).collect();
+        assert!(seen.iter().all(|&x| x < 1 << 62));
+        assert!(seen.windows(2).filter(|w| w[0].abs_diff(w[1]) < 1 << 40).count() < 10, "consecutive look apart");
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 100_000, "one to one");
     }
 
     #[test]
