@@ -10,8 +10,8 @@
 //! | [`server`]      | the mio event loops: accept, read, write, close. The only code that touches sockets. |
 //! | [`http`]        | HTTP/1.1 and nothing else: request parsing, response framing, and [`http::conn`], one connection's state machine, which hands complete requests to an application. |
 //! | [`app`]         | the application: routes, credentials, CORS, the demo page, `/metrics`; the seeds' formats in [`app::seeds`]. |
-//! | [`broadcast`]   | events to subscribers: ids and order ([`broadcast::hub`]), history and fan-out ([`broadcast::broker`]), the Redis cluster bus, the in-process [`broadcast::publisher::Publisher`]. |
-//! | [`mercure`]     | the Mercure protocol's pure core: form decoding, topic matchers, JWT access tokens, publish and subscribe requests. |
+//! | [`broadcast`]   | events to subscribers: ids and order ([`broadcast::hub`]), history and fan-out ([`broadcast::broker`]), the Redis cluster bus, Mercure's active subscriptions ([`broadcast::presence`], and [`broadcast::roster`] on a cluster), the in-process [`broadcast::publisher::Publisher`]. |
+//! | [`mercure`]     | the Mercure protocol's pure core: form decoding, topic matchers, JWT access tokens, publish and subscribe requests, subscription documents. |
 //! | [`sse`]         | WHATWG event-stream framing: every byte of a stream is written here. |
 //! | [`config`]      | flags, environment variables, `--help`. |
 //! | [`ticker`]      | `--tick`: the second seed's clock, published through a [`broadcast::publisher::Publisher`]. |
@@ -21,8 +21,8 @@
 //! HTTP. Everything but [`server`] is sans-IO: pure code over byte slices,
 //! tested and fuzzed without sockets, in the manner of h11, quinn-proto and
 //! rustls. ([`broadcast::hub`] is shared state behind a lock, and
-//! [`broadcast::bus`] talks to Redis on threads of its own; neither touches
-//! a client's socket.)
+//! [`broadcast::bus`] and [`broadcast::roster`] talk to Redis on threads of
+//! their own; none touches a client's socket.)
 //!
 //! In scope: HTTP/1.0 and 1.1 over plain TCP, as an origin server or behind
 //! a reverse proxy. Out of scope: TLS and HTTP/2 (put a proxy such as nginx in
