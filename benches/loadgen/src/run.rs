@@ -349,6 +349,11 @@ impl Run {
         }
     }
 
+    /// Subscribers streaming now.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
     /// Subscribers still streaming at the end.
     pub fn finish_subscribers(&mut self) {
         self.out.subscribers_dropped = self.out.subscribers_connected.saturating_sub(self.live);
