@@ -14,7 +14,12 @@ bare-sse's (the seeds API) on the same workload of the same results file,
 and, when Mercure rows (bare-sse-mercure*) are present, the issue's goals
 for them: CPU per delivery within 1.2x of bare-sse's, at most 300 bytes per
 idle subscriber, and what a Mercure publish (JWT check, form body) costs
-more than a seeds one.
+more than a seeds one. When bare-sse-mercure-subs (the same hub with
+--mercure-subscriptions) is present beside bare-sse-mercure, a last section
+compares them: bytes per idle subscriber on against off, workload by
+workload and at the margin, against the issue's 64-byte bound, and the
+reads of the whole subscription collection (time to first and last byte,
+size, count, the server's RSS while it streamed).
 """
 
 import json
@@ -27,6 +32,7 @@ SERVERS = [
     "bare-sse",
     "bare-sse-mercure",
     "bare-sse-mercure-pattern",
+    "bare-sse-mercure-subs",
     "bare-sse-t2",
     "bare-sse-t2-2cpu",
     "bare-sse-cluster",
@@ -41,10 +47,29 @@ BASELINE = "bare-sse"
 MERCURE_PREFIX = "bare-sse-mercure"
 GOAL_CPU_RATIO = 1.2
 GOAL_IDLE_BYTES = 300
+# Active subscriptions (--mercure-subscriptions): the row with them on, the
+# row it is compared with (off), and the issue's bound on what they add.
+SUBS_ON = "bare-sse-mercure-subs"
+SUBS_OFF = "bare-sse-mercure"
+GOAL_SUBS_EXTRA_BYTES = 64
+LIST_FIELDS = (
+    "list_expected",
+    "list_subscriptions",
+    "list_first_byte_ms",
+    "list_last_byte_ms",
+    "list_body_bytes",
+    "list_rss_before_kb",
+    "list_rss_peak_kb",
+    "list_rss_growth_kb",
+    "list_hwm_before_kb",
+    "list_hwm_after_kb",
+    "list_rss_samples",
+)
 COLORS = {
     "bare-sse": "#d9480f",
     "bare-sse-mercure": "#f59f00",
     "bare-sse-mercure-pattern": "#e67700",
+    "bare-sse-mercure-subs": "#fab005",
     "floor": "#868e96",
     "axum": "#1c7ed6",
     "go": "#0ca678",
@@ -120,8 +145,11 @@ def combine(rows):
             "latency_p99_us",
             "publish_rps",
             "loadgen_busy_pct",
-        ):
+        ) + LIST_FIELDS:
             rec[field] = median(r.get(field) for r in group)
+        per_sub = [r.get("bytes_per_idle_subscriber") for r in group]
+        per_sub = [v for v in per_sub if isinstance(v, (int, float))]
+        rec["bytes_range"] = (min(per_sub), max(per_sub)) if per_sub else None
         for field in (
             "missing",
             "duplicated",
@@ -132,6 +160,9 @@ def combine(rows):
         ):
             rec[field] = worst(r.get(field) for r in group)
         rec["errors"] = sorted({r["error"] for r in group if r.get("error")})
+        rec["errors"] += sorted({f"listing: {r['list_error']}" for r in group if r.get("list_error")})
+        if any(r.get("list_complete") is False for r in group):
+            rec["errors"].append("listing incomplete")
         busy = [float(r.get("machine_busy_pct", 0) or 0) for r in group]
         rec["busy"] = max(busy) if busy else 0.0
         rec["died"] = any(r.get("server_alive_after") is False for r in group)
@@ -353,6 +384,92 @@ def mercure_goals(combined):
     return "\n".join(lines) + "\n"
 
 
+def subscriptions_section(combined):
+    """Active subscriptions on (SUBS_ON) against off (SUBS_OFF): memory per
+    idle subscriber, and the reads of the whole collection."""
+    workloads = []
+    for _, w in combined:
+        if w not in workloads:
+            workloads.append(w)
+    text = ""
+    both = [w for w in workloads if (SUBS_ON, w) in combined and (SUBS_OFF, w) in combined]
+    memory = [
+        w
+        for w in both
+        if combined[(SUBS_ON, w)]["bytes_per_idle_subscriber"] is not None
+        and combined[(SUBS_OFF, w)]["bytes_per_idle_subscriber"] is not None
+    ]
+    memory.sort(key=workload_size)
+    if memory:
+        goal_at = memory[-1]
+        lines = [
+            f"| workload | subs off / on | bytes/idle sub off (range) | on (range) | on − off "
+            f"| ≤ {GOAL_SUBS_EXTRA_BYTES} B more | runs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def spread(rec):
+            lo_hi = rec["bytes_range"]
+            return "" if lo_hi is None or lo_hi[0] == lo_hi[1] else f" ({lo_hi[0]:,.0f}–{lo_hi[1]:,.0f})"
+
+        for w in memory:
+            off, on = combined[(SUBS_OFF, w)], combined[(SUBS_ON, w)]
+            extra = on["bytes_per_idle_subscriber"] - off["bytes_per_idle_subscriber"]
+            met = ("yes" if extra <= GOAL_SUBS_EXTRA_BYTES else "**no**") if w == goal_at else "(shown)"
+            lines.append(
+                f"| {w} | {fmt(off['subscribers_connected'])} / {fmt(on['subscribers_connected'])} "
+                f"| {fmt(off['bytes_per_idle_subscriber'])}{spread(off)} | {fmt(on['bytes_per_idle_subscriber'])}{spread(on)} "
+                f"| {extra:+,.0f} | {met} | {off['runs']} / {on['runs']} |"
+            )
+        # What each further subscriber adds, one-time costs left out: RSS
+        # growth from one idle workload to the next, each on a fresh server.
+        idles = [w for w in memory if w.startswith("idle-")]
+        for small, big in zip(idles, idles[1:]):
+
+            def marginal(server):
+                a, b = combined[(server, small)], combined[(server, big)]
+                if a["rss_idle_kb"] is None or b["rss_idle_kb"] is None:
+                    return None
+                subs = (b["subscribers_connected"] or 0) - (a["subscribers_connected"] or 0)
+                return (b["rss_idle_kb"] - a["rss_idle_kb"]) * 1024 / subs if subs > 0 else None
+
+            off, on = marginal(SUBS_OFF), marginal(SUBS_ON)
+            extra = f"{on - off:+,.0f}" if on is not None and off is not None else "-"
+            lines.append(f"| marginal, {small} to {big} | | {fmt(off)} | {fmt(on)} | {extra} | (shown) | |")
+        text += (
+            f"\nActive subscriptions: {SUBS_ON} (--mercure-subscriptions) against {SUBS_OFF}, "
+            "bytes of RSS per idle subscriber (medians; range over the runs):\n\n" + "\n".join(lines) + "\n"
+        )
+    listed = [w for w in workloads if (SUBS_ON, w) in combined and combined[(SUBS_ON, w)]["list_expected"] is not None]
+    if listed:
+        lines = [
+            "| workload | listed / expected | first byte ms | last byte ms | body MB | bytes/subscription "
+            "| RSS before MB | peak during MB | growth kB | VmHWM before → after MB | samples |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for w in listed:
+            r = combined[(SUBS_ON, w)]
+            per = (
+                fmt(r["list_body_bytes"] / r["list_subscriptions"])
+                if r["list_body_bytes"] and r["list_subscriptions"]
+                else "-"
+            )
+            lines.append(
+                f"| {w} | {fmt(r['list_subscriptions'])} / {fmt(r['list_expected'])} "
+                f"| {fmt(r['list_first_byte_ms'], 1)} | {fmt(r['list_last_byte_ms'], 1)} "
+                f"| {fmt(r['list_body_bytes'], 2, 1e6)} | {per} "
+                f"| {fmt(r['list_rss_before_kb'], 1, 1024)} | {fmt(r['list_rss_peak_kb'], 1, 1024)} "
+                f"| {fmt(r['list_rss_growth_kb'])} "
+                f"| {fmt(r['list_hwm_before_kb'], 1, 1024)} → {fmt(r['list_hwm_after_kb'], 1, 1024)} "
+                f"| {fmt(r['list_rss_samples'])} |"
+            )
+        text += (
+            f"\n{SUBS_ON}: GET /.well-known/mercure/subscriptions in full at the end of each run "
+            "(medians; RSS sampled every ms while it streamed):\n\n" + "\n".join(lines) + "\n"
+        )
+    return text
+
+
 def panels(combined):
     """(title, unit, {server: value}) for each chart panel, in order."""
     workloads = []
@@ -442,6 +559,7 @@ def render(results, out_md, out_svg):
     goals = mercure_goals(combined)
     if goals:
         text += "\nMercure goals:\n\n" + goals
+    text += subscriptions_section(combined)
     with open(out_md, "w") as f:
         f.write(text)
     modes = sorted({r.get("mode", "") for r in rows} - {""})

@@ -42,7 +42,15 @@ usage: loadgen --target HOST:PORT [options]
   --mercure-audience A   ... and this aud (default
                          http://TARGET/.well-known/mercure, as bare-sse
                          derives it from Host)
-  --timeout SECS         bound of the connect phase and of the publish phase (default 30)
+  --list-subscriptions   with --api mercure, after the other phases: GET the
+                         hub's /.well-known/mercure/subscriptions
+                         (--mercure-subscriptions) in full, timing it and
+                         sampling the server's RSS while it streams
+  --mercure-list-token JWT  the listing's bearer token, when publishers get
+                         --mercure-token (with --mercure-secret one granting
+                         subscribe on the collection is minted)
+  --timeout SECS         bound of the connect phase, of the publish phase
+                         and of the listing (default 30)
   --settle-ms MS         wait after subscribing before the idle reading (default 500)
   --connect-concurrency C  subscribers connecting at once (default 100, under
                          the 128-connection listen backlog of std and mio)
@@ -85,6 +93,8 @@ pub struct MercureApi {
     pub pattern: String,
     /// The `Authorization` header's value: `Bearer <JWT>`.
     pub authorization: String,
+    /// The same for `--list-subscriptions`, when it is asked for.
+    pub list_authorization: Option<String>,
 }
 
 /// A server to connect to: its address and the `Host` header that names it.
@@ -145,6 +155,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     let mut audience = None;
     let mut events_path = None;
     let mut send_path = None;
+    let mut list_subscriptions = false;
+    let mut list_token = None;
 
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -169,6 +181,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--mercure-secret" => secret = Some(value()?),
             "--mercure-issuer" => issuer = value()?,
             "--mercure-audience" => audience = Some(value()?),
+            "--list-subscriptions" => list_subscriptions = true,
+            "--mercure-list-token" => list_token = Some(value()?),
             "--timeout" => timeout_s = number(&flag, &value()?)?,
             "--settle-ms" => settle_ms = number(&flag, &value()?)?,
             "--connect-concurrency" => connect_concurrency = number(&flag, &value()?)?,
@@ -217,8 +231,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     };
     let api = match api.as_str() {
         "seeds" => {
-            if matching.is_some() || token.is_some() || secret.is_some() {
-                return Err("--match, --mercure-token and --mercure-secret need --api mercure".into());
+            if matching.is_some() || token.is_some() || secret.is_some() || list_subscriptions || list_token.is_some() {
+                return Err(
+                    "--match, --mercure-token, --mercure-secret and --list-subscriptions need --api mercure".into()
+                );
             }
             Api::Seeds
         }
@@ -231,9 +247,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
                 Some("urlpattern") => MatchKind::UrlPattern,
                 Some(other) => return Err(format!("--match {other:?}: exact or urlpattern")),
             };
-            let token = match (token, secret) {
+            let (token, minted_list_token) = match (token, secret) {
                 (Some(_), Some(_)) => return Err("--mercure-token and --mercure-secret exclude each other".into()),
-                (Some(token), None) => token,
+                (Some(token), None) => (token, None),
                 (None, Some(secret)) => {
                     if secret.len() < 32 {
                         return Err("--mercure-secret: an HS256 secret has at least 32 bytes".into());
@@ -243,11 +259,25 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_err(|e| format!("clock: {e}"))?
                         .as_secs();
-                    mercure::publisher_token(secret.as_bytes(), &issuer, &audience, now)
+                    let listing = mercure::listing_token(secret.as_bytes(), &issuer, &audience, now);
+                    (mercure::publisher_token(secret.as_bytes(), &issuer, &audience, now), Some(listing))
                 }
                 (None, None) => return Err("--api mercure needs --mercure-token or --mercure-secret".into()),
             };
-            Api::Mercure(MercureApi { matching, topic, pattern, authorization: format!("Bearer {token}") })
+            let list_authorization = match (list_subscriptions, list_token.or(minted_list_token)) {
+                (false, _) => None,
+                (true, Some(token)) => Some(format!("Bearer {token}")),
+                (true, None) => {
+                    return Err("--list-subscriptions with --mercure-token needs --mercure-list-token".into());
+                }
+            };
+            Api::Mercure(MercureApi {
+                matching,
+                topic,
+                pattern,
+                authorization: format!("Bearer {token}"),
+                list_authorization,
+            })
         }
         other => return Err(format!("--api {other:?}: seeds or mercure")),
     };
@@ -340,5 +370,20 @@ mod tests {
         assert!(parse(args("--target 127.0.0.1:9 --api mercure --mercure-token t --match regex")).is_err());
         assert!(parse(args("--target 127.0.0.1:9 --match exact")).is_err());
         assert!(parse(args("--target 127.0.0.1:9 --api nope")).is_err());
+        let c =
+            parse(args(&format!("--target 127.0.0.1:9 --api mercure --list-subscriptions --mercure-secret {secret}")))
+                .expect("ok")
+                .expect("config");
+        let Api::Mercure(m) = &c.api else { panic!("not mercure") };
+        assert!(m.list_authorization.as_deref().is_some_and(|a| a.starts_with("Bearer ey")));
+        assert!(parse(args("--target 127.0.0.1:9 --list-subscriptions")).is_err());
+        assert!(parse(args("--target 127.0.0.1:9 --api mercure --mercure-token t --list-subscriptions")).is_err());
+        let c = parse(args(
+            "--target 127.0.0.1:9 --api mercure --mercure-token t --list-subscriptions --mercure-list-token l",
+        ))
+        .expect("ok")
+        .expect("config");
+        let Api::Mercure(m) = &c.api else { panic!("not mercure") };
+        assert_eq!(m.list_authorization.as_deref(), Some("Bearer l"));
     }
 }

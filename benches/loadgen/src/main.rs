@@ -6,6 +6,7 @@
 //! - `procstat`: RSS and CPU time of the server's processes from `/proc`;
 //! - `sys`: the few libc calls (open-file limit, own CPU time, SO_LINGER);
 //! - `mercure`: the Mercure subscribe URL, publish body and JWT (`--api mercure`);
+//! - `listing`: one read of the Mercure subscription API (`--list-subscriptions`);
 //! - `cli`: the command line;
 //! - `run`: the mio loop, its subscribers and publishers, and the phases.
 //!
@@ -17,6 +18,7 @@
 
 mod chunked;
 mod cli;
+mod listing;
 mod mercure;
 mod procstat;
 mod run;
@@ -83,6 +85,15 @@ fn main() -> ExitCode {
     let after = procstat::sample(&pids);
     let own_cpu_s = sys::own_cpu_s() - own_start;
     run.finish_subscribers();
+    // Last, so that it changes none of the figures above: the whole
+    // subscription collection, with the server's memory while it streams.
+    let listed = match &cfg.api {
+        cli::Api::Mercure(cli::MercureApi { list_authorization: Some(authorization), .. }) => {
+            let path = mercure::SUBSCRIPTIONS_PATH;
+            Some((listing::list(&cfg.targets[0], path, authorization, &pids, cfg.timeout), run.live()))
+        }
+        _ => None,
+    };
     if !pids.is_empty() && after.pids_read < pids.len() {
         notes.push(format!("only {} of {} server pids readable at the end", after.pids_read, pids.len()));
     }
@@ -159,8 +170,30 @@ fn main() -> ExitCode {
         "foreign_events": o.foreign_events,
         "notes": notes,
     });
-    if let Value::Object(fields) = fields {
-        out.extend(fields);
+    let listed = listed.map(|(l, live)| {
+        json!({
+            "list_status": l.status,
+            "list_error": l.error,
+            "list_timed_out": l.timed_out,
+            "list_expected": live,
+            "list_subscriptions": l.subscriptions,
+            "list_complete": l.subscriptions == Some(live as u64),
+            "list_first_byte_ms": l.first_byte.map(ms),
+            "list_last_byte_ms": l.last_byte.map(ms),
+            "list_body_bytes": l.body_bytes,
+            "list_rss_before_kb": has_pids.then_some(l.rss_before_kb),
+            "list_rss_peak_kb": has_pids.then_some(l.rss_peak_kb),
+            "list_rss_after_kb": has_pids.then_some(l.rss_after_kb),
+            "list_rss_growth_kb": has_pids.then(|| l.rss_peak_kb as i64 - l.rss_before_kb as i64),
+            "list_hwm_before_kb": has_pids.then_some(l.hwm_before_kb),
+            "list_hwm_after_kb": has_pids.then_some(l.hwm_after_kb),
+            "list_rss_samples": l.samples,
+        })
+    });
+    for fields in [Some(fields), listed].into_iter().flatten() {
+        if let Value::Object(fields) = fields {
+            out.extend(fields);
+        }
     }
     println!("{}", Value::Object(out));
     ExitCode::SUCCESS

@@ -118,6 +118,24 @@ pub fn hs256(secret: &[u8], signing_input: &[u8]) -> String {
 /// issued by `issuer` for `audience`, valid from `now_s` for an hour,
 /// granting `publish` on every topic.
 pub fn publisher_token(secret: &[u8], issuer: &str, audience: &str, now_s: u64) -> String {
+    token(secret, issuer, audience, now_s, "publish", json!([{"match": "*"}]))
+}
+
+/// The path of the subscription API's collection of every subscription.
+pub const SUBSCRIPTIONS_PATH: &str = "/.well-known/mercure/subscriptions";
+
+/// A token that may read the subscription API's whole collection
+/// (`--list-subscriptions`): the hub authorizes it like a subscription to
+/// the requested path as a topic, so it grants `subscribe` on exactly
+/// [`SUBSCRIPTIONS_PATH`]. Otherwise as [`publisher_token`].
+pub fn listing_token(secret: &[u8], issuer: &str, audience: &str, now_s: u64) -> String {
+    let topics = json!([{"match": SUBSCRIPTIONS_PATH, "match_type": "exact"}]);
+    token(secret, issuer, audience, now_s, "subscribe", topics)
+}
+
+/// An HS256 access token with one authorization detail granting `action`
+/// on `topics`.
+fn token(secret: &[u8], issuer: &str, audience: &str, now_s: u64, action: &str, topics: serde_json::Value) -> String {
     let header = json!({"alg": "HS256", "typ": "at+jwt"});
     let claims = json!({
         "iss": issuer,
@@ -129,8 +147,8 @@ pub fn publisher_token(secret: &[u8], issuer: &str, audience: &str, now_s: u64) 
         "jti": format!("urn:uuid:00000000-0000-4000-8000-{:012x}", now_s),
         "authorization_details": [{
             "type": AUTHORIZATION_DETAIL_TYPE,
-            "actions": ["publish"],
-            "topics": [{"match": "*"}],
+            "actions": [action],
+            "topics": topics,
         }],
     });
     let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
@@ -191,6 +209,19 @@ mod tests {
         assert_eq!(claims["exp"], 1000 + TOKEN_LIFETIME_S);
         assert_eq!(claims["authorization_details"][0]["actions"], json!(["publish"]));
         assert_eq!(claims["authorization_details"][0]["topics"], json!([{"match": "*"}]));
+        assert_eq!(parts[2], hs256(&[7; 32], format!("{}.{}", parts[0], parts[1]).as_bytes()));
+    }
+
+    #[test]
+    fn listing_token_grants_subscribe_on_the_collection() {
+        let token = listing_token(&[7; 32], "https://issuer.example", "http://127.0.0.1:9/.well-known/mercure", 1000);
+        let parts: Vec<&str> = token.split('.').collect();
+        let claims: serde_json::Value = serde_json::from_slice(&b64url_decode(parts[1])).unwrap();
+        assert_eq!(claims["authorization_details"][0]["actions"], json!(["subscribe"]));
+        assert_eq!(
+            claims["authorization_details"][0]["topics"],
+            json!([{"match": "/.well-known/mercure/subscriptions", "match_type": "exact"}])
+        );
         assert_eq!(parts[2], hs256(&[7; 32], format!("{}.{}", parts[0], parts[1]).as_bytes()));
     }
 

@@ -162,6 +162,10 @@ pub struct Run {
     opening: usize,
     /// Subscribers streaming.
     live: usize,
+    /// In the subscribe phase: a stream that ends now was not really
+    /// opened (a server over its stream cap answers 200, a `retry:`, and
+    /// closes), so it counts as a subscribe error, not a live subscriber.
+    subscribing: bool,
     pub out: Outcome,
 }
 
@@ -208,6 +212,7 @@ impl Run {
             last_response: None,
             opening: 0,
             live: 0,
+            subscribing: false,
             out: Outcome::default(),
             cfg,
         })
@@ -225,6 +230,7 @@ impl Run {
         let start = Instant::now();
         let deadline = start + self.cfg.timeout;
         let mut next = 0;
+        self.subscribing = true;
         loop {
             while next < n && self.opening < self.cfg.connect_concurrency {
                 self.open_sub();
@@ -245,6 +251,7 @@ impl Run {
             }
             self.turn(deadline - now);
         }
+        self.subscribing = false;
         self.out.connect = start.elapsed();
         self.out.subscribers_connected = self.live;
     }
@@ -278,7 +285,9 @@ impl Run {
             self.turn(MAX_POLL_WAIT);
         }
         let words = words(n);
-        for sub in &mut self.subs {
+        // Only streams open now are owed the messages (one turned away or
+        // closed before keeps an empty track, which `finish_publish` skips).
+        for sub in self.subs.iter_mut().filter(|s| s.state == SubState::Streaming) {
             sub.track.seen = vec![0; words];
             sub.track.last_per_pub = vec![u64::MAX; self.cfg.publishers];
         }
@@ -349,6 +358,11 @@ impl Run {
         }
     }
 
+    /// Subscribers streaming now.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
     /// Subscribers still streaming at the end.
     pub fn finish_subscribers(&mut self) {
         self.out.subscribers_dropped = self.out.subscribers_connected.saturating_sub(self.live);
@@ -366,16 +380,19 @@ impl Run {
             }
             return;
         }
-        let ready: Vec<(usize, bool, bool)> = self
+        let ready: Vec<(usize, bool, bool, bool)> = self
             .events
             .iter()
-            .map(|e| (e.token().0, e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+            .map(|e| {
+                let closed = e.is_read_closed() || e.is_error();
+                (e.token().0, e.is_readable() || closed, e.is_writable(), closed)
+            })
             .collect();
-        for (token, readable, writable) in ready {
+        for (token, readable, writable, closed) in ready {
             if token < self.npubs() {
                 self.on_pub(token, readable, writable);
             } else if token - self.npubs() < self.subs.len() {
-                self.on_sub(token - self.npubs(), readable, writable);
+                self.on_sub(token - self.npubs(), readable, writable, closed);
             }
         }
     }
@@ -434,12 +451,17 @@ impl Run {
             SubState::Streaming => {
                 self.live -= 1;
                 self.tally.distinct_live -= sub.track.distinct;
+                if self.subscribing {
+                    self.note_sub_error(format!("{why} right after its head"));
+                }
             }
             SubState::Closed => {}
         }
     }
 
-    fn on_sub(&mut self, i: usize, readable: bool, writable: bool) {
+    /// `closed`: the event said the peer has closed (or the socket
+    /// failed), so the socket is read to its end even after a short read.
+    fn on_sub(&mut self, i: usize, readable: bool, writable: bool, closed: bool) {
         if self.subs[i].state == SubState::Connecting && (writable || readable) {
             match self.send_sub_request(i) {
                 Ok(true) => {}
@@ -469,8 +491,11 @@ impl Run {
                     }
                     // A short read emptied the socket: epoll reports the
                     // next arrival as a new edge, so skip the read that
-                    // would only say WouldBlock (half the syscalls).
-                    if n < self.buf.len() {
+                    // would only say WouldBlock (half the syscalls). Not
+                    // when the close came in the same edge: no other edge
+                    // would tell it (a stream turned away with a `retry:`
+                    // and closed at once was counted live for good).
+                    if n < self.buf.len() && !closed {
                         return;
                     }
                 }
