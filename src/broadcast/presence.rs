@@ -13,10 +13,12 @@
 //!
 //! **Why it is this small.** The bound is 64 bytes per subscriber
 //! on top of a subscriber's cost without the feature. An entry is indexed
-//! by the loop's connection key (dense, so a `Vec`); its first subscription
-//! is inline (most subscribers have one); matchers and payloads are
-//! interned per shard, so ten thousand subscribers of one topic share its
-//! text. An entry is 56 bytes.
+//! by the loop's connection key (dense, so a `Vec`), and holds a serial and
+//! a pointer to its subscription (a thin pointer to more, for the few with
+//! several): 24 bytes. A subscription (matcher and payload) is interned
+//! per shard, so ten thousand subscribers of one topic with the same
+//! payload share one. Measured (`benches/compare ... --workloads idle-19k`):
+//! 56-byte entries cost 58 bytes of RSS per subscriber.
 //!
 //! **Subscriber ids** are made here, never taken from a client (the spec's
 //! MUST): `urn:uuid:` of a version 8 UUID holding a random node number
@@ -31,7 +33,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How a subscription was made, which decides how it is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// 1.0 `match` / `match_exact`.
     Exact,
@@ -73,28 +75,29 @@ pub struct Seen<'a> {
 /// A subscriber id: the UUID's text, made once per subscriber.
 pub type SubscriberId = str;
 
-/// One subscription, interned.
-#[derive(Debug)]
+/// One subscription (matcher and payload), interned: every subscriber of
+/// one matcher with one payload (or none) shares it.
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct Held {
     kind: Kind,
-    matcher: Arc<str>,
-    payload: Option<Arc<str>>,
+    matcher: Box<str>,
+    payload: Option<Box<str>>,
 }
 
-/// One subscriber's subscriptions.
+/// One subscriber's subscriptions: 24 bytes.
 #[derive(Debug)]
 struct Entry {
     /// Its number on its loop (the id is made from it when shown).
     serial: u64,
-    first: Held,
+    first: Arc<Held>,
     /// A thin pointer: almost every subscriber has one subscription.
     #[allow(clippy::box_collection)]
-    more: Option<Box<Vec<Held>>>,
+    more: Option<Box<Vec<Arc<Held>>>>,
 }
 
 impl Entry {
     fn held(&self) -> impl Iterator<Item = &Held> {
-        std::iter::once(&self.first).chain(self.more.iter().flat_map(|more| more.iter()))
+        std::iter::once(&*self.first).chain(self.more.iter().flat_map(|more| more.iter().map(|held| &**held)))
     }
 }
 
@@ -102,8 +105,8 @@ impl Entry {
 struct Shard {
     /// By connection key.
     entries: Vec<Option<Entry>>,
-    /// Matchers and payloads in use, shared by the entries.
-    strings: HashSet<Arc<str>>,
+    /// Subscriptions in use, shared by the entries.
+    interned: HashSet<Arc<Held>>,
     /// Subscribers registered so far (the next serial).
     serials: u64,
     /// Subscribers registered now.
@@ -111,20 +114,20 @@ struct Shard {
 }
 
 impl Shard {
-    fn intern(&mut self, text: &str) -> Arc<str> {
-        if let Some(held) = self.strings.get(text) {
-            return held.clone();
+    fn intern(&mut self, held: Held) -> Arc<Held> {
+        if let Some(interned) = self.interned.get(&held) {
+            return interned.clone();
         }
-        let held: Arc<str> = Arc::from(text);
-        self.strings.insert(held.clone());
+        let held = Arc::new(held);
+        self.interned.insert(held.clone());
         held
     }
 
-    /// Drops `text` from the interned strings if `held` is the last user.
-    fn release(&mut self, held: Arc<str>) {
+    /// Forgets `held` if this was its last user.
+    fn release(&mut self, held: Arc<Held>) {
         // The set holds one reference and `held` another.
         if Arc::strong_count(&held) == 2 {
-            self.strings.remove(&*held);
+            self.interned.remove(&*held);
         }
     }
 }
@@ -167,15 +170,15 @@ impl Presence {
         shard.serials += 1;
         let mut held = Vec::with_capacity(subscriptions.len());
         for joining in subscriptions {
-            let matcher = shard.intern(&joining.matcher);
-            let payload = joining.payload.as_deref().map(|p| shard.intern(p));
-            held.push(Held { kind: joining.kind, matcher, payload });
+            let matcher = joining.matcher.as_str().into();
+            let payload = joining.payload.as_deref().map(Into::into);
+            held.push(shard.intern(Held { kind: joining.kind, matcher, payload }));
         }
         let mut held = held.into_iter();
         let Some(first) = held.next() else {
             return self.id(index, serial);
         };
-        let rest: Vec<Held> = held.collect();
+        let rest: Vec<Arc<Held>> = held.collect();
         let entry = Entry { serial, first, more: (!rest.is_empty()).then(|| Box::new(rest)) };
         if shard.entries.len() <= key {
             shard.entries.resize_with(key + 1, || None);
@@ -277,10 +280,7 @@ impl Shard {
     fn drop_entry(&mut self, entry: Entry) {
         let Entry { first, more, .. } = entry;
         for held in std::iter::once(first).chain(more.into_iter().flat_map(|more| *more)) {
-            self.release(held.matcher);
-            if let Some(payload) = held.payload {
-                self.release(payload);
-            }
+            self.release(held);
         }
     }
 }
@@ -371,7 +371,7 @@ mod tests {
         );
         presence.leave(0, 3, |_| panic!("gone already"));
         let shard = presence.shard(0);
-        assert_eq!(shard.strings.len(), 1, "only `a` is still in use");
+        assert_eq!(shard.interned.len(), 1, "only `a` without a payload is still in use");
         assert_eq!(shard.present, 1);
     }
 
@@ -388,6 +388,6 @@ mod tests {
 
     #[test]
     fn an_entry_is_small() {
-        assert!(std::mem::size_of::<Option<Entry>>() <= 56, "{}", std::mem::size_of::<Option<Entry>>());
+        assert_eq!(std::mem::size_of::<Option<Entry>>(), 24);
     }
 }
