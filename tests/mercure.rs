@@ -1026,3 +1026,18 @@ fn curl_reads_a_listing_written_in_pieces_to_its_end() {
         "{head}"
     );
 }
+
+#[test]
+fn a_node_rewrites_its_roster_when_redis_loses_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = presence_hub(|config| config.redis = Some(url.clone()));
+    wait_for_redis(node.addr);
+    let _ann = subscribe(&node, &form(&[("match", "https://example.com/doc")]), "");
+    let listed = || listed_at(node.addr, SUBSCRIPTIONS).len();
+    wait_until("the node lists its subscriber", std::time::Duration::from_secs(20), || listed() == 1);
+    redis.command(&["FLUSHALL"]);
+    assert_eq!(listed(), 0, "Redis lost the roster");
+    // The next refresh finds its key gone and writes it again.
+    wait_until("the node rewrites its roster", std::time::Duration::from_secs(30), || listed() == 1);
+}

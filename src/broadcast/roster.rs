@@ -115,6 +115,9 @@ impl std::fmt::Debug for ListRequest {
 struct Shared {
     client: redis::Client,
     key: String,
+    /// Where a rewrite is written before it replaces `key`: outside
+    /// `pattern`, so listings never see it.
+    rewrite_key: String,
     pattern: String,
     presence: Arc<Presence>,
     describe: Describe,
@@ -141,6 +144,7 @@ impl Roster {
         let shared = Arc::new(Shared {
             client,
             key: format!("{prefix}subscriptions:{:012x}", presence.node()),
+            rewrite_key: format!("{prefix}rewriting-subscriptions:{:012x}", presence.node()),
             pattern: format!("{prefix}subscriptions:*"),
             presence,
             describe,
@@ -292,21 +296,30 @@ impl Shared {
         }
     }
 
-    /// Rewrites this node's hash from the registry.
+    /// Rewrites this node's hash from the registry: into a new key, which
+    /// then replaces the old one at once (`RENAME`), so a listing meanwhile
+    /// sees the old entries or the new, never a hash half written.
     fn rewrite(&self, con: &mut Connection) -> RedisResult<()> {
-        redis::cmd("DEL").arg(&self.key).query::<()>(con)?;
+        let new = &self.rewrite_key;
+        redis::cmd("DEL").arg(new).query::<()>(con)?;
         let mut cursor = Cursor::default();
+        let mut written = 0;
         loop {
             let mut pipe = redis::pipe();
             let done = self.presence.walk(&mut cursor, BATCH, |seen| {
                 let (field, document) = (self.describe)(seen);
-                pipe.hset(&self.key, field, document).ignore();
+                pipe.hset(new, field, document).ignore();
+                written += 1;
             });
-            pipe.pexpire(&self.key, TTL.as_millis() as i64).ignore();
+            pipe.pexpire(new, TTL.as_millis() as i64).ignore();
             pipe.query::<()>(con)?;
             if done {
-                return Ok(());
+                break;
             }
+        }
+        match written {
+            0 => redis::cmd("DEL").arg(&self.key).query(con),
+            _ => redis::cmd("RENAME").arg(new).arg(&self.key).query(con),
         }
     }
 
@@ -323,9 +336,11 @@ impl Shared {
             }
             let Some(con) = connection.as_mut() else { return };
             match self.answer(con, &request) {
-                Ok(()) => {
+                Ok(true) => {
                     let _ = request.pages.send_timeout(Page::End, STALLED_LISTING);
                 }
+                // The client left, or stopped reading: nothing to tell.
+                Ok(false) => {}
                 Err(e) => {
                     // Dropping the channel without `End` tells the loop the
                     // listing failed: it closes the connection mid-body.
@@ -338,9 +353,13 @@ impl Shared {
     }
 
     /// Scans every node's hash for the request, sending a page per `HSCAN`
-    /// page. An error also when the client stopped taking pages.
-    fn answer(&self, con: &mut Connection, request: &ListRequest) -> RedisResult<()> {
-        let stalled = || redis::RedisError::from((redis::ErrorKind::Io, "the listing's client stopped reading"));
+    /// page. `false` when the listing's client left or stopped taking pages.
+    fn answer(&self, con: &mut Connection, request: &ListRequest) -> RedisResult<bool> {
+        let send = |page| {
+            let sent = request.pages.send_timeout(page, STALLED_LISTING).is_ok();
+            (request.wake)();
+            sent
+        };
         let mut keys_cursor = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -354,12 +373,7 @@ impl Shared {
                 if request.exact {
                     let value: Option<Vec<u8>> = redis::cmd("HGET").arg(&key).arg(&request.prefix).query(con)?;
                     if let Some(document) = value.and_then(|v| String::from_utf8(v).ok()) {
-                        request
-                            .pages
-                            .send_timeout(Page::Documents(vec![document]), STALLED_LISTING)
-                            .map_err(|_| stalled())?;
-                        (request.wake)();
-                        return Ok(());
+                        return Ok(send(Page::Documents(vec![document])));
                     }
                     continue;
                 }
@@ -368,12 +382,8 @@ impl Shared {
                     let (next, entries): (u64, Value) =
                         redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(BATCH).query(con)?;
                     let documents = documents_under(&entries, &request.prefix);
-                    if !documents.is_empty() {
-                        request
-                            .pages
-                            .send_timeout(Page::Documents(documents), STALLED_LISTING)
-                            .map_err(|_| stalled())?;
-                        (request.wake)();
+                    if !documents.is_empty() && !send(Page::Documents(documents)) {
+                        return Ok(false);
                     }
                     if next == 0 {
                         break;
@@ -382,7 +392,7 @@ impl Shared {
                 }
             }
             if next == 0 {
-                return Ok(());
+                return Ok(true);
             }
             keys_cursor = next;
         }
