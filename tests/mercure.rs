@@ -1041,3 +1041,70 @@ fn a_node_rewrites_its_roster_when_redis_loses_it() {
     // The next refresh finds its key gone and writes it again.
     wait_until("the node rewrites its roster", std::time::Duration::from_secs(30), || listed() == 1);
 }
+
+#[test]
+fn on_a_cluster_a_burst_of_subscriptions_is_announced_whole() {
+    // Thousands of subscriptions starting and ending at once (a node
+    // restarting, its clients coming back): the bus's queue is smaller
+    // than the burst, and every event must still go out, once Redis has
+    // the change.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = |url: String| {
+        let node = presence_hub(move |config| {
+            config.redis = Some(url);
+            config.history.events = 20_000;
+            // No heartbeats: a missing event fails the read (after the
+            // client's timeout) instead of waiting forever.
+            config.heartbeat_secs = 0;
+        });
+        wait_for_redis(node.addr);
+        node
+    };
+    let (a, b) = (node(url.clone()), node(url));
+    let mut watcher = subscribe(
+        &b,
+        &form(&[("match_urlpattern", "/.well-known/mercure/subscriptions/exact/:match/:subscriber")]),
+        &bearer(&watcher_token()),
+    );
+    let (connections, matchers) = (300, 20);
+    let query = |c: usize| {
+        let pairs: Vec<(String, String)> =
+            (0..matchers).map(|m| ("match".to_owned(), format!("https://example.com/{c}/{m}"))).collect();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        form(&pairs)
+    };
+    let streams: Vec<EventStream> = (0..connections).map(|c| subscribe(&a, &query(c), "")).collect();
+    drop(streams);
+    let total = connections * matchers;
+    let (mut started, mut ended) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    while started.len() < total || ended.len() < total {
+        let event = subscription_event(&mut watcher);
+        let id = event["id"].as_str().unwrap().to_owned();
+        if event["active"] == true {
+            started.insert(id)
+        } else {
+            ended.insert(id)
+        };
+    }
+    assert_eq!(started, ended, "each subscription started and ended");
+}
+
+#[test]
+fn on_a_cluster_a_lookup_while_redis_is_down_is_answered_not_held() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let node = presence_hub(|config| config.redis = Some(url));
+    wait_for_redis(node.addr);
+    let one = format!("{SUBSCRIPTIONS}/exact/a/{}", encode("urn:uuid:00000000-0000-8000-8000-000000000000"));
+    assert_eq!(api_get(&node, &one, &bearer(&watcher_token())).status, 404);
+    redis.stop();
+    // Within the test client's read timeout: 503, not a connection held.
+    let response = api_get(&node, &one, &bearer(&watcher_token()));
+    assert_eq!(response.status, 503, "{response:?}");
+    let collection = Client::connect(node.addr)
+        .send(format!("GET {SUBSCRIPTIONS} HTTP/1.1\r\nHost: test\r\n{}\r\n", bearer(&watcher_token())))
+        .read_to_end();
+    let text = String::from_utf8_lossy(&collection);
+    assert!(text.starts_with("HTTP/1.1 200") && !text.ends_with("]}"), "a collection ends unfinished: {text}");
+}

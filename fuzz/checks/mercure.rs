@@ -554,8 +554,11 @@ fn reserved_by(topic: &str, hub_url: &Url, rootless: Rootless) -> bool {
         Rootless::AsIs if !path.starts_with('/') => path.to_owned(),
         _ => remove_dot_segments(&decode_unreserved(path)),
     };
-    let (path, hub_path) = (normalise(resolved.path()), normalise(hub_url.path()));
-    path == hub_path || path.strip_prefix(&hub_path).is_some_and(|rest| rest.starts_with('/'))
+    let path = normalise(resolved.path());
+    // The hub URL's path, and the path this server serves the hub at.
+    [normalise(hub_url.path()), "/.well-known/mercure".to_owned()].iter().any(|reserved| {
+        path == *reserved || path.strip_prefix(reserved.as_str()).is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 /// What `parse_update` must make of a body.

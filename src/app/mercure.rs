@@ -374,7 +374,10 @@ impl Hub {
             return Err(self.challenge(head, Status::UNAUTHORIZED, "a token is required", None));
         };
         let grants = self.grants(Role::Subscriber, token, head, now)?;
-        if !grants.can_subscribe_any(&[head.path.as_str()]) {
+        // Authorized in the form of event topics, however the client
+        // encoded it (`%3a` for `%3A`, say).
+        let path = query.canonical_path();
+        if !grants.can_subscribe_any(&[path.as_str()]) {
             return Err(self.challenge(
                 head,
                 Status::FORBIDDEN,
@@ -382,7 +385,7 @@ impl Hub {
                 Some("insufficient_scope"),
             ));
         }
-        let listing = ListSubscriptions { query, path: head.path.clone(), hub_url: self.resource(head) };
+        let listing = ListSubscriptions { query, path, hub_url: self.resource(head) };
         Ok(Action::ListSubscriptions(Box::new(listing)))
     }
 
@@ -596,8 +599,9 @@ impl Listing {
         let document = match &mut self.source {
             Source::Local(cursor) => {
                 let mut found = None;
+                // In steps, so that no loop's registry is locked for long.
                 while found.is_none()
-                    && !presence.walk(cursor, usize::MAX, |seen| {
+                    && !presence.walk(cursor, LISTING_SUBSCRIBERS_PER_PIECE, |seen| {
                         let subscription = subscription_of(seen, true);
                         if found.is_none() && self.request.query.wants(&subscription) {
                             found = Some(subscription.document());

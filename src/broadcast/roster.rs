@@ -19,16 +19,30 @@
 //! hand its event to the bus: a node that has seen the event reads a
 //! roster that has the change.
 //!
-//! **Two threads, two connections**, like the bus: the *writer* applies the
-//! loops' changes in order (a queue per node, in pipelines), and after
-//! every (re)connection rewrites the node's hash from the in-memory
-//! registry ([`Presence`]), so an outage or a full queue heals. The
-//! *reader* answers listings: it scans the node keys and their hashes a
-//! page at a time, handing pages to the listing connection's loop through a
-//! small bounded channel: the loop takes a page when the socket has taken
-//! the last, so memory stays bounded whatever the cluster's size. A
-//! listing whose client stops reading is abandoned after
-//! [`STALLED_LISTING`].
+//! **Two threads, two connections**, like the bus. The *writer* applies
+//! the loops' changes in order (a queue per node, in pipelines), then hands
+//! their events to the bus and waits for its answers: what the bus refuses
+//! (its queue full in a burst of comings and goings, Redis down) is offered
+//! again, in order, so a burst delays events rather than losing them.
+//! After every (re)connection, and when its key is found gone (Redis lost
+//! its data), it rewrites the node's hash from the in-memory registry
+//! ([`Presence`]), then sends the events of the changes it held meanwhile.
+//! The *reader* answers listings: it scans the node keys and their hashes a
+//! command at a time, taking the listings under way in turn, and hands each
+//! page to its listing's loop through a small bounded channel (the loop
+//! takes a page when the socket has taken the last), so memory stays
+//! bounded whatever the cluster's size, and a client that stops reading
+//! holds up only its own listing, dropped after [`STALLED_LISTING`]. When
+//! Redis cannot be reached, listings fail at once (the loop answers 503, or
+//! ends the body unfinished).
+//!
+//! **What is lost**, and when: the events of a node killed without a word
+//! (above); events the bus refused for as long as [`MAX_QUEUED_CHANGES`]
+//! more changes came (oldest first: a subscription's later event makes up
+//! for it); and a node whose writer cannot reach Redis for more than
+//! [`TTL`] drops out of listings until it can. `SCAN` may return a hash
+//! field twice while Redis rehashes: a listing may then show a subscription
+//! twice.
 //!
 //! Nothing read from Redis is trusted beyond being text: a field or value
 //! that is not UTF-8 is skipped.
@@ -38,10 +52,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::collections::{HashSet, VecDeque};
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use redis::{Connection, RedisResult, Value};
 
-use crate::broadcast::bus::Bus;
+use crate::broadcast::bus::{ANSWER_WITHIN, Bus};
 use crate::broadcast::event::Publish;
 use crate::broadcast::presence::{Cursor, Presence, Seen};
 
@@ -63,6 +79,14 @@ const BATCH: usize = 256;
 
 /// How long a Redis command may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Listing requests waiting for the reader; past this, a listing is
+/// answered 503 at once.
+const MAX_QUEUED_LISTINGS: usize = 64;
+
+/// The writer's pause after a failure, doubling up to the most.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How a subscription is written into the roster: its field (topic) and
 /// document, from the application's format.
@@ -138,7 +162,7 @@ impl Roster {
     ) -> Result<Roster, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
         let (changes, queue) = crossbeam_channel::bounded(MAX_QUEUED_CHANGES);
-        let (requests, listings) = crossbeam_channel::unbounded();
+        let (requests, listings) = crossbeam_channel::bounded(MAX_QUEUED_LISTINGS);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let stale = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
@@ -174,9 +198,10 @@ impl Roster {
         }
     }
 
-    /// Starts a listing; its pages arrive on the request's channel.
-    pub fn list(&self, request: ListRequest) {
-        let _ = self.requests.send(request);
+    /// Starts a listing; its pages arrive on the request's channel. `false`
+    /// if too many are waiting already (then answer 503).
+    pub fn list(&self, request: ListRequest) -> bool {
+        self.requests.try_send(request).is_ok()
     }
 
     /// Stops both threads (the writer deletes this node's hash first).
@@ -197,52 +222,68 @@ impl Drop for Roster {
 }
 
 impl Shared {
-    /// Connects, retrying with backoff until stopped.
-    fn connect(&self) -> Option<Connection> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let connection = self.client.get_connection_with_timeout(IO_TIMEOUT).and_then(|c| {
-                c.set_read_timeout(Some(IO_TIMEOUT))?;
-                c.set_write_timeout(Some(IO_TIMEOUT))?;
-                Ok(c)
-            });
-            if let Ok(connection) = connection {
-                return Some(connection);
-            }
-            match self.stopped.recv_timeout(backoff) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return None,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+    /// One connection attempt, within [`IO_TIMEOUT`].
+    fn connect_once(&self) -> Option<Connection> {
+        let connection = self.client.get_connection_with_timeout(IO_TIMEOUT).and_then(|c| {
+            c.set_read_timeout(Some(IO_TIMEOUT))?;
+            c.set_write_timeout(Some(IO_TIMEOUT))?;
+            Ok(c)
+        });
+        connection.map_err(|e| log::debug!("roster: {e}")).ok()
     }
 
-    /// The writer thread.
+    /// Waits `pause` unless stopped meanwhile; says whether stopped.
+    fn pause(&self, pause: Duration) -> bool {
+        !matches!(self.stopped.recv_timeout(pause), Err(RecvTimeoutError::Timeout))
+    }
+
+    /// The writer thread. Each change goes to Redis, then its event to the
+    /// bus, in order; what the bus refuses is offered again (the events
+    /// of one subscription stay in order, and one offered twice is
+    /// harmless: a client applies each as the state it describes).
     fn write(&self, queue: &Receiver<Change>) {
         let mut connection: Option<Connection> = None;
         let mut refreshed = Instant::now();
+        let mut backoff = BACKOFF_FIRST;
+        // Events whose changes Redis has, waiting for the bus to take them.
+        let mut owed: VecDeque<Publish> = VecDeque::new();
+        // Whether Redis may not reflect the registry (at start, after an
+        // error): the hash is rewritten before anything else.
+        let mut rewrite = true;
         loop {
             let Some(con) = connection.as_mut() else {
-                connection = self.connect();
-                let Some(con) = connection.as_mut() else { break };
-                // Whatever was queued is in the registry too: rewrite the
-                // hash from it, then apply what comes after.
-                while queue.try_recv().is_ok() {}
-                self.stale.store(false, Ordering::Relaxed);
-                if let Err(e) = self.rewrite(con) {
-                    log::warn!("roster: {e}");
-                    connection = None;
+                connection = self.connect_once();
+                if connection.is_none() && self.pause(backoff) {
+                    break;
                 }
-                refreshed = Instant::now();
+                backoff = if connection.is_some() { BACKOFF_FIRST } else { (backoff * 2).min(BACKOFF_MAX) };
                 continue;
             };
-            if self.stale.swap(false, Ordering::Relaxed) {
-                while queue.try_recv().is_ok() {}
-                if self.rewrite(con).is_err() {
-                    connection = None;
+            if rewrite || self.stale.swap(false, Ordering::Relaxed) {
+                // Whatever is queued is in the registry already: the
+                // rewrite writes it, and its events go out after.
+                while let Ok(change) = queue.try_recv() {
+                    owe(&mut owed, change.into_event());
                 }
+                match self.rewrite(con) {
+                    Ok(()) => rewrite = false,
+                    Err(e) => {
+                        log::warn!("roster: {e}");
+                        (connection, rewrite) = (None, true);
+                        continue;
+                    }
+                }
+                refreshed = Instant::now();
+            }
+            if !owed.is_empty() && !self.offer(&mut owed) {
+                // The bus is full or Redis is down: try again shortly.
+                if self.pause(backoff) {
+                    break;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
+            backoff = BACKOFF_FIRST;
             let first = crossbeam_channel::select! {
                 recv(queue) -> change => match change { Ok(change) => Some(change), Err(_) => break },
                 recv(self.stopped) -> _ => break,
@@ -269,31 +310,53 @@ impl Shared {
             if refresh && written.is_ok() && self.presence.subscribers() > 0 {
                 // The key is gone though this node has subscribers: Redis
                 // lost its data (a restart, FLUSHALL). Rewrite it.
-                let alive = redis::cmd("EXISTS").arg(&self.key).query::<i64>(con);
-                match alive {
-                    Ok(0) => self.stale.store(true, Ordering::Relaxed),
+                match redis::cmd("EXISTS").arg(&self.key).query::<i64>(con) {
+                    Ok(0) => rewrite = true,
                     Ok(_) => {}
                     Err(e) => written = Err(e),
                 }
             }
             refreshed = Instant::now();
-            // Redis has the changes (or is unreachable, when the bus will
-            // refuse the events as well): now the events may go out.
-            for change in batch {
-                let event = match change {
-                    Change::Join { event, .. } | Change::Leave { event, .. } => event,
-                };
-                self.bus.submit(event, Box::new(|_| {}));
-            }
+            // The events are owed either way: after a failure, once the
+            // rewrite has put their changes in Redis.
+            batch.into_iter().for_each(|change| owe(&mut owed, change.into_event()));
             if let Err(e) = written {
                 log::warn!("roster: {e}");
-                connection = None;
+                (connection, rewrite) = (None, true);
             }
         }
         // A graceful stop: this node's subscriptions end with it.
         if let Some(con) = connection.as_mut() {
             let _ = redis::cmd("DEL").arg(&self.key).query::<()>(con);
         }
+    }
+
+    /// Hands the first owed events to the bus and waits for its answers;
+    /// those it took leave `owed`. Returns whether it took them all.
+    fn offer(&self, owed: &mut VecDeque<Publish>) -> bool {
+        let count = owed.len().min(BATCH);
+        let (answers, answered) = crossbeam_channel::unbounded();
+        for (index, event) in owed.iter().take(count).enumerate() {
+            let answers = answers.clone();
+            self.bus.submit(
+                event.clone(),
+                Box::new(move |result| {
+                    let _ = answers.send((index, result.is_ok()));
+                }),
+            );
+        }
+        drop(answers);
+        let mut taken = vec![false; count];
+        let deadline = Instant::now() + ANSWER_WITHIN + Duration::from_secs(1);
+        while let Ok((index, ok)) = answered.recv_deadline(deadline) {
+            if let Some(slot) = taken.get_mut(index) {
+                *slot = ok;
+            }
+        }
+        // Up to the first refused; from there on, again (in order).
+        let accepted = taken.iter().take_while(|&&ok| ok).count();
+        owed.drain(..accepted);
+        accepted == count
     }
 
     /// Rewrites this node's hash from the registry: into a new key, which
@@ -323,80 +386,174 @@ impl Shared {
         }
     }
 
-    /// The reader thread: one listing at a time.
-    fn read(&self, listings: &Receiver<ListRequest>) {
+    /// The reader thread: answers every listing under way a Redis command
+    /// at a time, in turn, so that a client that stops reading holds up
+    /// only its own listing (dropped after [`STALLED_LISTING`]).
+    fn read(&self, requests: &Receiver<ListRequest>) {
         let mut connection: Option<Connection> = None;
+        let mut listings: Vec<Scan> = Vec::new();
         loop {
-            let request = crossbeam_channel::select! {
-                recv(listings) -> request => match request { Ok(request) => request, Err(_) => return },
-                recv(self.stopped) -> _ => return,
-            };
+            if listings.is_empty() {
+                let request = crossbeam_channel::select! {
+                    recv(requests) -> request => match request { Ok(request) => request, Err(_) => return },
+                    recv(self.stopped) -> _ => return,
+                };
+                listings.push(Scan::new(request));
+            }
+            while let Ok(request) = requests.try_recv() {
+                listings.push(Scan::new(request));
+            }
             if connection.is_none() {
-                connection = self.connect();
+                connection = self.connect_once();
             }
-            let Some(con) = connection.as_mut() else { return };
-            match self.answer(con, &request) {
-                Ok(true) => {
-                    let _ = request.pages.send_timeout(Page::End, STALLED_LISTING);
-                }
-                // The client left, or stopped reading: nothing to tell.
-                Ok(false) => {}
-                Err(e) => {
-                    // Dropping the channel without `End` tells the loop the
-                    // listing failed: it closes the connection mid-body.
-                    log::warn!("roster: a listing failed: {e}");
-                    connection = None;
-                }
-            }
-            (request.wake)();
-        }
-    }
-
-    /// Scans every node's hash for the request, sending a page per `HSCAN`
-    /// page. `false` when the listing's client left or stopped taking pages.
-    fn answer(&self, con: &mut Connection, request: &ListRequest) -> RedisResult<bool> {
-        let send = |page| {
-            let sent = request.pages.send_timeout(page, STALLED_LISTING).is_ok();
-            (request.wake)();
-            sent
-        };
-        let mut keys_cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(keys_cursor)
-                .arg("MATCH")
-                .arg(&self.pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query(con)?;
-            for key in keys {
-                if request.exact {
-                    let value: Option<Vec<u8>> = redis::cmd("HGET").arg(&key).arg(&request.prefix).query(con)?;
-                    if let Some(document) = value.and_then(|v| String::from_utf8(v).ok()) {
-                        return Ok(send(Page::Documents(vec![document])));
-                    }
-                    continue;
-                }
-                let mut cursor = 0u64;
-                loop {
-                    let (next, entries): (u64, Value) =
-                        redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(BATCH).query(con)?;
-                    let documents = documents_under(&entries, &request.prefix);
-                    if !documents.is_empty() && !send(Page::Documents(documents)) {
-                        return Ok(false);
-                    }
-                    if next == 0 {
+            let Some(con) = connection.as_mut() else {
+                // Redis is unreachable: the listings fail now, not later.
+                log::warn!("roster: redis unreachable, {} listings failed", listings.len());
+                listings.clear();
+                continue;
+            };
+            let mut moved = false;
+            for scan in &mut listings {
+                match scan.step(con, &self.pattern) {
+                    Ok(step) => moved |= step,
+                    Err(e) => {
+                        log::warn!("roster: listings failed: {e}");
+                        connection = None;
                         break;
                     }
-                    cursor = next;
                 }
             }
-            if next == 0 {
-                return Ok(true);
+            if connection.is_none() {
+                listings.clear();
+                continue;
             }
-            keys_cursor = next;
+            // Dropping a listing wakes its loop: its channel is closed,
+            // after `End` if it was complete.
+            listings.retain(|scan| !scan.finished);
+            if !moved && !listings.is_empty() && self.pause(Duration::from_millis(5)) {
+                return;
+            }
         }
     }
+}
+
+/// One listing under way in the reader.
+struct Scan {
+    request: ListRequest,
+    /// Where `SCAN` over the node keys is; `None` once it has gone round.
+    keys_cursor: Option<u64>,
+    /// Node keys found and not read yet, and all those found (`SCAN` may
+    /// return a key twice).
+    keys: VecDeque<String>,
+    seen_keys: HashSet<String>,
+    /// The hash being read, and where `HSCAN` is in it.
+    hash: Option<(String, u64)>,
+    /// A page the loop has not taken yet, and since when.
+    pending: Option<(Page, Instant)>,
+    /// Sent `End`, or given up: to be dropped.
+    finished: bool,
+}
+
+impl Scan {
+    fn new(request: ListRequest) -> Scan {
+        let (keys, seen_keys) = (VecDeque::new(), HashSet::new());
+        Scan { request, keys_cursor: Some(0), keys, seen_keys, hash: None, pending: None, finished: false }
+    }
+
+    /// Does one thing: hands on the pending page, or runs one command.
+    /// Returns whether it got anywhere.
+    fn step(&mut self, con: &mut Connection, pattern: &str) -> RedisResult<bool> {
+        if let Some((page, since)) = self.pending.take() {
+            let end = matches!(page, Page::End);
+            return Ok(match self.request.pages.try_send(page) {
+                Ok(()) => {
+                    (self.request.wake)();
+                    self.finished = end;
+                    true
+                }
+                Err(TrySendError::Full(page)) if since.elapsed() < STALLED_LISTING => {
+                    self.pending = Some((page, since));
+                    false
+                }
+                // The client left, or stopped reading.
+                Err(_) => {
+                    self.finished = true;
+                    true
+                }
+            });
+        }
+        let page = if let Some((key, cursor)) = self.hash.take() {
+            let (next, entries): (u64, Value) =
+                redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(BATCH).query(con)?;
+            if next != 0 {
+                self.hash = Some((key, next));
+            }
+            Some(Page::Documents(documents_under(&entries, &self.request.prefix)))
+        } else if let Some(key) = self.keys.pop_front() {
+            if self.request.exact {
+                let value: Option<Vec<u8>> = redis::cmd("HGET").arg(&key).arg(&self.request.prefix).query(con)?;
+                let found = value.and_then(|v| String::from_utf8(v).ok());
+                found.map(|document| {
+                    // One subscription: found, no need to look further.
+                    (self.keys_cursor, self.keys) = (None, VecDeque::new());
+                    Page::Documents(vec![document])
+                })
+            } else {
+                self.hash = Some((key, 0));
+                None
+            }
+        } else if let Some(cursor) = self.keys_cursor {
+            let (next, keys): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(BATCH).query(con)?;
+            self.keys_cursor = (next != 0).then_some(next);
+            for key in keys {
+                if self.seen_keys.insert(key.clone()) {
+                    self.keys.push_back(key);
+                }
+            }
+            None
+        } else {
+            Some(Page::End)
+        };
+        match page {
+            Some(Page::Documents(documents)) if documents.is_empty() => {}
+            Some(page) => self.pending = Some((page, Instant::now())),
+            None => {}
+        }
+        Ok(true)
+    }
+}
+
+/// A listing dropped, complete or not, closes its channel: its loop is
+/// woken to see that (and answer, or end the body unfinished).
+impl Drop for Scan {
+    fn drop(&mut self) {
+        // Closed first, woken after: woken first, the loop could look
+        // before the channel is closed, and wait for a wake that never
+        // comes (found by `on_a_cluster_a_lookup_while_redis_is_down_...`).
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.request.pages, closed));
+        (self.request.wake)();
+    }
+}
+
+impl Change {
+    fn into_event(self) -> Publish {
+        match self {
+            Change::Join { event, .. } | Change::Leave { event, .. } => event,
+        }
+    }
+}
+
+/// Adds an event to those owed to the bus. Past [`MAX_QUEUED_CHANGES`]
+/// (the bus refusing for that long: Redis down) the oldest is dropped,
+/// which its subscription's later events make up for, if it has any.
+fn owe(owed: &mut VecDeque<Publish>, event: Publish) {
+    if owed.len() >= MAX_QUEUED_CHANGES {
+        owed.pop_front();
+        log::warn!("roster: a subscription event was dropped, the bus refused it for too long");
+    }
+    owed.push_back(event);
 }
 
 /// The values of an `HSCAN` page (field, value, field, value...) whose

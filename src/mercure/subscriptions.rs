@@ -23,9 +23,6 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-/// The hub's path; the subscriptions live under it.
-pub const HUB_PATH: &str = "/.well-known/mercure";
-
 /// The collection of every subscription; the other API paths are below it.
 pub const COLLECTION_PATH: &str = "/.well-known/mercure/subscriptions";
 
@@ -154,7 +151,9 @@ pub fn decode(segment: &str) -> Option<String> {
     let mut at = 0;
     while let Some(&byte) = bytes.get(at) {
         if byte == b'%' {
-            let hex = bytes.get(at + 1..at + 3)?;
+            // Two hex digits, exactly (`from_str_radix` alone would also
+            // take a sign: `%+1`).
+            let hex = bytes.get(at + 1..at + 3).filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))?;
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             at += 3;
@@ -246,6 +245,16 @@ impl Query {
         (out, exact)
     }
 
+    /// The path of what the query asks for, in canonical form (each
+    /// variable encoded as in event topics): how it is authorized, as a
+    /// topic, and the `id` of the answer, however the client encoded it.
+    pub fn canonical_path(&self) -> String {
+        match self.topic_prefix() {
+            (path, true) => path,
+            (prefix, false) => prefix.strip_suffix('/').unwrap_or(&prefix).to_owned(),
+        }
+    }
+
     /// Whether the answer is in the 0.x form (JSON-LD).
     pub fn is_legacy(&self) -> bool {
         matches!(self, Query::LegacyTopic { .. } | Query::LegacyOne { .. })
@@ -276,7 +285,9 @@ pub fn parse_path(path: &str, legacy: bool) -> Option<Query> {
             matcher: decode(matcher)?,
             subscriber: decode(subscriber)?,
         }),
-        [topic] if legacy && !topic.is_empty() => Some(Query::LegacyTopic { topic: decode(topic)? }),
+        // (A 0.x topic spelled like a matcher type would read as the 1.0
+        // collection of that type: refused, rather than ambiguous.)
+        [topic] if legacy && !topic.is_empty() && !is_type(topic) => Some(Query::LegacyTopic { topic: decode(topic)? }),
         [topic, subscriber] if legacy && !subscriber.is_empty() => {
             Some(Query::LegacyOne { topic: decode(topic)?, subscriber: decode(subscriber)? })
         }
@@ -337,6 +348,8 @@ mod tests {
         assert_eq!(decode("%2"), None);
         assert_eq!(decode("%zz"), None);
         assert_eq!(decode("%FF"), None, "not UTF-8");
+        assert_eq!(decode("%+1"), None, "two hex digits, no sign");
+        assert_eq!(decode("%2f"), Some("/".to_owned()), "either case");
     }
 
     #[test]
@@ -386,6 +399,7 @@ mod tests {
             "/.well-known/mercure/subscriptions/exact/a/b/c",
             "/.well-known/mercure/subscriptions/exact/%zz",
             "/.well-known/mercure/subscriptions/a",
+            "/.well-known/mercure/subscriptions/exact/%+1",
         ] {
             assert_eq!(parse_path(nothing, false), None, "{nothing}");
         }
@@ -393,6 +407,12 @@ mod tests {
         let query = parse_path(&legacy.topic(), true).unwrap();
         assert!(query.is_legacy() && query.is_single() && query.wants(&legacy) && !query.wants(&one));
         assert_eq!(parse_path(&legacy.topic(), false), None, "0.x shapes need the flag");
+        assert_eq!(parse_path("/.well-known/mercure/subscriptions/exact", true), None, "0.x topic or 1.0 type");
+        for path in [COLLECTION_PATH.to_owned(), one.topic(), legacy.topic(), format!("{COLLECTION_PATH}/exact/a")] {
+            assert_eq!(parse_path(&path, true).unwrap().canonical_path(), path);
+        }
+        let lower = one.topic().replace("%3A", "%3a");
+        assert_eq!(parse_path(&lower, false).unwrap().canonical_path(), one.topic(), "canonical whatever the case");
         assert!(is_api_path(COLLECTION_PATH) && is_api_path(&one.topic()) && !is_api_path("/.well-known/mercurex"));
     }
 

@@ -266,13 +266,20 @@ fn parse_retry(retry: &str) -> Result<u64, UpdateError> {
 ///
 /// The rule is the spec's, to the letter, which has one oddity: a hub whose
 /// path is `/` reserves `/` and paths starting `//`, not everything.
+///
+/// The path the hub is served at, [`SERVED_PATH`], is reserved too, even
+/// when the hub URL (`--mercure-resource`) names another (a proxy's): it
+/// is where this hub's own subscription events are published.
 struct ReservedNamespace {
-    path: String,
+    paths: [String; 2],
 }
+
+/// The path this server serves the hub at, whatever its URL says.
+pub const SERVED_PATH: &str = "/.well-known/mercure";
 
 impl ReservedNamespace {
     fn of(hub_url: &Url) -> ReservedNamespace {
-        ReservedNamespace { path: normalized_path(hub_url.path()) }
+        ReservedNamespace { paths: [normalized_path(hub_url.path()), SERVED_PATH.to_owned()] }
     }
 
     fn contains(&self, topic: &str, hub_url: &Url) -> bool {
@@ -280,7 +287,9 @@ impl ReservedNamespace {
             return false;
         };
         let path = normalized_path(resolved.path());
-        path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        self.paths.iter().any(|reserved| {
+            path.strip_prefix(reserved.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 }
 
@@ -445,6 +454,19 @@ mod tests {
     }
 
     #[test]
+    fn the_served_path_is_reserved_whatever_the_hub_url_says() {
+        let proxied = Url::parse("https://example.com/hub").unwrap();
+        for topic in ["/.well-known/mercure/subscriptions/exact/a/b", "/hub/x", "https://x/.well-known/mercure"] {
+            let body = format!("topic={}&data=x", crate::mercure::subscriptions::encode(topic));
+            assert_eq!(
+                parse_update(body.as_bytes(), &proxied).err(),
+                Some(UpdateError::TopicInReservedNamespace),
+                "{topic}"
+            );
+        }
+    }
+
+    #[test]
     fn topics_must_not_address_the_reserved_namespace() {
         let reserved = [
             "/.well-known/mercure",
@@ -527,7 +549,8 @@ mod tests {
             parse("https://other.example/prefix/%68ub/subscriptions"),
             Err(UpdateError::TopicInReservedNamespace)
         );
-        assert!(parse("/.well-known/mercure/x").is_ok());
+        // (The path the hub is served at stays reserved: see below.)
+        assert_eq!(parse("/.well-known/mercure/x"), Err(UpdateError::TopicInReservedNamespace));
         assert!(parse("/prefix/hubx").is_ok());
         assert!(parse("/prefix").is_ok());
     }

@@ -459,6 +459,11 @@ impl Loop {
     /// are sent, so the client resumes from its last id), a jittered
     /// `retry:` follows what is queued, then the stream closes.
     fn end_stream(&mut self, key: usize) {
+        if self.listings.contains_key(&key) {
+            // A subscription listing, not an event stream: no `retry:` in
+            // its JSON. It closes with the rest.
+            return;
+        }
         let retry = self.jittered_retry();
         let Some(client) = self.clients.get_mut(key).filter(|client| client.conn.is_streaming() && !client.ending)
         else {
@@ -670,13 +675,17 @@ impl Loop {
                         let listing = Listing::from_cluster(*request, self.broker.mercure_cursor(), receiver);
                         let (prefix, exact) = listing.roster_query();
                         let (hub, index) = (self.hub.clone(), self.index);
-                        roster.list(ListRequest { prefix, exact, pages, wake: Box::new(move || hub.wake(index)) });
-                        if listing.is_single() {
-                            self.listings.insert(key, listing);
+                        let wake = Box::new(move || hub.wake(index));
+                        if !roster.list(ListRequest { prefix, exact, pages, wake }) {
+                            self.app.unavailable("too many subscription listings under way")
                         } else {
-                            self.list(key, listing);
+                            if listing.is_single() {
+                                self.listings.insert(key, listing);
+                            } else {
+                                self.list(key, listing);
+                            }
+                            continue;
                         }
-                        continue;
                     }
                 },
                 Action::Metrics => {
@@ -743,8 +752,8 @@ impl Loop {
     /// collection writes what came.
     fn pull_listings(&mut self) {
         let waiting: Vec<usize> = self.listings.iter().filter(|(_, l)| l.is_cluster()).map(|(&key, _)| key).collect();
+        let Some(presence) = self.presence.clone() else { return };
         for key in waiting {
-            let Some(presence) = self.presence.clone() else { return };
             let single = self.listings.get_mut(&key).filter(|listing| listing.is_single());
             match single.map(|listing| listing.single(&presence)) {
                 None => self.flush(key),
@@ -773,19 +782,15 @@ impl Loop {
             };
             return roster.change(change);
         }
-        match &self.bus {
-            None => {
-                if self.hub.publish(&publish, Origin::Loop(self.index)).is_err() && !self.hub.is_closed() {
-                    // A burst of connections while subscribers are behind
-                    // would otherwise be a burst of log lines.
-                    if self.counters.announcements_dropped.is_multiple_of(1000) {
-                        let dropped = self.counters.announcements_dropped + 1;
-                        log::warn!("subscription events dropped, subscribers are behind ({dropped} on this loop)");
-                    }
-                    self.counters.announcements_dropped += 1;
-                }
+        // (A cluster node with `--mercure-subscriptions` always has a roster.)
+        if self.hub.publish(&publish, Origin::Loop(self.index)).is_err() && !self.hub.is_closed() {
+            // A burst of connections while subscribers are behind would
+            // otherwise be a burst of log lines.
+            if self.counters.announcements_dropped.is_multiple_of(1000) {
+                let dropped = self.counters.announcements_dropped + 1;
+                log::warn!("subscription events dropped, subscribers are behind ({dropped} on this loop)");
             }
-            Some(bus) => bus.submit(publish, Box::new(|_| {})),
+            self.counters.announcements_dropped += 1;
         }
     }
 
@@ -798,6 +803,9 @@ impl Loop {
         if client.conn.open_body(head, Instant::now() + LISTING_TIMEOUT) {
             self.listings.insert(key, listing);
             client.replaying = true;
+            // As for a replay: the next piece when the kernel has sent
+            // most of the last, not megabytes queued in the socket.
+            let _ = socket2::SockRef::from(&client.socket).set_tcp_notsent_lowat(REPLAY_NOTSENT_BYTES);
         } else {
             client.ending = true;
         }
