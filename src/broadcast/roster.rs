@@ -40,19 +40,18 @@
 //! (above); events the bus refused for as long as [`MAX_QUEUED_CHANGES`]
 //! more changes came (oldest first: a subscription's later event makes up
 //! for it); and a node whose writer cannot reach Redis for more than
-//! [`TTL`] drops out of listings until it can. `SCAN` may return a hash
-//! field twice while Redis rehashes: a listing may then show a subscription
-//! twice.
+//! [`TTL`] drops out of listings until it can. `HSCAN` may return a field
+//! twice while Redis rehashes the hash: a listing may then show a
+//! subscription twice.
 //!
 //! Nothing read from Redis is trusted beyond being text: a field or value
 //! that is not UTF-8 is skipped.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::collections::{HashSet, VecDeque};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use redis::{Connection, RedisResult, Value};
