@@ -182,8 +182,9 @@ const BLOCK_MS: u64 = 500;
 /// none waits for longer than this in addition.
 const GATHER: Duration = Duration::from_millis(1);
 /// How long one connection attempt may take, handshake and first `PING`
-/// included (with a password or a database number in the URL, add as much
-/// per extra command of redis-rs's handshake, which it waits out per reply).
+/// included (for the reader, with a password or a database number in the
+/// URL, add as much per extra command of redis-rs's handshake, which it
+/// waits out per reply; a writer's handshake is one pipeline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the writer thread's idle `PING` may take.
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
