@@ -60,6 +60,9 @@ pub(crate) struct Writer<T> {
     /// When a probe tries to connect again.
     retry_at: Instant,
     backoff: Duration,
+    /// Failed attempts so far: each starts at another of the host's
+    /// addresses, so one that refuses (say `::1`) is not the only one tried.
+    failures: usize,
     /// Commands not written yet.
     out: Vec<u8>,
     /// Bytes ever written, on any connection: `out` starts there, and a
@@ -110,6 +113,7 @@ impl<T> Writer<T> {
             conn: None,
             retry_at: now,
             backoff: BACKOFF_FIRST,
+            failures: 0,
             out: Vec::new(),
             written: 0,
             hello_end: 0,
@@ -247,7 +251,7 @@ impl<T> Writer<T> {
     /// queued. `Err` (recorded as an outage) if it cannot even start.
     fn connect(&mut self, registry: &Registry) -> Result<(), String> {
         let now = Instant::now();
-        let attempt = self.shared.target.open().and_then(|mut stream| {
+        let attempt = self.shared.target.open(self.failures).and_then(|mut stream| {
             registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)
         });
@@ -330,6 +334,7 @@ impl<T> Writer<T> {
     }
 
     fn give_up(&mut self, why: &str) {
+        self.failures = self.failures.wrapping_add(1);
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.shared.set_up(Role::Writer, Err(why.to_owned()));
@@ -409,14 +414,19 @@ pub(super) enum Stream {
 }
 
 impl Target {
-    /// Starts a non-blocking connect to the first address that takes one
-    /// (a host name is resolved by the reader thread, never here).
-    fn open(&self) -> io::Result<Stream> {
+    /// Starts a non-blocking connect to the first address that takes one,
+    /// from the `first`th on, round (a host name is resolved by the reader
+    /// thread, never here).
+    fn open(&self, first: usize) -> io::Result<Stream> {
         match self {
             Target::Unix(path) => mio::net::UnixStream::connect(path).map(Stream::Unix),
             Target::Tcp { resolved, .. } => {
-                let addrs: Vec<SocketAddr> = super::lock(resolved).clone();
+                let mut addrs: Vec<SocketAddr> = super::lock(resolved).clone();
                 let mut last = io::Error::new(io::ErrorKind::NotFound, "redis host not resolved yet");
+                if !addrs.is_empty() {
+                    let len = addrs.len();
+                    addrs.rotate_left(first % len);
+                }
                 for addr in addrs {
                     match mio::net::TcpStream::connect(addr) {
                         Ok(stream) => {
