@@ -287,7 +287,17 @@ impl<T> Writer<T> {
             let Some(conn) = &mut self.conn else { return };
             match conn.stream.read(&mut buffer) {
                 Ok(0) => return self.fail("connection closed by redis".to_owned()),
-                Ok(n) => self.input.extend_from_slice(&buffer[..n]),
+                Ok(n) => {
+                    self.input.extend_from_slice(&buffer[..n]);
+                    // A short read emptied the socket, and what arrives
+                    // after it raises a new readiness event (epoll and
+                    // kqueue report every arrival in edge mode; nginx stops
+                    // on a short read the same way): the read that would
+                    // only say WouldBlock, one per pipeline, is saved.
+                    if n < buffer.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return self.fail(e.to_string()),
