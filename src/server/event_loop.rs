@@ -369,7 +369,15 @@ impl Loop {
         }
         self.expire_timers(now);
         self.bus_turn(now);
+        let fanning_out = self.bus_writer.is_some() && self.broker.has_pending();
         self.fan_out(FAN_OUT_PER_TURN);
+        if fanning_out {
+            // Redis ran while the fan-out wrote: answer its replies now,
+            // not a whole turn later (a waiting connection's next
+            // pipelined publish waits for that answer).
+            self.bus_writer.iter_mut().for_each(Writer::read_now);
+            self.bus_turn(now);
+        }
         self.keep_within_budget();
         self.store_gauges();
         // Whether other threads must wake this loop for their publishes.

@@ -169,6 +169,15 @@ impl<T> Writer<T> {
         self.flush();
     }
 
+    /// Reads the replies that have come, without waiting for a readiness
+    /// event: for an owner that was busy since its last poll (Redis may
+    /// have answered meanwhile, and the answers need not wait a whole turn).
+    pub(crate) fn read_now(&mut self) {
+        if self.conn.as_ref().is_some_and(|conn| conn.connected) && !self.waiting.is_empty() {
+            self.read();
+        }
+    }
+
     /// Gives the connection up if the oldest thing waiting is past its
     /// deadline; a probe also reconnects and pings when it is time.
     pub(crate) fn tick(&mut self, registry: &Registry, now: Instant) {
