@@ -604,8 +604,9 @@ fn a_hung_redis_answers_every_publish_within_the_bound_from_its_submit() {
     // Resets the writer's idle timer: no PING goes out for a second.
     submit(&bus, Publish::message("warm")).expect("submit");
     redis.signal("-STOP");
-    // The first pipeline goes out and hangs; the rest queue behind it, and
-    // must not wait for it and then for a reconnect on top.
+    // The writer does not wait for replies before it writes more: all of
+    // them go out into Redis's socket and hang there, and none may wait
+    // past its own deadline (not the oldest's, then a reconnect's).
     let (tx, rx) = std::sync::mpsc::channel();
     for i in 0..300 {
         let (tx, submitted) = (tx.clone(), Instant::now());
@@ -620,7 +621,9 @@ fn a_hung_redis_answers_every_publish_within_the_bound_from_its_submit() {
     let sent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unanswered(_)))).count();
     let unsent = answers.iter().filter(|(_, _, result)| matches!(result, Err(BusError::Unavailable(_)))).count();
     assert_eq!(sent + unsent, 300, "{answers:?}");
-    assert!(sent > 0 && unsent > 0, "one pipeline hung, the rest were never sent: {sent} and {unsent}");
+    // Redis runs what its socket holds once it thaws: whatever went out
+    // must be "perhaps published", never "not published".
+    assert!(sent > 0, "the XADDs that went out are answered as perhaps published: {sent} and {unsent}");
 }
 
 #[test]

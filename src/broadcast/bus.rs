@@ -10,13 +10,15 @@
 //! last `n`, which a node reads at start to fill its replay ring). Pub/sub would lose
 //! events while a node is disconnected; a stream keeps them.
 //!
-//! **Two threads, two connections.** The event loop must never wait on
-//! Redis, so it only queues: [`Bus::submit`] puts the publish on a bounded
-//! queue and returns; the *writer* thread `XADD`s it and calls the reply with
-//! the stream id (or an error, within its socket timeouts). The writer sends
-//! whatever is queued at once (up to 64 publishes) as one pipeline of
-//! `XADD`s, one round trip, and answers each with its own reply, in order.
-//! The *reader* thread first hands the newest `max_len` entries to [`BusSink::backfill`] (the
+//! **Who talks to Redis.** The event loop must never wait on Redis, so
+//! each loop owns a non-blocking *writer* connection ([`Writer`], see
+//! [`writer`] for why not a thread): a publish is encoded at once, the
+//! publishes of one loop turn go out as one pipeline of `XADD`s at the end
+//! of the turn, and each is answered with its own reply (the stream id, or
+//! an error), in order, when the replies wake the loop. Publishes from
+//! other threads ([`Bus::submit`]) go to the *writer thread*, which runs
+//! the same [`Writer`] on a poll of its own. The *reader* thread first
+//! hands the newest `max_len` entries to [`BusSink::backfill`] (the
 //! stream may hold more, if another writer added them without `MAXLEN`),
 //! then loops on `XREAD BLOCK` and hands each page to [`BusSink::deliver`].
 //! A node sees its own publishes through the reader like anyone else's,
@@ -27,15 +29,17 @@
 //! after it, on any connection. Ids only grow, so nothing is handed on twice
 //! and nothing retained is skipped, however often the connection drops.
 //!
-//! **When Redis is down** both threads retry with backoff (100 ms doubling to
-//! 2 s); the outage is logged once, and so is its end. Meanwhile `submit`
-//! fails at once, so publishers get an error rather than a wait, and
-//! [`Bus::is_up`] says so for `/healthz`. **When Redis hangs**, every
-//! publish is still answered within [`ANSWER_WITHIN`] of its submit: a
-//! pipeline waits for its replies only until its oldest publish's deadline,
-//! what queued behind a command that failed is refused at once (not after
-//! a reconnect), and a connection attempt, `PING` included, gives up after
-//! `CONNECT_TIMEOUT`. After reconnecting the reader
+//! **When Redis is down** the reader and the writer thread retry with
+//! backoff (100 ms doubling to 2 s); the outage is logged once, and so is
+//! its end. Meanwhile a publish fails at once, so publishers get an error
+//! rather than a wait, and [`Bus::is_up`] says so for `/healthz` (a loop's
+//! writer connects when a publish needs it, and only while the bus is up).
+//! **When Redis hangs**, every publish is still answered within
+//! [`ANSWER_WITHIN`] of its submit: a connection is given up when the
+//! oldest publish waiting on it reaches that deadline, everything else
+//! waiting on it is answered at once (not after a reconnect), and a
+//! connection attempt, `PING` included, gives up after `CONNECT_TIMEOUT`.
+//! After reconnecting the reader
 //! resumes from its last id, so entries other nodes added meanwhile still
 //! arrive. If some were trimmed away meanwhile, that is logged as lost. If
 //! Redis lost its data (restarted empty), the reader reads on: new ids are
@@ -55,24 +59,33 @@
 //! first. Ids go backwards once, on every node alike.
 //!
 //! **What a failed publish means.** [`BusError::Unavailable`]: the event is
-//! not in the stream and never will be (the `XADD` was not sent, or Redis
-//! refused it), so a retry is safe. [`BusError::Unanswered`]: the `XADD` went
-//! out and no answer came in time; Redis may have run it, now or once it
-//! thaws, so the event may be delivered, and a retry may deliver it twice.
+//! not in the stream and never will be (not a byte of the `XADD` was
+//! written, or Redis refused it), so a retry is safe. [`BusError::Unanswered`]:
+//! the `XADD` went out and no answer came in time; Redis may have run it,
+//! now or once it thaws, so the event may be delivered, and a retry may
+//! deliver it twice.
 //!
 //! **Nothing from Redis is trusted**: an entry that is not a valid publish
 //! (see [`Publish::validate`]) is skipped with a warning, and a reply of an
 //! unexpected shape is an error that drops the connection, never a panic.
 
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
-use redis::{Connection, IntoConnectionInfo, RedisResult, Value};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use mio::{Events, Poll, Token, Waker};
+use redis::{Connection, ConnectionAddr, IntoConnectionInfo, RedisResult, Value};
 
 use crate::broadcast::event::EventId;
 use crate::broadcast::event::{MercureFields, Publish};
+
+mod resp;
+mod writer;
+
+pub(crate) use writer::Writer;
 
 /// Where the bus is and how much history it keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,46 +182,41 @@ const BLOCK_MS: u64 = 500;
 /// none waits for longer than this in addition.
 const GATHER: Duration = Duration::from_millis(1);
 /// How long one connection attempt may take, handshake and first `PING`
-/// included (with a password or a database number in the URL, add as much
-/// per extra command of redis-rs's handshake, which it waits out per reply).
+/// included (for the reader, with a password or a database number in the
+/// URL, add as much per extra command of redis-rs's handshake, which it
+/// waits out per reply; a writer's handshake is one pipeline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Socket read and write timeout of the writer, so a hung Redis fails a reply
-/// in bounded time.
+/// How long the writer thread's idle `PING` may take.
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Every publish is answered within this of its [`Bus::submit`] (give or
-/// take `TIMEOUT_SLACK`), whatever Redis does: a pipeline waits for its
-/// replies only until its oldest publish's deadline, and what is queued
-/// behind a command that fails is refused at once, not after a reconnect.
-pub const ANSWER_WITHIN: Duration = IO_TIMEOUT;
-/// A queued publish with less time than this left is not sent: its reply
-/// could hardly come back in time, and "not published" is the better answer.
-const MIN_REPLY_WAIT: Duration = Duration::from_millis(100);
-/// How far the writer's socket timeouts may be from a pipeline's deadline
-/// before they are set again.
-const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
-/// The writer pings after this long idle, so [`Bus::is_up`] notices an outage
-/// even when nobody publishes.
+/// Every publish is answered within this of its [`Bus::submit`] (or of its
+/// [`Writer::submit`]), whatever Redis does: the connection is given up
+/// when the oldest publish waiting on it reaches its deadline, and then
+/// everything waiting on it is answered at once.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(1500);
+/// The writer thread pings after this long idle, so [`Bus::is_up`] notices
+/// an outage even when nobody publishes.
 const PING_IDLE: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Publishes waiting for the writer; past this, `submit` fails at once.
+/// Publishes waiting for one writer; past this, a submit fails at once.
 const QUEUE_LEN: usize = 1024;
-/// At most this many queued publishes go in one pipeline of `XADD`s ...
-const BATCH: usize = 64;
-/// ... and no more once their `data` reaches this many bytes (at least one
-/// publish always goes), so one pipeline is about one largest publish.
-const BATCH_BYTES: usize = 1024 * 1024;
 /// Largest `data` accepted from the stream.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// A connection to the cluster bus; see the module docs.
 pub struct Bus {
     jobs: Sender<Job>,
+    /// Wakes the writer thread for a job (and for the stop).
+    waker: Arc<Waker>,
     shared: Arc<Shared>,
     /// Dropped to stop the threads (their `stop` receivers then disconnect).
     stop: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// The writer thread's tokens on its poll.
+const JOBS: Token = Token(0);
+const REDIS: Token = Token(1);
 
 impl Bus {
     /// Spawns the threads and returns at once, even if Redis is down (then it
@@ -220,38 +228,71 @@ impl Bus {
         // timeout once per reply it expects, so a hung Redis would hold a
         // connection attempt for twice CONNECT_TIMEOUT. `connect` PINGs instead.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let (hello, hello_commands) = handshake(&settings);
+        let target = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Target::Tcp {
+                host: host.clone(),
+                port: *port,
+                // An address needs no lookup; a name waits for the reader's.
+                resolved: Mutex::new(host.parse().map(|ip| vec![SocketAddr::new(ip, *port)]).unwrap_or_default()),
+            },
+            ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
+            _ => return Err("bad redis URL: only redis:// and unix sockets are supported".to_owned()),
+        };
         let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_LEN);
         let (stop, stopped) = crossbeam_channel::bounded(0);
+        let key = format!("{}events", config.prefix);
+        let mut xadd_head = Vec::new();
+        for arg in [b"XADD".as_slice(), key.as_bytes(), b"MAXLEN", b"~", config.max_len.to_string().as_bytes(), b"*"] {
+            resp::arg(&mut xadd_head, arg);
+        }
         let shared = Arc::new(Shared {
             client,
-            key: format!("{}events", config.prefix),
+            target,
+            hello,
+            hello_commands,
+            xadd_head,
+            key,
             max_len: config.max_len,
             stopped,
             health: Mutex::new(Health::default()),
         });
+        let poll = Poll::new().map_err(|e| format!("writer poll: {e}"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), JOBS).map_err(|e| format!("writer waker: {e}"))?);
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.to_owned()).spawn(run).map_err(|e| format!("spawn {name}: {e}"))
         };
         let (reader, writer) = (shared.clone(), shared.clone());
         let threads = vec![
             spawn("bus-reader", Box::new(move || reader.read(&*sink)))?,
-            spawn("bus-writer", Box::new(move || writer.write(&queue)))?,
+            spawn("bus-writer", Box::new(move || Shared::write(writer, poll, &queue)))?,
         ];
-        Ok(Bus { jobs, shared, stop: Mutex::new(Some(stop)), threads: Mutex::new(threads) })
+        Ok(Bus { jobs, waker, shared, stop: Mutex::new(Some(stop)), threads: Mutex::new(threads) })
     }
 
-    /// Queues an `XADD` of `publish`; never blocks. See the module docs.
+    /// Queues an `XADD` of `publish` for the writer thread; never blocks.
+    /// See the module docs. (An event loop has a [`Writer`] of its own.)
     pub fn submit(&self, publish: Publish, reply: Reply) {
         let job = Job { publish, reply: Some(reply), deadline: Instant::now() + ANSWER_WITHIN };
         if let Some(why) = self.shared.health().writer_down() {
             return job.fail(why);
         }
         match self.jobs.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Err(e) = self.waker.wake() {
+                    log::error!("waking the redis writer thread: {e}");
+                }
+            }
             Err(TrySendError::Full(job)) => job.fail("too many publishes waiting for redis".to_owned()),
             Err(TrySendError::Disconnected(job)) => job.fail("bus stopped".to_owned()),
         }
+    }
+
+    /// A writer for an event loop, whose poll will hear of its connection
+    /// under `token` (see [`writer`]).
+    pub(crate) fn loop_writer<T>(&self, token: Token) -> Writer<T> {
+        Writer::new(self.shared.clone(), token, false)
     }
 
     /// Whether both the reader and the writer are connected now.
@@ -261,12 +302,57 @@ impl Bus {
     }
 
     /// Stops the threads; returns within about 1.5 s even if Redis hangs
-    /// (a command's socket timeout, or a connection attempt's).
+    /// (the reader's socket timeout, or a connection attempt's).
     pub fn shutdown(&self) {
         drop(lock(&self.stop).take());
+        let _ = self.waker.wake();
         for thread in lock(&self.threads).drain(..) {
             if thread.join().is_err() {
                 log::error!("a redis bus thread panicked");
+            }
+        }
+    }
+}
+
+/// The commands every connection starts with, packed, and how many they
+/// are: `AUTH` and `SELECT` as the URL asks (as redis-rs would send them,
+/// always RESP2), and a `PING` last, since only an answer shows that Redis
+/// itself is there (the kernel of a hung Redis completes the TCP handshake).
+fn handshake(settings: &redis::RedisConnectionInfo) -> (Vec<u8>, usize) {
+    let mut commands = Vec::new();
+    if let Some(password) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(username) = settings.username() {
+            auth.arg(username);
+        }
+        commands.push(auth.arg(password).get_packed_command());
+    }
+    if settings.db() != 0 {
+        commands.push(redis::cmd("SELECT").arg(settings.db()).get_packed_command());
+    }
+    commands.push(redis::cmd("PING").get_packed_command());
+    (commands.concat(), commands.len())
+}
+
+/// Where Redis is, for the writers' own connections.
+enum Target {
+    Tcp {
+        host: String,
+        port: u16,
+        /// The addresses of `host`, as the reader last looked them up
+        /// (writers run in event loops, which must not wait on a lookup).
+        resolved: Mutex<Vec<SocketAddr>>,
+    },
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// Looks the host up again (a blocking call: the reader thread's).
+    fn resolve(&self) {
+        if let Target::Tcp { host, port, resolved } = self {
+            match (host.as_str(), *port).to_socket_addrs() {
+                Ok(addrs) => *lock(resolved) = addrs.collect(),
+                Err(e) => log::debug!("looking up redis host {host}: {e}"),
             }
         }
     }
@@ -298,11 +384,6 @@ impl Job {
     fn fail(self, why: String) {
         self.answer(Err(BusError::Unavailable(why)));
     }
-
-    /// Sent, and perhaps published (see [`BusError::Unanswered`]).
-    fn unanswered(self, why: String) {
-        self.answer(Err(BusError::Unanswered(why)));
-    }
 }
 
 impl Drop for Job {
@@ -320,10 +401,12 @@ enum Role {
     Writer,
 }
 
-/// The state of both connections, and of the current outage.
+/// The state of the connections, and of the current outage.
 #[derive(Default)]
 struct Health {
     reader: bool,
+    /// As the last writer to hear from Redis found it: the writer thread,
+    /// which pings when idle, or a loop's.
     writer: bool,
     /// During an outage (logged at its start): which roles have worked since.
     /// It ends when both have, so a drop one thread notices late (the
@@ -340,9 +423,17 @@ impl Health {
     }
 }
 
-/// What both threads share.
+/// What the threads and the writers share.
 struct Shared {
+    /// For the reader's connections.
     client: redis::Client,
+    /// For the writers' connections.
+    target: Target,
+    /// See [`handshake`].
+    hello: Vec<u8>,
+    hello_commands: usize,
+    /// The packed arguments of every `XADD` up to its fields.
+    xadd_head: Vec<u8>,
     key: String,
     max_len: usize,
     /// Disconnects when the bus stops.
@@ -386,18 +477,17 @@ impl Shared {
         }
     }
 
-    /// Connects for `role`, retrying with backoff; `pause` waits between
+    /// Connects the reader, retrying with backoff; `pause` waits between
     /// tries and says whether the bus stopped meanwhile. `None` once stopped.
-    fn connect(&self, role: Role, mut pause: impl FnMut(Duration) -> bool) -> Option<Connection> {
+    /// Looks the host up again first, for the writers too.
+    fn connect(&self, mut pause: impl FnMut(Duration) -> bool) -> Option<Connection> {
         let mut backoff = BACKOFF_FIRST;
         loop {
             if self.is_stopped() {
                 return None;
             }
-            let timeout = match role {
-                Role::Reader => Duration::from_millis(BLOCK_MS) + Duration::from_secs(1),
-                Role::Writer => IO_TIMEOUT,
-            };
+            self.target.resolve();
+            let timeout = Duration::from_millis(BLOCK_MS) + Duration::from_secs(1);
             let started = Instant::now();
             let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|mut c| {
                 // The kernel of a hung Redis completes the TCP handshake;
@@ -411,10 +501,10 @@ impl Shared {
             });
             match connection {
                 Ok(connection) => {
-                    self.set_up(role, Ok(()));
+                    self.set_up(Role::Reader, Ok(()));
                     return Some(connection);
                 }
-                Err(e) => self.set_up(role, Err(reason(&e))),
+                Err(e) => self.set_up(Role::Reader, Err(reason(&e))),
             }
             if pause(backoff) {
                 return None;
@@ -428,7 +518,7 @@ impl Shared {
         let wait = |pause| matches!(self.stopped.recv_timeout(pause), Err(RecvTimeoutError::Disconnected));
         // The last entry handed on; `None` until the backfill was.
         let mut cursor: Option<EventId> = None;
-        while let Some(mut connection) = self.connect(Role::Reader, wait) {
+        while let Some(mut connection) = self.connect(wait) {
             match self.follow(&mut connection, sink, &mut cursor) {
                 Ok(()) => return,
                 Err(e) => self.set_up(Role::Reader, Err(reason(&e))),
@@ -604,182 +694,47 @@ impl Shared {
         Ok(Some(StreamInfo { floor, first, last_generated }))
     }
 
-    /// The writer thread: `XADD`s queued publishes, up to a [`BATCH`] in one
-    /// pipeline; a `PING` when idle.
-    fn write(&self, queue: &Receiver<Job>) {
-        // While disconnected, publishes queued in the meantime fail at once.
-        let pause = |pause: Duration| {
-            let until = Instant::now() + pause;
-            loop {
-                select! {
-                    recv(self.stopped) -> _ => return true,
-                    recv(queue) -> job => if let Ok(job) = job { job.fail(self.health().last_error.clone()) },
-                    default(until.saturating_duration_since(Instant::now())) => return false,
+    /// The writer thread: a [`Writer`] on a poll of its own, for the jobs
+    /// of [`Bus::submit`]; as a probe, it also keeps [`Health`] current
+    /// when nobody publishes.
+    fn write(shared: Arc<Shared>, mut poll: Poll, queue: &Receiver<Job>) {
+        let mut writer: Writer<Reply> = Writer::new(shared.clone(), REDIS, true);
+        let mut events = Events::with_capacity(8);
+        while !shared.is_stopped() {
+            let timeout = writer.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("redis writer thread: poll: {e}");
+                    break;
                 }
             }
-        };
-        let mut batch = Vec::with_capacity(BATCH);
-        while let Some(mut con) = self.connect(Role::Writer, pause) {
-            // The socket timeouts, as `connect` set them.
-            let mut timeout = IO_TIMEOUT;
-            let failed = loop {
-                select! {
-                    recv(self.stopped) -> _ => break None,
-                    recv(queue) -> job => if let Ok(job) = job {
-                        gather(job, queue, &mut batch);
-                        if let Err(e) = self.xadd_all(&mut con, &mut batch, &mut timeout) {
-                            break Some(e);
-                        }
-                    },
-                    default(PING_IDLE) => {
-                        let pinged = set_timeouts(&mut con, &mut timeout, IO_TIMEOUT)
-                            .and_then(|()| redis::cmd("PING").query::<()>(&mut con));
-                        match pinged {
-                            Ok(()) => self.set_up(Role::Writer, Ok(())),
-                            Err(e) => break Some(e),
-                        }
-                    },
+            for event in events.iter().filter(|event| event.token() == REDIS) {
+                writer.ready(event);
+            }
+            while let Ok(mut job) = queue.try_recv() {
+                let Some(reply) = job.reply.take() else { continue };
+                let publish = std::mem::take(&mut job.publish);
+                if let Err((reply, e)) = writer.submit(poll.registry(), publish, job.deadline, |_| reply) {
+                    reply(Err(e));
                 }
-            };
-            let Some(e) = failed else { break };
-            self.set_up(Role::Writer, Err(reason(&e)));
-            // What queued up behind the command that failed was never sent:
-            // refused now, not after a reconnect that may take CONNECT_TIMEOUT.
-            while let Ok(job) = queue.try_recv() {
-                job.fail(reason(&e));
+            }
+            writer.tick(poll.registry(), Instant::now());
+            writer.flush();
+            for (reply, result) in writer.take_answers() {
+                reply(result);
             }
         }
-        let mut health = self.health();
+        writer.close("bus stopped");
+        for (reply, result) in writer.take_answers() {
+            reply(result);
+        }
+        let mut health = shared.health();
         (health.writer, health.last_error) = (false, "bus stopped".to_owned());
         drop(health);
         while let Ok(job) = queue.try_recv() {
             job.fail("bus stopped".to_owned());
-        }
-    }
-
-    /// `XADD`s the publishes of `batch` (emptying it) in one pipeline, not a
-    /// transaction, and answers each job in order with its own reply: a
-    /// per-command error (say `WRONGTYPE`) fails that job only. `Err` if the
-    /// connection failed: the job whose reply was not read and all after it
-    /// are answered [`BusError::Unanswered`], not retried, since Redis may
-    /// have applied them. So is every job of a pipeline whose sending
-    /// failed: part of it may have gone out, and Redis runs every whole
-    /// command it received.
-    ///
-    /// The replies are read one by one rather than with `Pipeline::query`:
-    /// that one reads every reply even after a read timed out, each read
-    /// waiting out the socket timeout again, so a hung Redis would hold a
-    /// batch of 64 for 64 timeouts, not one; and it could not answer the
-    /// jobs whose replies did arrive.
-    ///
-    /// The socket timeouts (`timeout`, as last set) are moved to the oldest
-    /// job's deadline when they are further from it than [`TIMEOUT_SLACK`],
-    /// so that no job waits past its own.
-    fn xadd_all(&self, con: &mut Connection, batch: &mut Vec<Job>, timeout: &mut Duration) -> RedisResult<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let oldest = batch.iter().map(|job| job.deadline).min().unwrap_or_else(Instant::now);
-        let wait = oldest.saturating_duration_since(Instant::now()).max(MIN_REPLY_WAIT);
-        if let Err(e) = set_timeouts(con, timeout, wait) {
-            batch.drain(..).for_each(|job| job.fail(reason(&e)));
-            return Err(e);
-        }
-        let mut pipe = redis::pipe();
-        for job in batch.iter() {
-            pipe.add_command(self.xadd(&job.publish));
-        }
-        let mut jobs = batch.drain(..);
-        let sent = con.send_packed_command(&pipe.get_packed_pipeline());
-        if let Err(e) = sent {
-            jobs.for_each(|job| job.unanswered(reason(&e)));
-            return Err(e);
-        }
-        let mut worked = false;
-        while let Some(job) = jobs.next() {
-            match recv_reply(con) {
-                Ok(Value::ServerError(e)) => job.fail(reason(&e.into())),
-                // Something came back, just not an id: Redis may still have
-                // added the entry.
-                Ok(value) => {
-                    job.answer(
-                        text(&value)
-                            .and_then(EventId::parse)
-                            .ok_or_else(|| BusError::Unanswered(reason(&malformed("XADD")))),
-                    );
-                    worked = true;
-                }
-                Err(e) => {
-                    job.unanswered(reason(&e));
-                    jobs.for_each(|job| job.unanswered(reason(&e)));
-                    return Err(e);
-                }
-            }
-        }
-        if worked {
-            self.set_up(Role::Writer, Ok(()));
-        }
-        Ok(())
-    }
-
-    fn xadd(&self, publish: &Publish) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        // `~`: exact trimming removes entries one by one from inside the
-        // stream's oldest node, which cost Redis 9 µs per XADD against 2.4.
-        cmd.arg(&self.key).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");
-        cmd.arg("data").arg(&publish.message);
-        match &publish.mercure {
-            // Seeds topics cannot contain a comma; Mercure topics can.
-            None => cmd.arg("topics").arg(publish.topics.join(",")),
-            Some(mercure) => cmd.arg("mercure").arg(encode_mercure(publish, mercure)),
-        };
-        if let Some(event) = &publish.event {
-            cmd.arg("event").arg(event);
-        }
-        cmd
-    }
-}
-
-/// Takes `first` and whatever else is queued already, up to a pipeline's
-/// worth ([`BATCH`], [`BATCH_BYTES`]), into `batch`; a job with less than
-/// [`MIN_REPLY_WAIT`] left before its deadline (it waited behind a slow
-/// Redis) is refused unsent instead.
-fn gather(first: Job, queue: &Receiver<Job>, batch: &mut Vec<Job>) {
-    let now = Instant::now();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(job) = next.take() {
-        if job.deadline.saturating_duration_since(now) < MIN_REPLY_WAIT {
-            job.fail("redis too slow: waited too long to be sent".to_owned());
-        } else {
-            bytes += job.publish.message.len();
-            batch.push(job);
-        }
-        if batch.len() < BATCH && bytes < BATCH_BYTES {
-            next = queue.try_recv().ok();
-        }
-    }
-}
-
-/// Sets the read and write timeouts of `con` to `wait`, unless `timeout`
-/// (what they are now) is within [`TIMEOUT_SLACK`] of it: a system call
-/// each, saved for the usual case of fresh publishes.
-fn set_timeouts(con: &mut Connection, timeout: &mut Duration, wait: Duration) -> RedisResult<()> {
-    if wait.abs_diff(*timeout) > TIMEOUT_SLACK {
-        con.set_read_timeout(Some(wait))?;
-        con.set_write_timeout(Some(wait))?;
-        *timeout = wait;
-    }
-    Ok(())
-}
-
-/// The next reply, skipping any push (RESP3 may interleave them; none is
-/// expected on the writer's connection).
-fn recv_reply(con: &mut Connection) -> RedisResult<Value> {
-    loop {
-        match con.recv_response()? {
-            Value::Push { .. } => continue,
-            reply => return Ok(reply),
         }
     }
 }

@@ -20,7 +20,7 @@ use super::{Handle, Shared};
 use crate::app::mercure::{self, Listing, MercureSubscribe, Next};
 use crate::app::{Action, App, Subscribe};
 use crate::broadcast::broker::{Broker, Delivery, Joined, Replay, Subscriber};
-use crate::broadcast::bus::{Bus, BusError};
+use crate::broadcast::bus::{ANSWER_WITHIN, Bus, BusError, Writer};
 use crate::broadcast::event::{EventId, Publish, Receipt};
 use crate::broadcast::hub::{Busy, Gauges, Hub, Message, Origin};
 use crate::broadcast::presence::{Presence, Seen};
@@ -38,6 +38,8 @@ pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 pub(super) const WAKER: Token = Token(usize::MAX - 2);
 /// Token of the shutdown signals (SIGINT, SIGTERM, SIGQUIT), when handled.
 const SIGNALS: Token = Token(usize::MAX - 3);
+/// Token of the loop's own connection to Redis (`--redis`), its bus writer.
+const BUS_WRITER: Token = Token(usize::MAX - 4);
 
 /// Size of the one read buffer shared by all connections. Connections keep
 /// only what they have not parsed yet, so an idle one holds no read buffer.
@@ -119,6 +121,9 @@ pub(super) struct Loop {
     /// The cluster bus (`--redis`): publishes go through it, and come back
     /// in the inbox like everyone else's.
     bus: Option<Arc<Bus>>,
+    /// This loop's connection to the bus, which `XADD`s its publishes: the
+    /// ones of a turn go out together at its end (see `Loop::bus_turn`).
+    bus_writer: Option<Writer<BusPublish>>,
     app: App,
     /// Unsent bytes a subscriber may have before it is dropped as too slow.
     max_buffered_bytes: usize,
@@ -169,6 +174,14 @@ pub(super) struct Loop {
     /// Subscription API answers being written, by connection: each goes
     /// out a piece at a time as the socket takes it (like a replay).
     listings: HashMap<usize, Listing>,
+}
+
+/// A publish waiting for the bus: who made it, and what its receipt needs
+/// (the publish without its message).
+struct BusPublish {
+    key: usize,
+    serial: u32,
+    publish: Publish,
 }
 
 /// A connection as the loop sees it: the socket and its state machine.
@@ -265,6 +278,7 @@ impl Loop {
             hub: shared.hub.clone(),
             inbox,
             bus: shared.bus.clone(),
+            bus_writer: shared.bus.as_ref().map(|bus| bus.loop_writer(BUS_WRITER)),
             app: App::new(config.settings.clone()),
             max_buffered_bytes: config.max_buffered_bytes,
             max_queued_bytes: config.max_queued_bytes,
@@ -336,6 +350,7 @@ impl Loop {
         // otherwise sleep until the earliest deadline, if any.
         let wake_at = [next_heartbeat, self.timers.peek().map(|Reverse((at, _))| *at), self.acceptor.resume_at()]
             .into_iter()
+            .chain([self.bus_writer.as_ref().and_then(Writer::next_deadline)])
             .flatten()
             .min();
         let timeout = if self.unfinished_reads.is_empty() && self.unfinished_replays.is_empty() && !self.backlog_left {
@@ -360,6 +375,7 @@ impl Loop {
                 // Publisher queue and inbox are taken every turn (below).
                 WAKER => self.pull_listings(),
                 SIGNALS => self.take_signals(),
+                BUS_WRITER => self.bus_writer.iter_mut().for_each(|writer| writer.ready(event)),
                 Token(key) => self.drive(key),
             }
         }
@@ -370,7 +386,16 @@ impl Loop {
             self.accept();
         }
         self.expire_timers(now);
+        self.bus_turn(now);
+        let fanning_out = self.bus_writer.is_some() && self.broker.has_pending();
         self.fan_out(FAN_OUT_PER_TURN);
+        if fanning_out {
+            // Redis ran while the fan-out wrote: answer its replies now,
+            // not a whole turn later (a waiting connection's next
+            // pipelined publish waits for that answer).
+            self.bus_writer.iter_mut().for_each(Writer::read_now);
+            self.bus_turn(now);
+        }
         self.keep_within_budget();
         self.store_gauges();
         // Whether other threads must wake this loop for their publishes.
@@ -619,29 +644,27 @@ impl Loop {
             };
             let response = match action {
                 Action::Publish(_) if !self.accepting => self.app.unavailable("shutting down"),
-                Action::Publish(publish) => match &self.bus {
+                Action::Publish(publish) => match self.bus_writer.as_mut() {
                     None => match self.hub.publish(&publish, Origin::Loop(self.index)) {
                         Ok(receipt) => self.app.published(&receipt),
                         Err(Busy) if self.hub.is_closed() => self.app.unavailable("shutting down"),
                         Err(Busy) => self.app.unavailable("server busy: subscribers are behind; retry later"),
                     },
                     // The connection waits (Conn's Waiting state) until the
-                    // bus's answer comes back through the inbox.
-                    Some(bus) => {
-                        let (hub, index, serial) = (self.hub.clone(), self.index, client.serial);
-                        let kept = Publish { message: String::new(), ..publish.clone() };
-                        bus.submit(
-                            publish,
-                            Box::new(move |result| {
-                                let answer = result.map(|id| {
-                                    let count =
-                                        if kept.mercure.is_some() { 0 } else { hub.count_subscribers(&kept.topics) };
-                                    Receipt::new(id, count, &kept)
-                                });
-                                hub.answer(index, key, serial, answer);
-                            }),
-                        );
-                        continue;
+                    // bus writer answers (`Loop::bus_turn`).
+                    Some(writer) => {
+                        let deadline = Instant::now() + ANSWER_WITHIN;
+                        // The receipt needs the topics and Mercure fields, not the message.
+                        let serial = client.serial;
+                        let waiting = |publish| BusPublish {
+                            key,
+                            serial,
+                            publish: Publish { message: String::new(), ..publish },
+                        };
+                        match writer.submit(self.poll.registry(), publish, deadline, waiting) {
+                            Ok(()) => continue,
+                            Err((_, e)) => self.app.unavailable(&e.to_string()),
+                        }
                     }
                 },
                 Action::Health => {
@@ -914,6 +937,34 @@ impl Loop {
             }
             Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
             Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
+        }
+    }
+
+    /// The bus writer's share of a turn: answers what Redis answered (or
+    /// what timed out), then writes the publishes of this turn to Redis,
+    /// all in one pipeline.
+    fn bus_turn(&mut self, now: Instant) {
+        let Some(writer) = self.bus_writer.as_mut() else { return };
+        writer.tick(self.poll.registry(), now);
+        loop {
+            let Some(writer) = self.bus_writer.as_mut() else { return };
+            let mut answers = writer.take_answers();
+            if answers.is_empty() {
+                writer.flush();
+                // A failed write answers what was waiting, at once.
+                answers = writer.take_answers();
+                if answers.is_empty() {
+                    return;
+                }
+            }
+            // Answering may carry out pipelined requests, and so submit more.
+            for (BusPublish { key, serial, publish }, result) in answers {
+                let answer = result.map(|id| {
+                    let count = if publish.mercure.is_some() { 0 } else { self.hub.count_subscribers(&publish.topics) };
+                    Receipt::new(id, count, &publish)
+                });
+                self.answer_publish(key, serial, answer);
+            }
         }
     }
 
