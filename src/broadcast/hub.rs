@@ -56,7 +56,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use crate::broadcast::bus::{BusError, BusEvent, BusSink};
+use crate::broadcast::bus::{BusEvent, BusSink};
 use crate::broadcast::event::Publish;
 use crate::broadcast::event::{EventId, Published, Receipt};
 
@@ -69,9 +69,6 @@ pub enum Message {
     /// cluster's order restarts (see
     /// [`crate::broadcast::broker::Broker::backfill`]).
     Backfill(EventId, Arc<[Arc<Published>]>),
-    /// The bus answered a publish made by connection `key` of this loop
-    /// (`serial` tells it apart from a later connection with the same key).
-    Answer { key: usize, serial: u32, answer: Result<Receipt, BusError> },
 }
 
 /// A loop's counters, copied in by the loop itself once per turn (plain
@@ -302,16 +299,6 @@ impl Hub {
     /// How many streams, on all loops, an event on `topics` would reach.
     pub fn count_subscribers(&self, topics: &[String]) -> usize {
         self.lock().registry.count(topics)
-    }
-
-    /// Hands loop `index` the answer to a publish one of its connections made.
-    pub fn answer(&self, index: usize, key: usize, serial: u32, answer: Result<Receipt, BusError>) {
-        if let Some(inbox) = self.inboxes.get(index) {
-            // Fails only once the loop is gone, and then nobody is waiting.
-            if inbox.messages.send(Message::Answer { key, serial, answer }).is_ok() {
-                let _ = inbox.waker.wake();
-            }
-        }
     }
 
     /// Wakes loop `index` (for a page of a listing, say).

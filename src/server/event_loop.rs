@@ -914,7 +914,7 @@ impl Loop {
     }
 
     /// Takes what the hub sent this loop: events into the broker (to go out
-    /// at the next fan-out), and answers for waiting publishers. Bounded per
+    /// at the next fan-out), and a cluster node's history. Bounded per
     /// turn, so a flood of events from other loops cannot keep this one from
     /// its sockets.
     fn take_inbox(&mut self) {
@@ -936,7 +936,6 @@ impl Loop {
                 self.broker.push(event);
             }
             Message::Backfill(floor, events) => self.broker.backfill(floor, events.iter().cloned()),
-            Message::Answer { key, serial, answer } => self.answer_publish(key, serial, answer),
         }
     }
 
