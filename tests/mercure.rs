@@ -721,6 +721,13 @@ fn link_cursor(response: &Response) -> String {
     cursor
 }
 
+/// A 404 of the API carries the cursor too (the spec: every endpoint).
+#[track_caller]
+fn link_cursor_of_404(response: &Response) {
+    let link = response.header("link").unwrap_or_else(|| panic!("no Link: {response:?}"));
+    assert!(link.contains("rel=\"mercure\"; last-event-id=\""), "{link}");
+}
+
 #[test]
 fn each_subscription_that_starts_or_ends_is_announced_privately() {
     let server = presence_hub(|_| {});
@@ -834,7 +841,9 @@ fn the_subscription_api_lists_every_loop_and_resumes_without_loss() {
     link_cursor(&response);
     assert_eq!(response.json(), one, "the same document as the event's");
     let unknown = format!("{room}/{}", encode("urn:uuid:00000000-0000-8000-8000-000000000000"));
-    assert_eq!(api_get(&server, &unknown, &watcher).status, 404);
+    let missing = api_get(&server, &unknown, &watcher);
+    assert_eq!(missing.status, 404);
+    link_cursor_of_404(&missing);
     assert_eq!(api_get(&server, &format!("{SUBSCRIPTIONS}/nonsense"), &watcher).status, 404);
 
     // Authorized like a subscription to the path as a topic.

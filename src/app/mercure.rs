@@ -575,21 +575,27 @@ impl Listing {
     /// answer changes with it.
     pub fn head(&self, status: Status) -> Response {
         let legacy = self.request.query.is_legacy();
-        let link = format!(
-            "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; content-type=\"application/json\"",
-            self.request.hub_url, self.last_event_id
-        );
         let content_type = if legacy { "application/ld+json" } else { "application/json" };
         Response::new(status, content_type, Vec::new())
-            .header("Link", link)
+            .header("Link", self.link())
             .header("ETag", format!("\"{}\"", self.last_event_id))
             .header("Cache-Control", "must-revalidate")
+    }
+
+    /// The `rel="mercure"` link with the cursor, which every answer of the
+    /// API carries (a 404 too: the subscription may appear in the events
+    /// after it).
+    fn link(&self) -> String {
+        format!(
+            "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; content-type=\"application/json\"",
+            self.request.hub_url, self.last_event_id
+        )
     }
 
     fn found(&self, document: Option<String>) -> Response {
         match document {
             Some(document) => Response { body: Some(document.into_bytes().into()), ..self.head(Status::OK) },
-            None => Response::error(Status::NOT_FOUND, "no such subscription"),
+            None => Response::error(Status::NOT_FOUND, "no such subscription").header("Link", self.link()),
         }
     }
 
