@@ -20,7 +20,10 @@
 //! the same [`Writer`] on a poll of its own. The *reader* thread first
 //! hands the newest `max_len` entries to [`BusSink::backfill`] (the
 //! stream may hold more, if another writer added them without `MAXLEN`),
-//! then loops on `XREAD BLOCK` and hands each page to [`BusSink::deliver`].
+//! then loops on `XREAD BLOCK` and hands each page to [`BusSink::deliver`],
+//! on a blocking connection of its own ([`link`]) whose replies are parsed
+//! in place ([`resp`]), without redis-rs: the reader runs once per page on
+//! every node, and redis-rs's owned reply trees were its largest cost.
 //! A node sees its own publishes through the reader like anyone else's,
 //! which is what makes the order the same on every node.
 //!
@@ -68,7 +71,10 @@
 //! **Nothing from Redis is trusted**: an entry that is not a valid publish
 //! (see [`Publish::validate`]) is skipped with a warning, and a reply of an
 //! unexpected shape is an error that drops the connection, never a panic.
+//! So is a reply over [`resp`]'s bounds (bulk strings of Redis's own 512 MiB
+//! at most, arrays of 2^20 elements, 8 deep).
 
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,11 +83,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::{Events, Poll, Token, Waker};
-use redis::{Connection, ConnectionAddr, IntoConnectionInfo, RedisResult, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use crate::broadcast::event::EventId;
 use crate::broadcast::event::{MercureFields, Publish};
 
+use link::Link;
+use resp::Value;
+
+mod link;
 mod resp;
 mod writer;
 
@@ -162,14 +172,16 @@ impl std::fmt::Display for BusError {
 
 impl std::error::Error for BusError {}
 
-/// Entries per `XREVRANGE`/`XREAD` page. redis-rs buffers a whole reply
-/// before any check here runs, so this bounds the memory of one reply: an
-/// entry written by a node is at most about 1 MiB (`data` of at most
-/// [`MAX_MESSAGE_BYTES`], which `--max-body-bytes` is held to with `--redis`,
-/// plus at most 16 topics of 64 bytes and an event name of 256), so a page
-/// is at most about 64 MiB, briefly twice that while it is decoded. Entries
-/// from elsewhere may be larger (Redis allows 512 MB per field); nothing here
-/// bounds those.
+/// Entries per `XREVRANGE`/`XREAD` page. The reader ([`Link`]) buffers a
+/// whole reply before it decodes any of it, so this bounds the memory of
+/// one reply: an entry written by a node is at most about 1 MiB (`data` of
+/// at most [`MAX_MESSAGE_BYTES`], which `--max-body-bytes` is held to with
+/// `--redis`, plus at most 16 topics of 64 bytes and an event name of 256),
+/// so a page is at most about 64 MiB (its buffer up to twice that, as it
+/// doubles), and its decoded events as much again. Entries from elsewhere
+/// may be larger: a field of up to Redis's own 512 MiB is read whole (and
+/// its entry skipped, so that the reader's position moves past it), and
+/// nothing here bounds their number beyond [`PAGE`].
 const PAGE: usize = 64;
 /// How long one `XREAD` waits for entries: also how soon the reader notices a stop.
 const BLOCK_MS: u64 = 500;
@@ -182,9 +194,7 @@ const BLOCK_MS: u64 = 500;
 /// none waits for longer than this in addition.
 const GATHER: Duration = Duration::from_millis(1);
 /// How long one connection attempt may take, handshake and first `PING`
-/// included (for the reader, with a password or a database number in the
-/// URL, add as much per extra command of redis-rs's handshake, which it
-/// waits out per reply; a writer's handshake is one pipeline).
+/// included (the handshake is one pipeline, for the reader and the writers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the writer thread's idle `PING` may take.
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -224,9 +234,8 @@ impl Bus {
     pub fn start(config: BusConfig, sink: Arc<dyn BusSink>) -> Result<Bus, String> {
         let bad_url = |e: redis::RedisError| format!("bad redis URL: {e}");
         let info = config.url.as_str().into_connection_info().map_err(bad_url)?;
-        // No `CLIENT SETINFO` in the handshake: redis-rs waits out the
-        // timeout once per reply it expects, so a hung Redis would hold a
-        // connection attempt for twice CONNECT_TIMEOUT. `connect` PINGs instead.
+        // Only for the URL: every connection is the bus's own, with its own
+        // handshake (no `CLIENT SETINFO`), ending in a `PING`.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let (hello, hello_commands) = handshake(&settings);
         let target = match info.addr() {
@@ -239,7 +248,6 @@ impl Bus {
             ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
             _ => return Err("bad redis URL: only redis:// and unix sockets are supported".to_owned()),
         };
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE_LEN);
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let key = format!("{}events", config.prefix);
@@ -248,7 +256,6 @@ impl Bus {
             resp::arg(&mut xadd_head, arg);
         }
         let shared = Arc::new(Shared {
-            client,
             target,
             hello,
             hello_commands,
@@ -425,9 +432,7 @@ impl Health {
 
 /// What the threads and the writers share.
 struct Shared {
-    /// For the reader's connections.
-    client: redis::Client,
-    /// For the writers' connections.
+    /// For every connection, the reader's (a [`Link`]) and the writers'.
     target: Target,
     /// See [`handshake`].
     hello: Vec<u8>,
@@ -480,7 +485,7 @@ impl Shared {
     /// Connects the reader, retrying with backoff; `pause` waits between
     /// tries and says whether the bus stopped meanwhile. `None` once stopped.
     /// Looks the host up again first, for the writers too.
-    fn connect(&self, mut pause: impl FnMut(Duration) -> bool) -> Option<Connection> {
+    fn connect(&self, mut pause: impl FnMut(Duration) -> bool) -> Option<Link> {
         let mut backoff = BACKOFF_FIRST;
         loop {
             if self.is_stopped() {
@@ -488,17 +493,7 @@ impl Shared {
             }
             self.target.resolve();
             let timeout = Duration::from_millis(BLOCK_MS) + Duration::from_secs(1);
-            let started = Instant::now();
-            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT).and_then(|mut c| {
-                // The kernel of a hung Redis completes the TCP handshake;
-                // only an answer shows that Redis itself is there.
-                let left = CONNECT_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-                c.set_read_timeout(Some(left))?;
-                redis::cmd("PING").query::<()>(&mut c)?;
-                c.set_read_timeout(Some(timeout))?;
-                c.set_write_timeout(Some(timeout))?;
-                Ok(c)
-            });
+            let connection = Link::open(&self.target, &self.hello, self.hello_commands, CONNECT_TIMEOUT, timeout);
             match connection {
                 Ok(connection) => {
                     self.set_up(Role::Reader, Ok(()));
@@ -527,7 +522,7 @@ impl Shared {
     }
 
     /// Reads on one connection until it fails (`Err`) or the bus stops (`Ok`).
-    fn follow(&self, con: &mut Connection, sink: &dyn BusSink, cursor: &mut Option<EventId>) -> RedisResult<()> {
+    fn follow(&self, con: &mut Link, sink: &dyn BusSink, cursor: &mut Option<EventId>) -> io::Result<()> {
         let mut last = match *cursor {
             Some(last) => self.resume(con, sink, last, true)?,
             None => {
@@ -537,22 +532,20 @@ impl Shared {
             }
         };
         *cursor = Some(last);
+        let (page, block) = (PAGE.to_string(), BLOCK_MS.to_string());
         while !self.is_stopped() {
-            let args = ("COUNT", PAGE, "BLOCK", BLOCK_MS, "STREAMS", &self.key, last.to_string());
-            let reply: Value = redis::cmd("XREAD").arg(args).query(con)?;
-            let entries = match &reply {
-                // Nothing new for a while: the time to check that the stream
-                // did not restart below `last`, which no XREAD would show.
-                Value::Nil => {
-                    last = self.resume(con, sink, last, false)?;
-                    *cursor = Some(last);
-                    continue;
-                }
-                Value::Array(streams) => streams.first().and_then(|s| list(s)?.get(1)),
-                Value::Map(streams) => streams.first().map(|(_, entries)| entries),
-                _ => None,
-            };
-            let entries = list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)?;
+            let after = last.to_string();
+            let args = [b"XREAD".as_slice(), b"COUNT", page.as_bytes(), b"BLOCK", block.as_bytes(), b"STREAMS"];
+            let reply = con.query(&[&args[..], &[self.key.as_bytes(), after.as_bytes()]].concat())?;
+            // Nothing new for a while: the time to check that the stream
+            // did not restart below `last`, which no XREAD would show.
+            if reply == Value::Nil {
+                drop(reply);
+                last = self.resume(con, sink, last, false)?;
+                *cursor = Some(last);
+                continue;
+            }
+            let entries = xread_entries(&reply)?;
             let (events, page_last) = decode(entries);
             if let Some(page_last) = page_last {
                 last = page_last.max(last);
@@ -578,14 +571,16 @@ impl Shared {
     /// than the oldest read are left (`first-entry` is below it), the floor
     /// is just below the oldest read; entries added during the paging are
     /// above the newest id, so the reader's `XREAD` brings them.
-    fn backfill(&self, con: &mut Connection) -> RedisResult<(EventId, Vec<BusEvent>, EventId)> {
+    fn backfill(&self, con: &mut Link) -> io::Result<(EventId, Vec<BusEvent>, EventId)> {
         let keep = self.max_len.max(1);
         let (mut events, mut read, mut end) = (Vec::new(), 0, "+".to_owned());
         let (mut newest, mut oldest) = (None, None);
         while read < keep {
             let count = PAGE.min(keep - read);
-            let page: Value =
-                redis::cmd("XREVRANGE").arg(&self.key).arg(&end).arg("-").arg("COUNT").arg(count).query(con)?;
+            let count_arg = count.to_string();
+            let args =
+                [b"XREVRANGE".as_slice(), self.key.as_bytes(), end.as_bytes(), b"-", b"COUNT", count_arg.as_bytes()];
+            let page = con.query(&args)?;
             let entries = list_or_empty(&page)?;
             if entries.is_empty() {
                 break;
@@ -617,13 +612,7 @@ impl Shared {
     /// itself, unless the stream restarted below it; then [`Shared::restart`].
     /// After a reconnect (`reconnected`), also warns if entries after `last`
     /// are gone for good.
-    fn resume(
-        &self,
-        con: &mut Connection,
-        sink: &dyn BusSink,
-        last: EventId,
-        reconnected: bool,
-    ) -> RedisResult<EventId> {
+    fn resume(&self, con: &mut Link, sink: &dyn BusSink, last: EventId, reconnected: bool) -> io::Result<EventId> {
         let key = &self.key;
         match self.info(con)? {
             Some(info) if info.last_generated < last => return self.restart(con, sink, last),
@@ -645,7 +634,7 @@ impl Shared {
     /// gets a new, empty history whose floor is just below the first of
     /// them (a second [`BusSink::backfill`]), then the newest `max_len` of
     /// them as news. Returns the new position.
-    fn restart(&self, con: &mut Connection, sink: &dyn BusSink, last: EventId) -> RedisResult<EventId> {
+    fn restart(&self, con: &mut Link, sink: &dyn BusSink, last: EventId) -> io::Result<EventId> {
         let (floor, events, newest) = self.backfill(con)?;
         let start = events.first().map_or(newest, |event| before(event.id));
         log::warn!("redis stream {} restarted below {last}: the order starts over after {start}", self.key);
@@ -660,18 +649,18 @@ impl Shared {
     }
 
     /// `XINFO STREAM`, or `None` if the stream does not exist.
-    fn info(&self, con: &mut Connection) -> RedisResult<Option<StreamInfo>> {
+    fn info(&self, con: &mut Link) -> io::Result<Option<StreamInfo>> {
         // Asked first, rather than read from XINFO's error text ("no such
         // key"), which is not part of any contract. Should the stream vanish
         // in between, XINFO fails and the caller retries like any error.
-        let exists: bool = redis::cmd("EXISTS").arg(&self.key).query(con)?;
-        if !exists {
-            return Ok(None);
+        match con.query(&[b"EXISTS", self.key.as_bytes()])? {
+            Value::Int(0) => return Ok(None),
+            Value::Int(1) => {}
+            _ => return Err(malformed("EXISTS")),
         }
-        let reply: Value = redis::cmd("XINFO").arg("STREAM").arg(&self.key).query(con)?;
+        let reply = con.query(&[b"XINFO", b"STREAM", self.key.as_bytes()])?;
         let pairs: Vec<(&Value, &Value)> = match &reply {
             Value::Array(flat) => flat.chunks_exact(2).filter_map(|kv| kv.first().zip(kv.get(1))).collect(),
-            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
             _ => return Err(malformed("XINFO STREAM")),
         };
         let field = |name: &str| pairs.iter().find(|(k, _)| text(k) == Some(name)).map(|(_, v)| *v);
@@ -756,6 +745,12 @@ fn before(id: EventId) -> EventId {
     }
 }
 
+/// The entries of an `XREAD` reply of one stream that is not `nil`: `[[key, entries]]`.
+fn xread_entries<'v, 'a>(reply: &'v Value<'a>) -> io::Result<&'v [Value<'a>]> {
+    let entries = list(reply).and_then(|streams| list(streams.first()?)?.get(1));
+    list_or_empty(entries.ok_or_else(|| malformed("XREAD"))?)
+}
+
 /// Turns stream entries into events, skipping with a warning each that is
 /// not a valid publish; also returns the largest id seen, skipped or not.
 fn decode(entries: &[Value]) -> (Vec<BusEvent>, Option<EventId>) {
@@ -826,7 +821,7 @@ fn decode_publish(fields: &Value) -> Result<Publish, String> {
             Some("mercure") => &mut mercure,
             _ => continue,
         };
-        let Value::BulkString(bytes) = value else { return Err("a field value is not a string".to_owned()) };
+        let &Value::BulkString(bytes) = value else { return Err("a field value is not a string".to_owned()) };
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(format!("a field is over {MAX_MESSAGE_BYTES} bytes"));
         }
@@ -850,36 +845,38 @@ fn decode_publish(fields: &Value) -> Result<Publish, String> {
     Ok(publish)
 }
 
-fn list(value: &Value) -> Option<&Vec<Value>> {
+fn list<'v, 'a>(value: &'v Value<'a>) -> Option<&'v Vec<Value<'a>>> {
     match value {
-        Value::Array(items) | Value::Set(items) => Some(items),
+        Value::Array(items) => Some(items),
         _ => None,
     }
 }
 
 /// A list of entries, where `nil` means none.
-fn list_or_empty(value: &Value) -> RedisResult<&[Value]> {
+fn list_or_empty<'v, 'a>(value: &'v Value<'a>) -> io::Result<&'v [Value<'a>]> {
     match value {
         Value::Nil => Ok(&[]),
         other => list(other).map(Vec::as_slice).ok_or_else(|| malformed("entries")),
     }
 }
 
-fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
+fn text<'a>(value: &Value<'a>) -> Option<&'a str> {
+    match *value {
+        Value::BulkString(bytes) | Value::SimpleString(bytes) => std::str::from_utf8(bytes).ok(),
         _ => None,
     }
 }
 
-fn malformed(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Parse, "unexpected reply to", what.to_owned()))
+fn malformed(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected reply to {what}"))
 }
 
 /// A short text for an error (a timeout reads "Resource temporarily unavailable" otherwise).
-fn reason(e: &redis::RedisError) -> String {
-    if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }
+fn reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_owned(),
+        _ => e.to_string(),
+    }
 }
 
 /// Locks, ignoring poisoning: the data behind these locks stays consistent
@@ -895,11 +892,11 @@ mod tests {
 
     use super::*;
 
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
+    fn bulk(text: &str) -> Value<'_> {
+        Value::BulkString(text.as_bytes())
     }
 
-    fn entry(id: &str, fields: &[&str]) -> Value {
+    fn entry<'a>(id: &'a str, fields: &[&'a str]) -> Value<'a> {
         Value::Array(vec![bulk(id), Value::Array(fields.iter().map(|f| bulk(f)).collect())])
     }
 
@@ -926,7 +923,7 @@ mod tests {
             Value::Array(vec![bulk("7-1"), Value::Array(vec![bulk("data"), Value::Int(1), bulk("topics"), bulk("t")])]),
             Value::Array(vec![
                 bulk("8-1"),
-                Value::Array(vec![bulk("data"), Value::BulkString(vec![0xff]), bulk("topics"), bulk("t")]),
+                Value::Array(vec![bulk("data"), Value::BulkString(&[0xff]), bulk("topics"), bulk("t")]),
             ]),
             Value::Array(vec![bulk("9-1"), Value::Nil]),
             entry("not-an-id", &["data", "x", "topics", "t"]),
@@ -966,10 +963,31 @@ mod tests {
     fn entry_lists_and_texts() {
         assert_eq!(list_or_empty(&Value::Nil).map(<[Value]>::len).ok(), Some(0));
         assert!(list_or_empty(&Value::Int(1)).is_err());
-        assert_eq!(text(&Value::SimpleString("OK".into())), Some("OK"));
-        assert_eq!(text(&Value::BulkString(vec![0xff])), None);
+        assert_eq!(text(&Value::SimpleString(b"OK")), Some("OK"));
+        assert_eq!(text(&Value::BulkString(&[0xff])), None);
         assert_eq!(entry_id(&entry("12-3", &[])), Some(EventId { ms: 12, seq: 3 }));
         assert_eq!(entry_id(&Value::Array(vec![bulk("12-3")])), None);
+    }
+
+    #[test]
+    fn an_xread_reply_from_the_wire_decodes() {
+        let wire = b"*1\r\n*2\r\n$6\r\nevents\r\n*3\r\n\
+            *2\r\n$3\r\n1-1\r\n*4\r\n$4\r\ndata\r\n$2\r\nhi\r\n$6\r\ntopics\r\n$3\r\na,b\r\n\
+            *2\r\n$3\r\n2-0\r\n*2\r\n$4\r\ndata\r\n$1\r\nx\r\n\
+            *2\r\n$3\r\n3-0\r\n*-1\r\n";
+        let (reply, _) = resp::parse_nested(wire).unwrap().unwrap();
+        let (events, last) = decode(xread_entries(&reply).unwrap());
+        assert_eq!(last, Some(EventId { ms: 3, seq: 0 }), "skipped entries still move the cursor");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id, EventId { ms: 1, seq: 1 });
+        assert_eq!(events[0].publish.message, "hi");
+        assert_eq!(events[0].publish.topics, ["a", "b"]);
+        for shape in [&b"*0\r\n"[..], b"*1\r\n*1\r\n$1\r\nk\r\n", b":1\r\n", b"*1\r\n*2\r\n$1\r\nk\r\n:1\r\n"] {
+            let (reply, _) = resp::parse_nested(shape).unwrap().unwrap();
+            assert!(xread_entries(&reply).is_err(), "{:?}", String::from_utf8_lossy(shape));
+        }
+        let (reply, _) = resp::parse_nested(b"*1\r\n*2\r\n$1\r\nk\r\n*-1\r\n").unwrap().unwrap();
+        assert_eq!(xread_entries(&reply).map(<[Value]>::len).ok(), Some(0), "no entries");
     }
 
     #[test]
