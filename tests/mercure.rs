@@ -1117,3 +1117,21 @@ fn on_a_cluster_a_lookup_while_redis_is_down_is_answered_not_held() {
     let text = String::from_utf8_lossy(&collection);
     assert!(text.starts_with("HTTP/1.1 200") && !text.ends_with("]}"), "a collection ends unfinished: {text}");
 }
+
+#[test]
+fn the_subscription_api_says_earliest_before_any_event_and_lets_cross_origin_scripts_read_the_link() {
+    let origin = "https://app.example";
+    let server = presence_hub(|config| config.settings.cors_origins = vec![origin.to_owned()]);
+    let watcher = bearer(&watcher_token());
+    // No event dispatched yet: the cursor is `earliest`.
+    let response = api_get(&server, SUBSCRIPTIONS, &watcher);
+    assert_eq!(link_cursor(&response), "earliest");
+    assert_eq!(response.json()["lastEventID"], "earliest");
+    // The query is not part of the topic that is authorized.
+    let only_collection = bearer(&sign(&claims(json!([grant(&["subscribe"], &[(SUBSCRIPTIONS, "exact")])]))));
+    assert_eq!(api_get(&server, &format!("{SUBSCRIPTIONS}?cache=1"), &only_collection).status, 200);
+    // A script on an allowed origin may read the Link header.
+    let response = api_get(&server, SUBSCRIPTIONS, &format!("{watcher}Origin: {origin}\r\n"));
+    assert_eq!(response.header("access-control-allow-origin"), Some(origin));
+    assert_eq!(response.header("access-control-expose-headers"), Some("Link"));
+}
