@@ -316,7 +316,7 @@ impl Hub {
                     _ => Kind::UrlPattern,
                 };
                 let payload = grants.as_ref().and_then(|grants| grants.payload_for(matcher.text()));
-                let payload = payload.map(subscriptions::payload_text);
+                let payload = payload.map(serde_json::Value::to_string);
                 joining.push(Joining { kind, matcher: matcher.text().to_owned(), payload });
             }
         }
@@ -642,24 +642,27 @@ impl Listing {
             out = subscriptions::collection_start(&self.request.path, &self.last_event_id, legacy);
         }
         let (query, any) = (&self.request.query, &mut self.any);
-        let mut add = |document: &str, out: &mut String| {
-            if *any {
+        // A comma before every document but the first of the collection.
+        let mut separate = |out: &mut String| {
+            if std::mem::replace(any, true) {
                 out.push(',');
             }
-            *any = true;
-            out.push_str(document);
         };
         match &mut self.source {
             Source::Local(cursor) => {
                 self.done = presence.walk(cursor, LISTING_SUBSCRIBERS_PER_PIECE, |seen| {
                     let subscription = subscription_of(seen, true);
                     if query.wants(&subscription) {
-                        add(&subscription.document(), &mut out);
+                        separate(&mut out);
+                        subscription.write_document(&mut out);
                     }
                 });
             }
             Source::Cluster(pages) => match pages.try_recv() {
-                Ok(Page::Documents(documents)) => documents.iter().for_each(|document| add(document, &mut out)),
+                Ok(Page::Documents(documents)) => documents.iter().for_each(|document| {
+                    separate(&mut out);
+                    out.push_str(document);
+                }),
                 Ok(Page::End) => self.done = true,
                 Err(TryRecvError::Empty) if out.is_empty() => return Next::Wait,
                 Err(TryRecvError::Empty) => {}

@@ -21,8 +21,6 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 /// The collection of every subscription; the other API paths are below it.
 pub const COLLECTION_PATH: &str = "/.well-known/mercure/subscriptions";
 
@@ -117,11 +115,6 @@ fn field(out: &mut String, name: &str, value: &str) {
     out.push_str(&serde_json::to_string(name).unwrap_or_default());
     out.push(':');
     out.push_str(&serde_json::to_string(value).unwrap_or_default());
-}
-
-/// A payload as the hub writes it: the token's `payload` object, serialized.
-pub fn payload_text(payload: &Value) -> String {
-    payload.to_string()
 }
 
 /// Appends `value` percent-encoded as RFC 6570 simple expansion does: every
@@ -318,6 +311,8 @@ pub const COLLECTION_END: &str = "]}";
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn sample(form: Form, active: bool, payload: Option<&'static str>) -> Subscription<'static> {
