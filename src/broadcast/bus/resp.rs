@@ -18,19 +18,6 @@
 /// hundred; anything longer is not one of them.
 pub(super) const MAX_REPLY: usize = 64 * 1024;
 
-/// One reply, borrowed from the input.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Reply<'a> {
-    /// `+OK`, `+PONG`.
-    Simple(&'a [u8]),
-    /// `-ERR ...`: the command was refused.
-    Error(&'a [u8]),
-    Integer(i64),
-    Bulk(&'a [u8]),
-    /// `$-1`.
-    Nil,
-}
-
 /// Longest bulk string in a nested reply (the reader's): Redis's own
 /// bound (`proto-max-bulk-len`). A stream entry's field may be that long;
 /// the reader must read it whole to skip its entry (see `MAX_MESSAGE_BYTES`).
@@ -41,7 +28,8 @@ pub(super) const MAX_ELEMENTS: usize = 1 << 20;
 /// Deepest nesting of arrays: `XREAD`'s reply is 4 deep, `XINFO STREAM`'s 3.
 pub(super) const MAX_DEPTH: usize = 8;
 
-/// One reply that may nest (RESP2), borrowed from the input: the reader's.
+/// One reply (RESP2), borrowed from the input. The writers' replies are
+/// never arrays ([`parse`]); the reader's may nest ([`parse_nested`]).
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub(super) enum Value<'a> {
     SimpleString(&'a [u8]),
@@ -56,7 +44,7 @@ pub(super) enum Value<'a> {
 
 /// The first reply in `input` and how many bytes it took; `None` if `input`
 /// holds only part of one. An array is refused: the writers never ask for one.
-pub(super) fn parse(input: &[u8]) -> Result<Option<(Reply<'_>, usize)>, String> {
+pub(super) fn parse(input: &[u8]) -> Result<Option<(Value<'_>, usize)>, String> {
     match input.first() {
         // Checked first, so that no line ending is awaited for a reply that is refused anyway.
         Some(&kind) if !b"+-:$".contains(&kind) => Err(unexpected(kind)),
@@ -78,15 +66,7 @@ fn nested(input: &[u8], depth: usize) -> Result<Option<(Value<'_>, usize)>, Stri
         if !b"+-:$".contains(&kind) {
             return Err(unexpected(kind));
         }
-        let Some((reply, used)) = scalar(input, MAX_BULK)? else { return Ok(None) };
-        let value = match reply {
-            Reply::Simple(line) => Value::SimpleString(line),
-            Reply::Error(line) => Value::Error(line),
-            Reply::Integer(n) => Value::Int(n),
-            Reply::Bulk(bytes) => Value::BulkString(bytes),
-            Reply::Nil => Value::Nil,
-        };
-        return Ok(Some((value, used)));
+        return scalar(input, MAX_BULK);
     }
     let Some((line, mut at)) = line(input)? else { return Ok(None) };
     let len = match integer(line)? {
@@ -144,25 +124,25 @@ fn line(input: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
 }
 
 /// One reply that is not an array, with bulk strings of at most `max_bulk` bytes.
-fn scalar(input: &[u8], max_bulk: usize) -> Result<Option<(Reply<'_>, usize)>, String> {
+fn scalar(input: &[u8], max_bulk: usize) -> Result<Option<(Value<'_>, usize)>, String> {
     let Some(&kind) = input.first() else { return Ok(None) };
     if !b"+-:$".contains(&kind) {
         return Err(unexpected(kind));
     }
     let Some((line, after)) = line(input)? else { return Ok(None) };
     let reply = match kind {
-        b'+' => Reply::Simple(line),
-        b'-' => Reply::Error(line),
-        b':' => Reply::Integer(integer(line)?),
+        b'+' => Value::SimpleString(line),
+        b'-' => Value::Error(line),
+        b':' => Value::Int(integer(line)?),
         b'$' => match integer(line)? {
-            -1 => Reply::Nil,
+            -1 => Value::Nil,
             len if (0..=max_bulk as i64).contains(&len) => {
                 let end = after + len as usize;
                 let Some(tail) = input.get(end..end + 2) else { return Ok(None) };
                 if tail != b"\r\n" {
                     return Err("a bulk string does not end where its length says".to_owned());
                 }
-                return Ok(Some((Reply::Bulk(&input[after..end]), end + 2)));
+                return Ok(Some((Value::BulkString(&input[after..end]), end + 2)));
             }
             _ => return Err("a bulk string length out of bounds".to_owned()),
         },
@@ -232,12 +212,12 @@ mod tests {
 
     #[test]
     fn replies_parse_whole_or_wait_for_more() {
-        assert_eq!(parse(b"+OK\r\n+PONG"), Ok(Some((Reply::Simple(b"OK"), 5))));
-        assert_eq!(parse(b"-ERR no\r\n"), Ok(Some((Reply::Error(b"ERR no"), 9))));
-        assert_eq!(parse(b":-12\r\n"), Ok(Some((Reply::Integer(-12), 6))));
-        assert_eq!(parse(b"$3\r\n1-2\r\n:1"), Ok(Some((Reply::Bulk(b"1-2"), 9))));
-        assert_eq!(parse(b"$0\r\n\r\n"), Ok(Some((Reply::Bulk(b""), 6))));
-        assert_eq!(parse(b"$-1\r\n"), Ok(Some((Reply::Nil, 5))));
+        assert_eq!(parse(b"+OK\r\n+PONG"), Ok(Some((Value::SimpleString(b"OK"), 5))));
+        assert_eq!(parse(b"-ERR no\r\n"), Ok(Some((Value::Error(b"ERR no"), 9))));
+        assert_eq!(parse(b":-12\r\n"), Ok(Some((Value::Int(-12), 6))));
+        assert_eq!(parse(b"$3\r\n1-2\r\n:1"), Ok(Some((Value::BulkString(b"1-2"), 9))));
+        assert_eq!(parse(b"$0\r\n\r\n"), Ok(Some((Value::BulkString(b""), 6))));
+        assert_eq!(parse(b"$-1\r\n"), Ok(Some((Value::Nil, 5))));
         let whole = b"$15\r\n1700000000000-0\r\n";
         for cut in 0..whole.len() {
             assert_eq!(parse(&whole[..cut]), Ok(None), "a reply cut at {cut}");

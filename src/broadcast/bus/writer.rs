@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use mio::event::{Event, Source};
 use mio::{Interest, Registry, Token};
 
-use super::resp::{self, Reply};
+use super::resp::{self, Value};
 use super::{
     BACKOFF_FIRST, BACKOFF_MAX, BusError, CONNECT_TIMEOUT, IO_TIMEOUT, PING_IDLE, QUEUE_LEN, Role, Shared, Target,
     encode_mercure,
@@ -405,17 +405,17 @@ impl<T> Writer<T> {
 
 /// What a reply means for what waited on it: `Ok(Some)` an answer to hand
 /// on, `Ok(None)` nothing to hand on, `Err` the connection must go.
-fn answer<T>(what: What<T>, reply: Reply<'_>) -> Result<Option<Answer<T>>, String> {
+fn answer<T>(what: What<T>, reply: Value<'_>) -> Result<Option<Answer<T>>, String> {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     match (what, reply) {
-        (What::Hello | What::Ping, Reply::Simple(_)) => Ok(None),
-        (What::Hello | What::Ping, Reply::Error(e)) => Err(text(e)),
+        (What::Hello | What::Ping, Value::SimpleString(_)) => Ok(None),
+        (What::Hello | What::Ping, Value::Error(e)) => Err(text(e)),
         (What::Hello | What::Ping, _) => Err("unexpected reply to the handshake or PING".to_owned()),
         // Refused (say WRONGTYPE): not in the stream.
-        (What::Publish(tag), Reply::Error(e)) => Ok(Some((tag, Err(BusError::Unavailable(text(e)))))),
+        (What::Publish(tag), Value::Error(e)) => Ok(Some((tag, Err(BusError::Unavailable(text(e)))))),
         (What::Publish(tag), reply) => {
             let id = match reply {
-                Reply::Bulk(id) => std::str::from_utf8(id).ok().and_then(EventId::parse),
+                Value::BulkString(id) => std::str::from_utf8(id).ok().and_then(EventId::parse),
                 _ => None,
             };
             // Something came back, just not an id: Redis may still have
