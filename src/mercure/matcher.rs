@@ -310,7 +310,7 @@ fn compile_pattern(text: &str, hub_url: &Url) -> Result<UrlPattern<regex::Regex>
 }
 
 /// Whether `text` has a `]` (not escaped with `\`) that no `[` opened.
-fn has_unopened_bracket(text: &str) -> bool {
+pub fn has_unopened_bracket(text: &str) -> bool {
     let mut depth = 0usize;
     let mut escaped = false;
     for c in text.chars() {
